@@ -1,0 +1,278 @@
+"""Labelled poster folders: ``posters/<id>.<ext>`` plus ``labels.csv`` (``id,title,genres``).
+
+``load_dataset`` validates the folder and returns the usable posters together with a report that
+lists every skipped item and why, so nothing disappears silently.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from core.cache import atomic_write_json, atomic_write_text
+from core.errors import DatasetError
+from core.images import IMAGE_EXTENSIONS
+
+LABELS_FILE = "labels.csv"
+POSTERS_DIR = "posters"
+INFO_FILE = "dataset.json"
+METADATA_FILE = "metadata.csv"
+REQUIRED_COLUMNS = ("id", "title", "genres")
+GENRE_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One poster or label row left out, with the reason."""
+
+    id: str
+    reason: str
+    path: str | None = None
+
+
+@dataclass
+class LoadReport:
+    n_rows: int = 0
+    n_images: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def add(self, id: str, reason: str, path: Path | None = None) -> None:
+        self.skipped.append(Skipped(id=id, reason=reason, path=str(path) if path else None))
+
+    def lines(self) -> list[str]:
+        return [f"{item.id}: {item.reason}" for item in self.skipped]
+
+
+@dataclass(frozen=True)
+class Poster:
+    id: str
+    title: str
+    genres: tuple[str, ...]
+    path: Path
+
+
+@dataclass
+class Dataset:
+    """The usable posters of a folder, in labels.csv order."""
+
+    root: Path
+    posters: list[Poster]
+    name: str
+    synthetic: bool = False
+    source: str = "folder"
+
+    def __len__(self) -> int:
+        return len(self.posters)
+
+    @property
+    def ids(self) -> list[str]:
+        return [poster.id for poster in self.posters]
+
+    @property
+    def titles(self) -> list[str]:
+        return [poster.title for poster in self.posters]
+
+    @property
+    def labels(self) -> list[tuple[str, ...]]:
+        return [poster.genres for poster in self.posters]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [poster.path for poster in self.posters]
+
+    def genre_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for genres in self.labels:
+            for genre in genres:
+                counts[genre] = counts.get(genre, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({
+            "id": self.ids,
+            "title": self.titles,
+            "genres": [GENRE_SEPARATOR.join(g) for g in self.labels],
+            "path": [str(p) for p in self.paths],
+        })
+
+
+class GenreVocabulary:
+    """A fixed genre order for multi-hot labels, saved with every model.
+
+    Wraps scikit-learn's ``MultiLabelBinarizer`` with the classes given explicitly, so the column
+    order is part of the saved run and a model can never be scored against another order.
+    """
+
+    def __init__(self, genres: Sequence[str]) -> None:
+        if len(set(genres)) != len(genres):
+            raise DatasetError(f"genre vocabulary has duplicates: {list(genres)}")
+        self.genres = tuple(genres)
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[Iterable[str]]) -> "GenreVocabulary":
+        return cls(sorted({genre for genres in labels for genre in genres}))
+
+    def encode(self, labels: Iterable[Iterable[str]]) -> np.ndarray:
+        from sklearn.preprocessing import MultiLabelBinarizer
+
+        labels = [tuple(genres) for genres in labels]
+        unknown = sorted({g for genres in labels for g in genres} - set(self.genres))
+        if unknown:
+            raise DatasetError(f"labels use genres missing from the vocabulary: {unknown}")
+        binarizer = MultiLabelBinarizer(classes=list(self.genres))
+        return binarizer.fit_transform(labels).astype(np.float32)
+
+    def decode(self, rows: np.ndarray) -> list[tuple[str, ...]]:
+        return [tuple(g for g, on in zip(self.genres, row) if on) for row in np.asarray(rows) > 0.5]
+
+    def __len__(self) -> int:
+        return len(self.genres)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GenreVocabulary) and other.genres == self.genres
+
+    def __repr__(self) -> str:
+        return f"GenreVocabulary({list(self.genres)!r})"
+
+
+def split_genres(text: str) -> tuple[str, ...]:
+    parts = (part.strip() for part in (text or "").split(GENRE_SEPARATOR))
+    seen: dict[str, None] = {}
+    for part in parts:
+        if part:
+            seen.setdefault(part, None)
+    return tuple(seen)
+
+
+def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Dataset, LoadReport]:
+    """Read and validate a dataset folder.
+
+    ``check_images`` opens each image header (fast, no decoding) so files that are not images are
+    reported here; decoding errors of files with a valid header surface during extraction.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist",
+                           "give a folder holding posters/ and labels.csv")
+    labels_path = root / LABELS_FILE
+    if not labels_path.is_file():
+        raise DatasetError(f"{labels_path} is missing",
+                           "a dataset folder needs labels.csv with columns id,title,genres")
+    rows = _read_labels(labels_path)
+    images = _index_images(root / POSTERS_DIR)
+    report = LoadReport(n_rows=len(rows), n_images=len(images))
+    posters = _match(rows, images, report, check_images)
+    _report_orphans(images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
+    if not posters:
+        raise DatasetError(f"no usable posters in {root}: {len(rows)} label rows, {len(images)} images",
+                           "check that posters/ holds <id>.jpg files named like the ids in labels.csv")
+    info = read_info(root)
+    dataset = Dataset(root=root, posters=posters, name=info.get("name", root.name),
+                      synthetic=bool(info.get("synthetic", False)), source=info.get("source", "folder"))
+    return dataset, report
+
+
+def read_info(root: Path) -> dict:
+    path = Path(root) / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def write_info(root: Path, **info) -> None:
+    atomic_write_json(Path(root) / INFO_FILE, info)
+
+
+def write_labels(root: Path, rows: Iterable[tuple[str, str, Sequence[str]]]) -> None:
+    """Atomically (re)write ``labels.csv`` from ``(id, title, genres)`` rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REQUIRED_COLUMNS)
+    for id_, title, genres in rows:
+        writer.writerow([id_, title, GENRE_SEPARATOR.join(genres)])
+    atomic_write_text(Path(root) / LABELS_FILE, buffer.getvalue())
+
+
+def _read_labels(path: Path) -> list[dict[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+    except csv.Error as err:
+        raise DatasetError(f"{path} is not a valid CSV file: {err}") from err
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DatasetError(f"{path} lacks column(s) {', '.join(missing)}; it has {columns}",
+                           "labels.csv needs the header id,title,genres with genres joined by |")
+    return rows
+
+
+def _index_images(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    images: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.setdefault(path.stem, path)
+    return images
+
+
+def _match(rows: list[dict[str, str]], images: dict[str, Path], report: LoadReport,
+           check_images: bool) -> list[Poster]:
+    posters: list[Poster] = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=2):
+        id_ = row["id"].strip()
+        if not id_:
+            report.add(f"line {number}", "empty id")
+            continue
+        if id_ in seen:
+            report.add(id_, f"duplicate id (line {number}); the first row is kept")
+            continue
+        seen.add(id_)
+        genres = split_genres(row["genres"])
+        path = images.get(id_)
+        if path is None:
+            report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
+        elif not genres:
+            report.add(id_, "empty genre list", path)
+        elif check_images and (problem := _header_problem(path)):
+            report.add(id_, problem, path)
+        else:
+            posters.append(Poster(id=id_, title=row["title"].strip() or id_, genres=genres, path=path))
+    return posters
+
+
+def _report_orphans(images: dict[str, Path], known: set[str], report: LoadReport) -> None:
+    for id_, path in images.items():
+        if id_ not in known:
+            report.add(id_, "image without a row in labels.csv", path)
+
+
+def _header_problem(path: Path) -> str | None:
+    try:
+        if path.stat().st_size == 0:
+            return "unreadable image: empty file (0 bytes)"
+        with Image.open(path) as image:
+            image.size
+    except UnidentifiedImageError:
+        return "unreadable image: not an image (unrecognised format)"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"unreadable image: {err}"
+    return None

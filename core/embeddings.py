@@ -1,0 +1,317 @@
+"""Do similar posters cluster? A 2-D UMAP map of the features and cosine-neighbour statistics.
+
+``X`` is an ``(n, d)`` float32 feature matrix that may be a read-only memmap (d = 25,088 for flattened
+VGG16 features); nothing here writes to it. Neighbours are exact cosine neighbours in the real feature
+space, computed a block of rows at a time as one matrix product against the raw matrix and divided by
+the row norms, so no normalised copy of ``X`` is ever made.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from core.cache import atomic_save_npy, cache_root, load_npy, stable_hash
+from core.errors import CacheError, PosterGenreError
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_VERSION = 1
+METRICS = ("cosine", "euclidean", "correlation")
+MIN_POSTERS = 5
+CHUNK_ROWS = 512
+RANDOMIZED_PCA_MIN_DIM = 2048
+OVERALL = "overall"
+NO_GENRE = "(none)"
+
+
+@dataclass(frozen=True)
+class UmapConfig:
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "cosine"
+    pca_components: int = 50
+    seed: int = 42
+
+
+@dataclass
+class Embedding:
+    coords: np.ndarray
+    config: UmapConfig
+    features_key: str
+    from_cache: bool
+    seconds: float
+
+
+def reduce_pca(X: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarray:
+    """PCA scores ``(n, k)`` float32 with ``k = min(n_components, min(n, d) - 1)``.
+
+    Centring needs one writable copy of ``X``; it is made here once and handed to scikit-learn with
+    ``copy=False`` (a read-only memmap would otherwise be copied twice: once to make it writable,
+    once to centre it).
+    """
+    X = _check_matrix(X)
+    n, d = X.shape
+    k = min(int(n_components), min(n, d) - 1)
+    if k < 1:
+        raise PosterGenreError(f"PCA needs at least 2 posters and 2 features, got a {n} x {d} matrix",
+                               "compute features for more posters")
+    from sklearn.decomposition import PCA
+
+    work = np.array(X, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(work.sum(dtype=np.float64)):
+        raise PosterGenreError("the feature matrix holds NaN or infinite values",
+                               "the feature cache is probably damaged: recompute the features")
+    solver = "randomized" if d > RANDOMIZED_PCA_MIN_DIM else "auto"
+    pca = PCA(n_components=k, svd_solver=solver, random_state=seed, copy=False)
+    return np.ascontiguousarray(pca.fit_transform(work), dtype=np.float32)
+
+
+def compute_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
+                 cache_dir: Path | None = None) -> Embedding:
+    """2-D UMAP of ``X`` after PCA, cached on disk under a hash of everything that shapes the result."""
+    started = time.perf_counter()
+    X = _check_matrix(X)
+    n = X.shape[0]
+    if n < MIN_POSTERS:
+        raise PosterGenreError(f"UMAP needs at least {MIN_POSTERS} posters, got {n}",
+                               "pick a dataset (or filter) with more posters")
+    _check_config(config)
+    path = _cache_path(X, config, features_key, cache_dir)
+    coords = _load_cached(path, n)
+    from_cache = coords is not None
+    if not from_cache:
+        log.info("computing UMAP of %d x %d features (%s) into %s", n, X.shape[1], config, path)
+        coords = _run_umap(X, config)
+        atomic_save_npy(path, coords)
+    return Embedding(coords=coords, config=config, features_key=features_key,
+                     from_cache=from_cache, seconds=time.perf_counter() - started)
+
+
+def nearest_neighbors(X: np.ndarray, index: int, *, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` posters most cosine-similar to poster ``index`` (itself excluded), most similar first."""
+    X = _check_matrix(X)
+    rows = X.shape[0]
+    if not 0 <= int(index) < rows:
+        raise PosterGenreError(f"poster index {index} is out of range for {rows} posters",
+                               f"pick an index from 0 to {rows - 1}")
+    similarities = _cosine_to(X, np.asarray(X[int(index)], dtype=np.float32))
+    similarities[int(index)] = -np.inf
+    return _top(similarities, min(n, rows - 1))
+
+
+def nearest_to_vector(X: np.ndarray, vector: np.ndarray, *, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` posters most cosine-similar to an outside feature vector (e.g. an uploaded poster)."""
+    X = _check_matrix(X)
+    vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if vector.shape[0] != X.shape[1]:
+        raise PosterGenreError(
+            f"the query vector has {vector.shape[0]} features but the dataset has {X.shape[1]}",
+            "extract the uploaded poster's features with the same weights and view as the dataset")
+    return _top(_cosine_to(X, vector), min(n, X.shape[0]))
+
+
+def knn_indices(X: np.ndarray, *, k: int = 10) -> np.ndarray:
+    """``(n, k)`` indices of each poster's ``k`` cosine neighbours (itself excluded), nearest first."""
+    X = _check_matrix(X)
+    rows = X.shape[0]
+    k = min(int(k), rows - 1)
+    if k < 1:
+        raise PosterGenreError(f"neighbours need at least 2 posters, got {rows}")
+    norms = _row_norms(X)
+    everything = _as_float32(X).T
+    result = np.empty((rows, k), dtype=np.int64)
+    for start in range(0, rows, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, rows)
+        scores = (np.asarray(X[start:stop], dtype=np.float32) @ everything) / norms
+        scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        result[start:stop] = _top_rows(scores, k)
+    return result
+
+
+def knn_genre_agreement(X: np.ndarray, Y: np.ndarray, genres: Sequence[str], *, k: int = 10,
+                        n_shuffles: int = 5, seed: int = 0) -> pd.DataFrame:
+    """How often a poster's nearest neighbours share its genres, against a label-shuffled baseline.
+
+    Per genre: among posters with the genre, the mean fraction of their ``k`` neighbours that have it
+    too ("observed"); "chance" is the same figure with label rows permuted across posters (neighbours
+    fixed, mean over ``n_shuffles`` permutations); "lift" = observed / chance. The "overall" row is the
+    mean fraction of neighbours sharing at least one genre with the poster.
+    """
+    labels = _check_labels(X, Y, genres)
+    if n_shuffles < 1:
+        raise PosterGenreError(f"n_shuffles must be at least 1, got {n_shuffles}",
+                               "the chance level is the mean over label shuffles")
+    neighbours = knn_indices(X, k=k)
+    observed = _agreement(labels, neighbours)
+    rng = np.random.default_rng(seed)
+    chance = np.mean([_agreement(labels[rng.permutation(len(labels))], neighbours)
+                      for _ in range(n_shuffles)], axis=0)
+    support = np.concatenate([[len(labels)], labels.sum(axis=0)])
+    frame = pd.DataFrame({
+        "genre": [OVERALL, *genres],
+        "support": support.astype(np.int64),
+        "observed": observed,
+        "chance": chance,
+        "lift": np.divide(observed, chance, out=np.full_like(observed, np.nan), where=chance > 0),
+    })
+    order = np.concatenate([[0], 1 + np.argsort(-support[1:], kind="stable")])
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def primary_genre(Y: np.ndarray, genres: Sequence[str]) -> list[str]:
+    """One genre per poster for colouring the map: the poster's least frequent genre in the dataset.
+
+    The most frequent one would be uninformative (nearly every poster would be "Drama"); the rarest
+    of a poster's genres is its most distinctive. Ties go to the earlier genre in ``genres``; a poster
+    without genres gets ``NO_GENRE``.
+    """
+    labels = _as_bool_labels(Y, genres)
+    frequency = labels.sum(axis=0).astype(np.float64)
+    ranked = np.where(labels, frequency, np.inf)
+    choice = ranked.argmin(axis=1)
+    has_genre = labels.any(axis=1)
+    return [genres[c] if ok else NO_GENRE for c, ok in zip(choice, has_genre)]
+
+
+def genre_membership(Y: np.ndarray, genres: Sequence[str], genre: str) -> np.ndarray:
+    labels = _as_bool_labels(Y, genres)
+    if genre not in genres:
+        raise PosterGenreError(f"unknown genre {genre!r}", f"pick one of {list(genres)}")
+    return labels[:, list(genres).index(genre)].copy()
+
+
+def _check_matrix(X: np.ndarray) -> np.ndarray:
+    if getattr(X, "ndim", None) != 2:
+        raise PosterGenreError(f"features must be a 2-D (posters, features) matrix, got shape "
+                               f"{getattr(X, 'shape', None)}", "pass the feature matrix, not one row")
+    return X
+
+
+def _check_config(config: UmapConfig) -> None:
+    if config.metric not in METRICS:
+        raise PosterGenreError(f"unknown UMAP metric {config.metric!r}", f"use one of {list(METRICS)}")
+    if config.n_neighbors < 2:
+        raise PosterGenreError(f"UMAP n_neighbors must be at least 2, got {config.n_neighbors}")
+    if config.min_dist < 0:
+        raise PosterGenreError(f"UMAP min_dist must not be negative, got {config.min_dist}")
+    if config.pca_components < 2:
+        raise PosterGenreError(f"pca_components must be at least 2, got {config.pca_components}")
+
+
+def _cache_path(X: np.ndarray, config: UmapConfig, features_key: str, cache_dir: Path | None) -> Path:
+    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "umap"
+    key = stable_hash({"features_key": features_key, "config": asdict(config), "n": X.shape[0],
+                       "d": X.shape[1], "version": _generator_version()})
+    return folder / f"{key}.npy"
+
+
+def _generator_version() -> str:
+    try:
+        umap_version = metadata.version("umap-learn")
+    except metadata.PackageNotFoundError:
+        umap_version = "unknown"
+    return f"{EMBEDDING_VERSION}/umap-{umap_version}"
+
+
+def _load_cached(path: Path, n: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        coords = np.array(load_npy(path, shape=(n, 2), dtype="float32"))
+        if not np.isfinite(coords).all():
+            raise CacheError(f"cache file {path} holds NaN or infinite coordinates")
+    except CacheError as err:
+        log.warning("%s; recomputing it", err)
+        return None
+    return coords
+
+
+def _run_umap(X: np.ndarray, config: UmapConfig) -> np.ndarray:
+    import umap
+
+    reduced = reduce_pca(X, config.pca_components, seed=config.seed)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(config.n_neighbors, X.shape[0] - 1),
+                        min_dist=config.min_dist, metric=config.metric,
+                        random_state=config.seed, n_jobs=1)
+    coords = np.ascontiguousarray(reducer.fit_transform(reduced), dtype=np.float32)
+    if not np.isfinite(coords).all():
+        raise PosterGenreError("UMAP produced NaN or infinite coordinates",
+                               "the features may be constant or duplicated; try another metric")
+    return coords
+
+
+def _as_float32(X: np.ndarray) -> np.ndarray:
+    return X if X.dtype == np.float32 else X.astype(np.float32)
+
+
+def _row_norms(X: np.ndarray) -> np.ndarray:
+    """L2 norm per row, zero rows counted as 1 so their similarity to everything is 0."""
+    norms = np.empty(X.shape[0], dtype=np.float32)
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(X[start:start + CHUNK_ROWS], dtype=np.float32)
+        norms[start:start + CHUNK_ROWS] = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+    norms[norms == 0] = 1.0
+    return norms
+
+
+def _cosine_to(X: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    similarities = np.empty(X.shape[0], dtype=np.float32)
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(X[start:start + CHUNK_ROWS], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        norms[norms == 0] = 1.0
+        similarities[start:start + CHUNK_ROWS] = (chunk @ vector) / norms
+    return similarities / max(float(np.linalg.norm(vector)), np.finfo(np.float32).tiny)
+
+
+def _top(similarities: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = _top_rows(similarities[None, :], max(int(n), 0))[0]
+    return order, np.clip(similarities[order], -1.0, 1.0)
+
+
+def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` largest scores per row, largest first."""
+    if k == 0:
+        return np.empty((scores.shape[0], 0), dtype=np.int64)
+    if k < scores.shape[1]:
+        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        candidates = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    picked = np.take_along_axis(scores, candidates, axis=1)
+    return np.take_along_axis(candidates, np.argsort(-picked, axis=1, kind="stable"), axis=1)
+
+
+def _as_bool_labels(Y: np.ndarray, genres: Sequence[str]) -> np.ndarray:
+    labels = np.asarray(Y)
+    if labels.ndim != 2 or labels.shape[1] != len(genres):
+        raise PosterGenreError(f"labels of shape {labels.shape} do not match {len(genres)} genres",
+                               "pass the multi-hot label matrix built with the same genre list")
+    return labels > 0.5
+
+
+def _check_labels(X: np.ndarray, Y: np.ndarray, genres: Sequence[str]) -> np.ndarray:
+    labels = _as_bool_labels(Y, genres)
+    X = _check_matrix(X)
+    if labels.shape[0] != X.shape[0]:
+        raise PosterGenreError(f"{labels.shape[0]} label rows for {X.shape[0]} feature rows",
+                               "features and labels must come from the same dataset, in the same order")
+    return labels
+
+
+def _agreement(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """``[overall, per-genre...]`` neighbour agreement for one assignment of labels to posters."""
+    neighbour_labels = labels[neighbours]
+    k = neighbours.shape[1]
+    shared = (neighbour_labels.sum(axis=1) * labels).sum(axis=0)
+    support = labels.sum(axis=0)
+    per_genre = np.divide(shared, support * k, out=np.full(labels.shape[1], np.nan),
+                          where=support > 0)
+    overall = (neighbour_labels & labels[:, None, :]).any(axis=2).mean()
+    return np.concatenate([[overall], per_genre])

@@ -1,0 +1,252 @@
+"""A polite, robust HTTP client shared by the TMDB and poster-URL downloaders.
+
+One ``HttpClient`` holds a client-side rate limiter shared by all its threads, a timeout on every
+request (and a total deadline on every body), retries with exponential backoff and jitter for 5xx,
+connection errors, timeouts and invalid JSON, and honours ``429 Retry-After`` by pausing every
+thread. Credentials given as ``secrets`` are replaced by ``***`` in every message it writes, and its
+exceptions are raised outside ``except`` blocks so no chained exception carries a raw URL.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlencode
+
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from core.errors import AuthError, DownloadError, RateLimitError
+
+USER_AGENT = "poster-genre-explorer/0.1 (+python-requests)"
+SECRET_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token"})
+_SECRET_PARAM_PATTERN = re.compile(r"((?:api_?key|access_token|token)=)[^&\s'\"]+", re.IGNORECASE)
+_BEARER_PATTERN = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    requests_per_second: float = 20.0
+    timeout: float = 15.0
+    """Seconds allowed to connect, between two received bytes, and (x4) for a whole body."""
+    max_retries: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_retry_after: float = 60.0
+    max_bytes: int = 25_000_000
+    user_agent: str = USER_AGENT
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    content: bytes
+    headers: Mapping[str, str]
+
+
+class HttpStatusError(DownloadError):
+    """A 4xx answer that retrying will not change (404, 410, ...)."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret value, ``api_key=...`` parameter and Bearer token replaced by ``***``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _SECRET_PARAM_PATTERN.sub(r"\1***", text)
+    return _BEARER_PATTERN.sub(r"\1***", text)
+
+
+def describe_url(url: str, params: Mapping[str, Any] | None = None,
+                 secrets: Iterable[str] = ()) -> str:
+    """The full URL for a message, with credential parameters shown as ``***``."""
+    if params:
+        shown = {k: ("***" if k.lower() in SECRET_PARAMS else v) for k, v in params.items()}
+        url = f"{url}{'&' if '?' in url else '?'}{urlencode(shown)}"
+    return redact(url, secrets)
+
+
+def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = now() if now else datetime.now(timezone.utc)
+    return max(0.0, (when - current).total_seconds())
+
+
+class RateLimiter:
+    """Spaces request starts at least ``1 / rate`` seconds apart across threads; ``hold`` pauses all."""
+
+    def __init__(self, requests_per_second: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / requests_per_second if requests_per_second > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+    def hold(self, seconds: float) -> None:
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
+
+
+class HttpClient:
+    """GET with rate limiting, timeouts and retries; one ``requests.Session`` per thread."""
+
+    def __init__(self, config: HttpConfig | None = None, *, secrets: Iterable[str] = (),
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config or HttpConfig()
+        self._secrets = tuple(s for s in secrets if s)
+        self._sleep = sleep
+        self.limiter = RateLimiter(self.config.requests_per_second, sleep=sleep)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    def __enter__(self) -> "HttpClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def get_json(self, url: str, *, params: Mapping[str, Any] | None = None,
+                 headers: Mapping[str, str] | None = None) -> Any:
+        return self._get(url, params, headers, parse_json=True)
+
+    def get_bytes(self, url: str, *, params: Mapping[str, Any] | None = None,
+                  headers: Mapping[str, str] | None = None) -> bytes:
+        return self._get(url, params, headers, parse_json=False)
+
+    def _get(self, url: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None,
+             *, parse_json: bool) -> Any:
+        shown = describe_url(url, params, self._secrets)
+        attempts = self.config.max_retries + 1
+        problem, rate_limited = "no attempt made", False
+        for attempt in range(attempts):
+            self.limiter.wait()
+            response, problem = self._attempt(url, params, headers)
+            delay = self._backoff(attempt)
+            rate_limited = response is not None and response.status == 429
+            if response is not None:
+                problem, value, delay = self._interpret(response, shown, delay, parse_json)
+                if problem is None:
+                    return value
+            if attempt + 1 < attempts:
+                if rate_limited:
+                    self.limiter.hold(delay)
+                else:
+                    self._sleep(delay)
+        error = RateLimitError if rate_limited else DownloadError
+        raise error(f"{problem} for {shown}; gave up after {attempts} attempts",
+                    "the server may be down or overloaded; rerun later and the download resumes")
+
+    def _attempt(self, url: str, params: Mapping[str, Any] | None,
+                 headers: Mapping[str, str] | None) -> tuple[HttpResponse | None, str]:
+        """One request; returns (response, "") or (None, a redacted reason to retry)."""
+        timeout = self.config.timeout
+        failure: str
+        try:
+            with self._session().get(url, params=params, headers=dict(headers or {}),
+                                     timeout=(timeout, timeout), stream=True) as raw:
+                content = self._read_body(raw)
+                return HttpResponse(raw.status_code, content, CaseInsensitiveDict(raw.headers)), ""
+        except (requests.Timeout, _BodyTimeout):
+            failure = f"timed out (limit {timeout:g} s)"
+        except _BodyTooLarge:
+            failure = f"response larger than {self.config.max_bytes:,} bytes"
+        except requests.ConnectionError as err:
+            failure = f"connection failed ({type(err).__name__})"
+        except requests.RequestException as err:
+            failure = f"request failed ({type(err).__name__})"
+        return None, failure
+
+    def _read_body(self, raw: requests.Response) -> bytes:
+        deadline = time.monotonic() + 4 * self.config.timeout
+        chunks, size = [], 0
+        for chunk in raw.iter_content(chunk_size=65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.config.max_bytes:
+                raise _BodyTooLarge()
+            if time.monotonic() > deadline:
+                raise _BodyTimeout()
+        return b"".join(chunks)
+
+    def _interpret(self, response: HttpResponse, shown: str, delay: float,
+                   parse_json: bool) -> tuple[str | None, Any, float]:
+        """(None, value, _) on success, (reason, None, delay) to retry; raises for final answers."""
+        status = response.status
+        if status == 429:
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            wait = delay if wait is None else min(wait, self.config.max_retry_after)
+            return "rate limited (HTTP 429)", None, wait
+        if status >= 500:
+            return f"server error (HTTP {status})", None, delay
+        if status in (401, 403):
+            raise AuthError(f"HTTP {status} (credentials refused) for {shown}",
+                            "check the credentials for this server")
+        if status >= 400:
+            raise HttpStatusError(status, f"HTTP {status} for {shown}")
+        if not parse_json:
+            return None, response.content, delay
+        try:
+            return None, json.loads(response.content.decode("utf-8")), delay
+        except (ValueError, UnicodeDecodeError):
+            return "invalid JSON in the answer", None, delay
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.config.backoff_max, self.config.backoff_base * 2 ** attempt)
+        return base * random.uniform(0.5, 1.5)
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.config.user_agent
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+class _BodyTooLarge(Exception):
+    pass

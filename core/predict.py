@@ -1,0 +1,70 @@
+"""Genre predictions for new poster images with a saved run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.errors import ImageError, RunError, WeightsError
+from core.features import FeatureConfig, extract_one, pool_features
+from core.runs import Run, load_run
+from core.weights import resolve_weights
+
+
+@dataclass
+class PosterPrediction:
+    name: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    probabilities: dict[str, float] = field(default_factory=dict)
+    features: np.ndarray | None = None
+    error: str | None = None
+
+
+class Predictor:
+    """A run's model plus the feature extractor it was trained on."""
+
+    def __init__(self, run: Run, weights: str | None = None) -> None:
+        info = run.features_info
+        self.run = run
+        spec = weights or info["weights"]
+        try:
+            self.weights = resolve_weights(spec)
+        except WeightsError as err:
+            raise RunError(f"the run's weights {spec!r} are not available here: {err.message}",
+                           "pass --weights with the same weights file the run was trained on") from err
+        if self.weights.identity != info["weights_identity"] and info["weights"] != "imagenet":
+            raise RunError(f"weights {self.weights.label} differ from the run's ({info['weights_label']})",
+                           "predictions would be meaningless; use the run's weights")
+        self.feature_config = FeatureConfig(weights=self.weights.spec, precision=info["precision"],
+                                            image_size=info["image_size"], resize=info["resize"])
+        self.model = run.model()
+
+    def predict_features(self, flattened: np.ndarray) -> np.ndarray:
+        """Probabilities for rows of flattened 25,088-d features, in the run's vocabulary order."""
+        X = view_rows(np.atleast_2d(flattened), self.run.config.feature_view)
+        return np.asarray(self.model.predict(X.astype(np.float32), verbose=0))
+
+    def predict_image(self, source, name: str, k: int | None = None) -> PosterPrediction:
+        k = k or self.run.config.k
+        try:
+            features = extract_one(source, self.feature_config, self.weights)
+        except ImageError as err:
+            return PosterPrediction(name=name, error=str(err))
+        probabilities = self.predict_features(features)[0]
+        genres = self.run.vocabulary.genres
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return PosterPrediction(
+            name=name, top=[(genres[i], float(probabilities[i])) for i in order],
+            probabilities={g: float(p) for g, p in zip(genres, probabilities)}, features=features)
+
+
+def view_rows(flattened: np.ndarray, view: str) -> np.ndarray:
+    return flattened if view == "flatten" else pool_features(flattened, view)
+
+
+def predict_images(run_dir: str | Path, images: Sequence[Path], *, k: int | None = None,
+                   weights: str | None = None) -> list[PosterPrediction]:
+    predictor = Predictor(load_run(run_dir), weights)
+    return [predictor.predict_image(Path(path), Path(path).name, k) for path in images]

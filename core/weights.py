@@ -1,0 +1,57 @@
+"""Which VGG16 weights produce the features, and how they are named everywhere they appear."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.cache import file_sha256
+from core.errors import WeightsError
+
+WEIGHTS_ENV = "POSTER_GENRE_WEIGHTS"
+IMAGENET_IDENTITY = "imagenet:keras:vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5:6d6bbae143d832006294945121d1f1fc"
+RANDOM_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A resolved weights choice.
+
+    ``kind`` is ``imagenet`` (Keras download), ``file`` (a local weights file) or ``none`` (random
+    initialisation, for tests only: its features mean nothing and every output says so).
+    """
+
+    kind: str
+    identity: str
+    label: str
+    path: Path | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "none"
+
+    @property
+    def spec(self) -> str:
+        return str(self.path) if self.kind == "file" else self.kind
+
+
+def default_weights_spec() -> str:
+    return os.environ.get(WEIGHTS_ENV, "").strip() or "imagenet"
+
+
+def resolve_weights(spec: str | None = None) -> Weights:
+    """Turn ``imagenet``, ``none`` or a file path into a ``Weights`` with a cache identity."""
+    spec = (spec or default_weights_spec()).strip()
+    lowered = spec.lower()
+    if lowered == "imagenet":
+        return Weights("imagenet", IMAGENET_IDENTITY, "ImageNet (Keras download)")
+    if lowered in ("none", "random"):
+        return Weights("none", f"random:glorot:seed{RANDOM_SEED}",
+                       "RANDOM weights (weights=none): not ImageNet features, for testing only")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist",
+                           "use imagenet, none, or the path of a VGG16 include_top=False weights file (.h5)")
+    digest = file_sha256(path)
+    return Weights("file", f"file:sha256:{digest}", f"local weights file {path.name} (sha256 {digest[:12]})",
+                   path.resolve())
