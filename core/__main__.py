@@ -223,6 +223,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     y_test = run.vocabulary.encode([genres_of[id_] for id_ in run.split["test"]])
     y_train = run.vocabulary.encode([genres_of[id_] for id_ in run.split["train"]])
     k = args.k or run.config.k
+    if not 1 <= k <= len(run.vocabulary):
+        raise PosterGenreError(f"--k {k} is out of range for a run with {len(run.vocabulary)} genres",
+                               f"choose k between 1 and {len(run.vocabulary)}")
     threshold = run.config.threshold if args.threshold is None else args.threshold
     evaluation = evaluate(y_test, run.test_scores(), y_train, run.vocabulary.genres, k=k, threshold=threshold,
                           seed=run.config.seed)

@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from core.errors import DownloadError
 from core.tmdb import LISTS, TmdbConfig, download_tmdb, parse_years
@@ -29,21 +29,22 @@ class ProgressLine:
         self.min_interval = min_interval
         self._phase: tuple[str, int] | None = None
         self._started = self._shown = 0.0
+        self._first = 0
         self._width = 0
 
     def __call__(self, done: int, total: int, message: str) -> None:
         now = time.monotonic()
         phase = (message.split(" ", 1)[0], total)
         if phase != self._phase:
-            if self._phase is not None:
-                self.close()
-            self._phase, self._started, self._shown = phase, now, 0.0
+            self.close()
+            self._phase, self._started, self._first, self._shown = phase, now, done, 0.0
         if done < total and now - self._shown < self.min_interval:
             return
         self._shown = now
-        rate = done / max(now - self._started, 1e-6)
+        elapsed = now - self._started
+        rate = f"{(done - self._first) / elapsed:5.1f}/s" if elapsed >= 0.2 else "  ---/s"
         width = len(str(total))
-        line = f"[{done:>{width}}/{total}] {rate:5.1f}/s  {message}"
+        line = f"[{done:>{width}}/{total}] {rate}  {message}"
         self.stream.write("\r" + line.ljust(self._width))
         self.stream.flush()
         self._width = len(line)
@@ -96,7 +97,7 @@ def print_result(result: AcquireResult, stream: TextIO | None = None) -> None:
             print(f"  {line}", file=stream)
 
 
-def _run(out: Path, call) -> int:
+def _run(out: Path, call: Callable[[ProgressLine], AcquireResult]) -> int:
     progress = ProgressLine()
     try:
         result = call(progress)

@@ -167,8 +167,10 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
         raise DatasetError(f"{labels_path} is missing",
                            "a dataset folder needs labels.csv with columns id,title,genres")
     rows = _read_labels(labels_path)
-    images = _index_images(root / POSTERS_DIR)
-    report = LoadReport(n_rows=len(rows), n_images=len(images))
+    images, extras = _index_images(root / POSTERS_DIR)
+    report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
+    for path in extras:
+        report.add(path.stem, f"second image for this id ({path.name}); {images[path.stem].name} is used", path)
     posters = _match(rows, images, report, check_images)
     _report_orphans(images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
     if not posters:
@@ -223,14 +225,19 @@ def _read_labels(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def _index_images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
+def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Image files by id (file stem), and any further files for an id already seen."""
     images: dict[str, Path] = {}
+    extras: list[Path] = []
+    if not folder.is_dir():
+        return images, extras
     for path in sorted(folder.iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            images.setdefault(path.stem, path)
-    return images
+            if path.stem in images:
+                extras.append(path)
+            else:
+                images[path.stem] = path
+    return images, extras
 
 
 def _match(rows: list[dict[str, str]], images: dict[str, Path], report: LoadReport,

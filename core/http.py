@@ -27,6 +27,7 @@ from core.errors import AuthError, DownloadError, RateLimitError
 USER_AGENT = "poster-genre-explorer/0.1 (+python-requests)"
 SECRET_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token"})
 _SECRET_PARAM_PATTERN = re.compile(r"((?:api_?key|access_token|token)=)[^&\s'\"]+", re.IGNORECASE)
+_INVALID = "invalid URL"
 _BEARER_PATTERN = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
 
 
@@ -160,6 +161,8 @@ class HttpClient:
         for attempt in range(attempts):
             self.limiter.wait()
             response, problem = self._attempt(url, params, headers)
+            if response is None and problem.startswith(_INVALID):
+                raise DownloadError(f"{problem} {shown}", "check the URL")
             delay = self._backoff(attempt)
             rate_limited = response is not None and response.status == 429
             if response is not None:
@@ -171,13 +174,15 @@ class HttpClient:
                     self.limiter.hold(delay)
                 else:
                     self._sleep(delay)
-        error = RateLimitError if rate_limited else DownloadError
-        raise error(f"{problem} for {shown}; gave up after {attempts} attempts",
-                    "the server may be down or overloaded; rerun later and the download resumes")
+        if rate_limited:
+            raise RateLimitError(f"{problem} for {shown}; gave up after {attempts} attempts",
+                                 "the server asks for fewer requests; lower --rate and rerun to resume")
+        raise DownloadError(f"{problem} for {shown}; gave up after {attempts} attempts",
+                            "the server may be down or overloaded; rerun later and the download resumes")
 
     def _attempt(self, url: str, params: Mapping[str, Any] | None,
                  headers: Mapping[str, str] | None) -> tuple[HttpResponse | None, str]:
-        """One request; returns (response, "") or (None, a redacted reason to retry)."""
+        """One request: (response, "") or (None, a reason without the URL); retried unless invalid."""
         timeout = self.config.timeout
         failure: str
         try:
@@ -189,6 +194,9 @@ class HttpClient:
             failure = f"timed out (limit {timeout:g} s)"
         except _BodyTooLarge:
             failure = f"response larger than {self.config.max_bytes:,} bytes"
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as err:
+            failure = f"{_INVALID} ({type(err).__name__}):"
         except requests.ConnectionError as err:
             failure = f"connection failed ({type(err).__name__})"
         except requests.RequestException as err:

@@ -18,7 +18,7 @@ import numpy as np
 
 from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, read_json
 from core.datasets import GenreVocabulary
-from core.errors import CacheError, RunError
+from core.errors import CacheError, DatasetError, RunError
 from core.experiment import ExperimentResult, RUN_VERSION, run_key
 from core.features import FEATURE_VIEWS, FeatureSet
 from core.train import EpochLog, TrainConfig
@@ -54,6 +54,9 @@ def save_run(result: ExperimentResult, folder: Path | None = None, *, dataset_in
     """Write a run folder atomically; default place is ``runs_root()/<run key>``."""
     key = run_key(result.features, result.config)
     folder = Path(folder) if folder else runs_root() / key
+    if folder.exists() and any(folder.iterdir()) and not (folder / "run.json").is_file():
+        raise RunError(f"{folder} exists and is not a run folder; refusing to overwrite it",
+                       "choose a new or empty folder for --out")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
@@ -162,7 +165,7 @@ def load_run(folder: str | Path) -> Run:
         history_path = folder / "history.json"
         history = [EpochLog(**entry) for entry in read_json(history_path)] if history_path.exists() else []
         config = TrainConfig.from_dict(info["config"])
-    except (CacheError, KeyError, TypeError) as err:
+    except (CacheError, DatasetError, KeyError, TypeError, AttributeError) as err:
         raise RunError(f"run folder {folder} has damaged metadata: {err}") from err
     if metrics.get("genres") != list(vocabulary.genres):
         raise RunError(f"run {folder}: metrics.json and vocabulary.json disagree on the genre order")

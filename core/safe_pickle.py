@@ -1,8 +1,8 @@
 """Loading the tutorial's pickles without running anything they contain.
 
 Unpickling can call any importable function (``os.system`` included), so ``load_plain_pickle``
-1. scans the opcodes first and refuses those that can reach code without ``find_class``
-   (copyreg extension codes, persistent ids);
+1. scans the opcodes first and refuses those that can reach an object without ``find_class``
+   (copyreg extension codes, served from a process-wide cache) and persistent ids;
 2. unpickles with ``find_class`` refusing every global, so no class or function is ever looked up,
    hence nothing is constructed or called;
 3. checks that what came out is only dict, list, tuple, str, int, float, bool and None (sets and
@@ -10,6 +10,7 @@ Unpickling can call any importable function (``os.system`` included), so ``load_
 """
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 import pickletools
@@ -75,6 +76,9 @@ def _unpickle(data: bytes, name: str) -> Any:
 
 
 def _scan_opcodes(data: bytes, name: str) -> None:
+    if not data:
+        raise DatasetError(f"{name} is not a pickle file (empty file)",
+                           "give the .pckl file the tutorial saved")
     problem = None
     try:
         for opcode, _arg, _pos in pickletools.genops(data):
@@ -82,11 +86,21 @@ def _scan_opcodes(data: bytes, name: str) -> None:
                 raise UnsafePickleError(f"{name}: refused opcode {opcode.name}", PLAIN_HINT)
     except UnsafePickleError:
         raise
-    except (ValueError, EOFError, UnicodeDecodeError) as err:
-        problem = str(err)
-    if problem is not None or not data:
-        raise DatasetError(f"{name} is not a pickle file ({problem or 'empty file'})",
-                           "give the .pckl file the tutorial saved")
+    except UnicodeDecodeError:
+        problem = _unscannable(name)
+    except (ValueError, EOFError) as err:
+        raise DatasetError(f"{name} is not a pickle file ({err})",
+                           "give the .pckl file the tutorial saved") from None
+    if problem:
+        raise UnsafePickleError(problem, PLAIN_HINT)
+
+
+def _unscannable(name: str) -> str | None:
+    """pickletools cannot scan Python 2 non-ASCII ``str`` opcodes. Extension codes (the only
+    opcodes that can skip ``find_class``) then need an empty extension cache to be harmless."""
+    if copyreg._extension_cache:  # type: ignore[attr-defined]
+        return f"{name}: cannot scan this pickle while copyreg extension codes are cached"
+    return None
 
 
 def _check_plain(value: Any, name: str) -> None:

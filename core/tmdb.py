@@ -206,7 +206,7 @@ def download_tmdb(out: str | Path, config: TmdbConfig = TmdbConfig(), *,
                                batch_size=config.batch_size, progress=progress)
     note_unknown_genres(result, listing.movies, listing.genre_names)
     if listing.duplicates:
-        result.notes.append(f"{listing.duplicates} movies listed twice across pages were counted once")
+        result.notes.append(f"{listing.duplicates} movie(s) listed twice across pages were counted once")
     return result
 
 
@@ -358,7 +358,7 @@ def note_unknown_genres(result: AcquireResult, movies: list[Mapping[str, Any]],
         count = sum(genre_id in map(_int, m.get("genre_ids") or []) for m in movies)
         result.unknown_genres[genre_id] = name
         result.notes.append(f"genre id {genre_id} is not in TMDB's genre list; kept as {name!r} "
-                            f"({count} movies)")
+                            f"({count} movie{'' if count == 1 else 's'})")
 
 
 def _int(value: Any) -> int:

@@ -71,7 +71,17 @@ StopFn = Callable[[], bool]
 
 
 def check_config(config: TrainConfig) -> None:
+    from core.features import FEATURE_VIEWS
+
     problems = []
+    if config.feature_view not in FEATURE_VIEWS:
+        problems.append(f"feature view must be one of {', '.join(FEATURE_VIEWS)}, got {config.feature_view!r}")
+    if config.k < 1:
+        problems.append(f"k must be ≥ 1, got {config.k}")
+    if not 0 < config.threshold < 1:
+        problems.append(f"threshold must be between 0 and 1, got {config.threshold}")
+    if config.patience < 1:
+        problems.append(f"patience must be ≥ 1, got {config.patience}")
     if not config.hidden or any(size < 1 for size in config.hidden):
         problems.append(f"hidden sizes must be positive, got {list(config.hidden)}")
     if not 0 <= config.dropout < 1:

@@ -162,8 +162,9 @@ def read_url_table(csv_path: str | Path, config: UrlTableConfig = UrlTableConfig
         if item is not None and item.id in seen:
             item, reason = None, f"duplicate id {item.id!r}; the first row is kept"
         if item is None:
-            label = safe_id(row.get(columns["id"], "")) or f"line {number}"
-            skipped.append(Skipped(id=label, reason=f"line {number}: {reason}"))
+            label = safe_id(row.get(columns["id"], ""))
+            skipped.append(Skipped(id=label, reason=f"line {number}: {reason}") if label
+                           else Skipped(id=f"line {number}", reason=reason))
             continue
         seen.add(item.id)
         items.append(item)

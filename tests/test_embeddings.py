@@ -6,7 +6,9 @@ Behaviours locked in:
   is recomputed and overwritten; another features_key does not hit the cache; fewer than 5 posters is
   a PosterGenreError;
 - reduce_pca caps the component count at min(n, d) - 1 and never writes to its input;
-- knn_indices equals brute-force cosine neighbours, whatever the chunk size;
+- knn_indices equals brute-force cosine neighbours on both paths (one Gram matrix, or bounded-memory
+  blocks) and whatever the chunk size;
+- knn_genre_agreement gives the same table from precomputed neighbours and refuses too few columns;
 - nearest_neighbors excludes the poster itself, returns same-blob posters first, similarities sorted
   descending and ~1 for a duplicate; nearest_to_vector finds the vector's own row, refuses a wrong width;
 - knn_genre_agreement: observed ~1, chance ~ base rate and lift > 1 on separated blobs; lift ~1 on
@@ -16,6 +18,7 @@ Behaviours locked in:
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from core import embeddings
@@ -146,9 +149,11 @@ def test_reduce_pca_caps_components_and_leaves_input_alone(blobs):
     assert reduce_pca(blobs[0], n_components=5).shape == (len(blobs[0]), 5)
 
 
+@pytest.mark.parametrize("gram_max_bytes", [0, 2**20], ids=["blocked", "gram"])
 @pytest.mark.parametrize("chunk_rows", [7, 512])
-def test_knn_indices_match_brute_force_cosine(monkeypatch, chunk_rows):
+def test_knn_indices_match_brute_force_cosine(monkeypatch, chunk_rows, gram_max_bytes):
     monkeypatch.setattr(embeddings, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(embeddings, "GRAM_MAX_BYTES", gram_max_bytes)
     X = np.random.default_rng(3).normal(size=(45, 16)).astype(np.float32)
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
     similarity = unit @ unit.T
@@ -192,11 +197,11 @@ def test_nearest_neighbors_refuses_out_of_range_index(blobs):
         nearest_neighbors(blobs[0], 150)
 
 
-def test_knn_agreement_on_separated_blobs_is_far_above_chance(blobs):
+def test_knn_agreement_on_separated_blobs_is_far_above_chance(blobs, memmapped):
     X, Y, _ = blobs
-    X_ro, Y_ro = read_only(X), read_only(Y)
+    Y_ro = read_only(Y)
 
-    table = knn_genre_agreement(X_ro, Y_ro, GENRES, k=10, n_shuffles=5, seed=0)
+    table = knn_genre_agreement(memmapped, Y_ro, GENRES, k=10, n_shuffles=5, seed=0)
 
     assert list(table.columns) == ["genre", "support", "observed", "chance", "lift"]
     assert list(table["genre"]) == [OVERALL, "Drama", "Comedy", "Action"]
@@ -206,7 +211,7 @@ def test_knn_agreement_on_separated_blobs_is_far_above_chance(blobs):
     base_rate = genre_rows["support"] / 150
     assert np.allclose(genre_rows["chance"], base_rate, atol=0.08)
     assert (table["lift"] > 2).all()
-    np.testing.assert_array_equal(X_ro, X)
+    np.testing.assert_array_equal(np.asarray(memmapped), X)
     np.testing.assert_array_equal(Y_ro, Y)
 
 
@@ -235,3 +240,13 @@ def test_genre_membership_returns_one_column_and_refuses_unknown_genre():
     np.testing.assert_array_equal(genre_membership(Y, ("A", "B"), "B"), [False, True, True])
     with pytest.raises(PosterGenreError, match="unknown genre 'Z'"):
         genre_membership(Y, ("A", "B"), "Z")
+
+
+def test_knn_agreement_reuses_precomputed_neighbours(blobs):
+    X, Y, _ = blobs
+    neighbours = knn_indices(X, k=20)
+    direct = knn_genre_agreement(X, Y, GENRES, k=10, seed=4)
+    reused = knn_genre_agreement(X, Y, GENRES, k=10, seed=4, neighbours=neighbours)
+    pd.testing.assert_frame_equal(direct, reused)
+    with pytest.raises(PosterGenreError, match=r"shape \(150, 20\) do not cover k=30"):
+        knn_genre_agreement(X, Y, GENRES, k=30, neighbours=neighbours)

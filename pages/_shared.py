@@ -1,0 +1,162 @@
+"""What every page shares: the active dataset and weights, cached loaders, the sidebar.
+
+Streamlit caching lives here only; ``core`` keeps its own disk cache. The feature matrix is held
+once per process by ``st.cache_resource`` (memory-mapped), never copied per session.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from core.cache import atomic_write_json, cache_root
+from core.datasets import Dataset, LoadReport, load_dataset
+from core.demo import ensure_demo_dataset
+from core.errors import PosterGenreError
+from core.features import FeatureConfig, FeatureSet, cached_features
+from core.weights import Weights, default_weights_spec, resolve_weights
+
+DEMO = "demo"
+SETTINGS_FILE = "ui_settings.json"
+
+
+def settings_path() -> Path:
+    return cache_root() / SETTINGS_FILE
+
+
+def load_settings() -> dict:
+    """Dataset and weights choices, persisted across pages, sessions and server restarts."""
+    if "settings" not in st.session_state:
+        try:
+            saved = json.loads(settings_path().read_text())
+        except (OSError, ValueError):
+            saved = {}
+        st.session_state.settings = {"dataset": DEMO, "weights": default_weights_spec(), "precision": "auto",
+                                     **(saved if isinstance(saved, dict) else {})}
+    return st.session_state.settings
+
+
+def save_settings(**changes) -> None:
+    settings = load_settings()
+    settings.update(changes)
+    atomic_write_json(settings_path(), settings)
+
+
+def dataset_root(choice: str) -> Path:
+    return ensure_demo_dataset() if choice == DEMO else Path(choice).expanduser()
+
+
+def fingerprint(root: Path) -> tuple:
+    """Changes whenever labels.csv or the posters folder changes, invalidating cached loads."""
+    parts = []
+    for path in (root / "labels.csv", root / "posters"):
+        try:
+            stat = path.stat()
+            parts.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            parts.append(None)
+    return tuple(parts)
+
+
+@st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
+def _load_dataset(root: str, _fingerprint: tuple) -> tuple[Dataset, LoadReport]:
+    return load_dataset(root)
+
+
+def get_dataset(root: Path) -> tuple[Dataset, LoadReport]:
+    return _load_dataset(str(root), fingerprint(root))
+
+
+def active_dataset() -> tuple[Dataset, LoadReport]:
+    """The chosen dataset, or a message and ``st.stop()`` when it cannot be loaded."""
+    choice = load_settings()["dataset"]
+    try:
+        return get_dataset(dataset_root(choice))
+    except PosterGenreError as err:
+        st.error(f"The chosen dataset cannot be loaded: {err}")
+        st.page_link("pages/data.py", label="Choose another dataset on the Data page", icon="🗂️")
+        st.stop()
+
+
+def feature_config() -> FeatureConfig:
+    settings = load_settings()
+    return FeatureConfig(weights=settings["weights"], precision=settings["precision"])
+
+
+@st.cache_resource(show_spinner=False)
+def get_weights(spec: str) -> Weights:
+    return resolve_weights(spec)
+
+
+def active_weights() -> Weights | None:
+    try:
+        return get_weights(load_settings()["weights"])
+    except PosterGenreError as err:
+        st.error(f"Weights: {err}")
+        return None
+
+
+class _NotCached(Exception):
+    pass
+
+
+@st.cache_resource(show_spinner="Opening cached features…", max_entries=4)
+def _cached_features(root: str, _fingerprint: tuple, config: FeatureConfig) -> FeatureSet:
+    dataset, _ = _load_dataset(root, _fingerprint)
+    features = cached_features(dataset, config)
+    if features is None:
+        raise _NotCached
+    return features
+
+
+def features_if_cached(dataset: Dataset) -> FeatureSet | None:
+    """The active dataset's features if extraction is done; computes nothing."""
+    try:
+        return _cached_features(str(dataset.root), fingerprint(dataset.root), feature_config())
+    except _NotCached:
+        return None
+    except PosterGenreError as err:
+        st.error(str(err))
+        return None
+
+
+def require_features(dataset: Dataset) -> FeatureSet:
+    features = features_if_cached(dataset)
+    if features is None:
+        st.info("No features for this dataset and these weights yet: extract them on the Data page first.")
+        st.page_link("pages/data.py", label="Go to Data → Extract features", icon="🗂️")
+        st.stop()
+    weights_notice(features.weights)
+    return features
+
+
+def weights_notice(weights: Weights) -> None:
+    if weights.is_random:
+        st.warning("⚠️ These features come from RANDOM VGG16 weights (weights=none), not ImageNet: "
+                   "they are for testing the pipeline only and say nothing about posters.")
+    else:
+        st.caption(f"Features: VGG16 with {weights.label}")
+
+
+def dataset_caption(dataset: Dataset) -> str:
+    kind = "synthetic demo (generated, not real posters)" if dataset.synthetic else "poster folder"
+    return f"**{dataset.name}** — {kind}, {len(dataset):,} posters, {len(dataset.genre_counts())} genres"
+
+
+def sidebar() -> None:
+    """Active dataset and weights on every page."""
+    settings = load_settings()
+    with st.sidebar:
+        st.markdown("**Active dataset**")
+        st.caption("Synthetic demo" if settings["dataset"] == DEMO else settings["dataset"])
+        st.markdown("**Weights**")
+        try:
+            weights = get_weights(settings["weights"])
+        except PosterGenreError as err:
+            st.error(str(err))
+            return
+        if weights.is_random:
+            st.warning("RANDOM weights — not ImageNet", icon="⚠️")
+        else:
+            st.caption(weights.label)

@@ -1,0 +1,352 @@
+"""Clusters: do similar posters sit together? A UMAP map, nearest neighbours, and the numbers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+from PIL import Image
+
+from core import embeddings
+from core.datasets import GenreVocabulary
+from core.embeddings import (METRICS, Embedding, UmapConfig, compute_umap, genre_membership, knn_genre_agreement,
+                             knn_indices, nearest_neighbors, primary_genre)
+from core.errors import ImageError, PosterGenreError
+from core.experiment import labels_for
+from core.features import FEATURE_VIEWS
+from core.images import thumbnail
+from core.runs import Run, list_runs
+from pages._shared import active_dataset, fingerprint, require_features
+
+K_MAX = 50
+SELECTION_CAP = 40
+PREDICT_ROWS = 512
+PRIMARY = "(primary genre)"
+NEIGHBOUR_SEARCH_RATE = 2e10
+"""n² · d per second of core's exact all-pairs neighbour search on 2 cores (4,596 x 25,088: 27 s)."""
+AUTO_NEIGHBOUR_SECONDS = 3.0
+PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+
+
+@dataclass
+class Posters:
+    """One row per feature row: what the page shows about each poster."""
+
+    frame: pd.DataFrame
+    Y: np.ndarray
+    genres: tuple[str, ...]
+
+
+@dataclass
+class MapSource:
+    label: str
+    key: str
+    X: np.ndarray
+
+
+def poster_table(dataset, features) -> Posters:
+    stamp = fingerprint(dataset.root)
+    return Posters(*_poster_table(features.key, str(dataset.root), stamp, dataset, features))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _features):
+    labels = labels_for(_dataset, _features.ids)
+    genres = GenreVocabulary.from_labels(labels).genres
+    Y = GenreVocabulary(genres).encode(labels)
+    path_of = {poster.id: str(poster.path) for poster in _dataset.posters}
+    title_of = {poster.id: poster.title for poster in _dataset.posters}
+    frame = pd.DataFrame({
+        "row": np.arange(len(labels)),
+        "id": _features.ids,
+        "title": [title_of[id_] for id_ in _features.ids],
+        "genres": [", ".join(g) for g in labels],
+        "path": [path_of[id_] for id_ in _features.ids],
+        "primary": primary_genre(Y, genres),
+    })
+    return frame, Y, genres
+
+
+@st.cache_resource(show_spinner="Pooling the features…", max_entries=4)
+def view_matrix(features_key: str, view: str, _features) -> np.ndarray:
+    return _features.view(view)
+
+
+@st.cache_resource(show_spinner="Computing the run's hidden-layer activations…", max_entries=4)
+def hidden_activations(run_key: str, features_key: str, _run: Run, _features) -> np.ndarray:
+    """The last hidden layer of the run's MLP for every poster (GenreClassifier's own stack)."""
+    import keras
+
+    model = _run.model()
+    encoder = keras.Model(model.inputs, model.get_layer(f"hidden_{len(_run.config.hidden)}").output)
+    X = _features.view(_run.config.feature_view)
+    blocks = [np.asarray(encoder.predict_on_batch(np.asarray(X[start:start + PREDICT_ROWS], dtype=np.float32)))
+              for start in range(0, len(X), PREDICT_ROWS)]
+    return np.concatenate(blocks).astype(np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def umap_map(matrix_key: str, config: UmapConfig, _X) -> Embedding:
+    return compute_umap(_X, config, features_key=matrix_key)
+
+
+def map_on_disk(source: MapSource, config: UmapConfig) -> bool:
+    """Whether core's disk cache already holds this map (then it is shown without a click).
+
+    core.embeddings has no public "cached only" lookup, so this asks its private cache-path helper.
+    """
+    return embeddings._cache_path(source.X, config, source.key, None).is_file()
+
+
+@st.cache_resource(show_spinner="Finding every poster's nearest neighbours (once per feature source)…",
+                   max_entries=4)
+def neighbour_index(matrix_key: str, _X) -> np.ndarray:
+    neighbours = knn_indices(_X, k=K_MAX)
+    indexed_sources().add(matrix_key)
+    return neighbours
+
+
+@st.cache_resource
+def indexed_sources() -> set[str]:
+    """Matrix keys whose neighbour index this server process has computed (shared by all sessions)."""
+    return set()
+
+
+def neighbour_index_ready(source: MapSource) -> bool:
+    """Fast searches run at once; a long one (flattened features: ~30 s) waits for a click."""
+    n, d = source.X.shape
+    seconds = n * n * d / NEIGHBOUR_SEARCH_RATE
+    if seconds <= AUTO_NEIGHBOUR_SECONDS or source.key in indexed_sources():
+        return True
+    st.info(f"Finding the {K_MAX} nearest neighbours of all {n:,} posters in {d:,} dimensions takes about "
+            f"{seconds:.0f} s (once per server process; the 512-d pooled views take seconds).")
+    return st.button("Compute neighbour statistics", key="compute_agreement")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def agreement_table(matrix_key: str, labels_key: str, k: int, _X, _Y, genres: tuple[str, ...]) -> pd.DataFrame:
+    return knn_genre_agreement(_X, _Y, genres, k=k, neighbours=neighbour_index(matrix_key, _X))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def similar_posters(matrix_key: str, row: int, n: int, _X) -> tuple[np.ndarray, np.ndarray]:
+    return nearest_neighbors(_X, row, n=n)
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def poster_thumbnail(path: str, side: int = 180) -> Image.Image:
+    try:
+        return thumbnail(path, side)
+    except ImageError:
+        return Image.new("RGB", (side * 2 // 3, side), "lightgrey")
+
+
+def runs_of(dataset, features) -> list[Run]:
+    root = str(dataset.root.resolve())
+    return [run for run in list_runs()
+            if run.info.get("dataset", {}).get("root") == root or run.features_info.get("key") == features.key]
+
+
+def run_label(run: Run) -> str:
+    hidden = "→".join(str(size) for size in run.config.hidden)
+    return f"{run.info.get('created', '?')} · {run.config.feature_view} · {hidden} · {run.key[:8]}"
+
+
+def source_controls(dataset, features) -> MapSource:
+    kind = st.radio("Map of", ["features", "run"], horizontal=True, key="map_source",
+                    format_func={"features": "VGG16 features", "run": "a trained run's last hidden layer"}.get)
+    if kind == "features":
+        view = st.selectbox("Feature view", list(FEATURE_VIEWS), format_func=FEATURE_VIEWS.get, key="map_view")
+        return MapSource(f"VGG16 features, {FEATURE_VIEWS[view]}", features.view_key(view),
+                         view_matrix(features.key, view, features))
+    runs = runs_of(dataset, features)
+    if not runs:
+        st.info("No saved training run on this dataset yet: train one first.")
+        st.page_link("pages/train.py", label="Go to Train", icon="🧪")
+        st.stop()
+    keys = [run.key for run in runs]
+    by_key = dict(zip(keys, runs))
+    run = by_key[st.selectbox("Run", keys, format_func=lambda key: run_label(by_key[key]), key="map_run")]
+    try:
+        run.check_features(features)
+        X = hidden_activations(run.key, features.key, run, features)
+    except PosterGenreError as err:
+        st.error(str(err))
+        st.stop()
+    st.caption("The MLP was trained on these genres, so its training posters cluster by genre by construction; "
+               "the map shows what the model learned, not what the posters share on their own.")
+    return MapSource(f"hidden layer {len(run.config.hidden)} ({X.shape[1]}-d) of run {run.key[:8]}",
+                     f"{features.key}-run-{run.key}", X)
+
+
+def umap_controls() -> UmapConfig:
+    left, middle, right, last = st.columns(4)
+    n_neighbors = left.slider("n_neighbors", 2, 100, 15, key="umap_neighbors",
+                              help="Small: local detail. Large: global structure.")
+    min_dist = middle.slider("min_dist", 0.0, 0.99, 0.1, 0.01, key="umap_min_dist",
+                             help="How tightly UMAP may pack points together.")
+    metric = right.selectbox("Metric", METRICS, key="umap_metric")
+    pca = last.slider("PCA dimensions before UMAP", 2, 200, 50, key="umap_pca")
+    return UmapConfig(n_neighbors=n_neighbors, min_dist=min_dist, metric=metric, pca_components=pca)
+
+
+def color_controls(genres: tuple[str, ...]) -> str:
+    return st.selectbox("Colour by", [PRIMARY, *genres], key="color_genre",
+                        format_func=lambda choice: "primary genre (each poster's rarest)" if choice == PRIMARY
+                        else f"{choice}: in / out")
+
+
+def compute_map(source: MapSource, config: UmapConfig) -> Embedding | None:
+    if not map_on_disk(source, config):
+        n, d = source.X.shape
+        st.info(f"This map is not computed yet: UMAP of {n:,} × {d:,} features (after PCA to "
+                f"{config.pca_components}) takes from seconds to a few minutes; it is cached on disk afterwards.")
+        if not st.button("Compute map", key="compute_map", type="primary"):
+            return None
+    try:
+        with st.spinner("Computing the UMAP map…"):
+            embedding = umap_map(source.key, config, source.X)
+    except PosterGenreError as err:
+        st.error(str(err))
+        return None
+    st.caption(f"Map loaded from the disk cache in {embedding.seconds:.2f} s" if embedding.from_cache
+               else f"Map computed in {embedding.seconds:.1f} s (now cached on disk)")
+    return embedding
+
+
+def map_figure(posters: Posters, coords: np.ndarray, color: str):
+    data = posters.frame[["row", "title", "genres"]].assign(x=coords[:, 0], y=coords[:, 1])
+    if color == PRIMARY:
+        data["colour"] = posters.frame["primary"]
+        order = list(data["colour"].value_counts().index)
+        colours = dict(zip(order, PALETTE * 2))
+    else:
+        inside = genre_membership(posters.Y, posters.genres, color)
+        outside = f"not {color}"
+        data["colour"] = np.where(inside, color, outside)
+        order, colours = [outside, color], {outside: "#c8c8c8", color: "#d62728"}
+    fig = px.scatter(data, x="x", y="y", color="colour", custom_data=["row"], hover_name="title",
+                     hover_data={"genres": True, "x": False, "y": False, "colour": False},
+                     category_orders={"colour": order}, color_discrete_map=colours)
+    fig.update_traces(marker={"size": 6 if len(data) > 1000 else 9, "opacity": 0.8})
+    fig.update_layout(height=620, legend_title_text="", margin={"l": 0, "r": 0, "t": 10, "b": 0},
+                      xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+def selected_rows(event) -> list[int]:
+    points = event.selection.points if event else []
+    return sorted({int(point["customdata"][0]) for point in points if point.get("customdata")})
+
+
+def follow_click(rows: list[int], frame: pd.DataFrame) -> None:
+    """A single clicked point becomes the picked poster, once per click (the selectbox stays usable)."""
+    if len(rows) == 1 and st.session_state.get("clusters_last_click") != rows[0]:
+        st.session_state["clusters_last_click"] = rows[0]
+        st.session_state["pick_poster"] = frame["id"].iat[rows[0]]
+
+
+def genre_shares(posters: Posters, rows: list[int]) -> pd.DataFrame:
+    overall = posters.Y.mean(axis=0)
+    selected = posters.Y[rows].mean(axis=0)
+    return pd.concat([
+        pd.DataFrame({"genre": posters.genres, "share": selected, "posters": f"selected ({len(rows)})"}),
+        pd.DataFrame({"genre": posters.genres, "share": overall, "posters": f"all ({len(posters.Y)})"}),
+    ])
+
+
+def poster_grid(frame: pd.DataFrame, rows, captions: list[str], width: int = 120) -> None:
+    st.image([poster_thumbnail(frame["path"].iat[row]) for row in rows], caption=captions, width=width)
+
+
+def draw_selection(posters: Posters, rows: list[int]) -> None:
+    frame = posters.frame
+    st.subheader(f"Selection: {len(rows)} posters")
+    shown = rows[:SELECTION_CAP]
+    if len(rows) > SELECTION_CAP:
+        st.caption(f"Showing the first {SELECTION_CAP} of {len(rows)}.")
+    poster_grid(frame, shown, [f"{frame['title'].iat[r]} — {frame['genres'].iat[r]}" for r in shown])
+    shares = genre_shares(posters, rows)
+    fig = px.bar(shares, x="genre", y="share", color="posters", barmode="group",
+                 category_orders={"genre": list(posters.frame["genres"].str.split(", ").explode()
+                                                .value_counts().index)})
+    fig.update_layout(height=320, yaxis_tickformat=".0%", legend_title_text="", margin={"t": 10})
+    st.plotly_chart(fig, key="selection_genres")
+
+
+def draw_neighbours(posters: Posters, source: MapSource) -> None:
+    frame = posters.frame
+    st.subheader("Nearest neighbours of one poster")
+    st.caption(f"Cosine similarity in the space of the map ({source.label}). Click a single point on the map "
+               "or pick a title.")
+    ids = list(frame["id"])
+    if st.session_state.get("pick_poster") not in set(ids):
+        st.session_state.pop("pick_poster", None)
+    title_of = dict(zip(ids, frame["title"]))
+    left, right = st.columns([3, 1])
+    picked = left.selectbox("Poster", ids, key="pick_poster", format_func=lambda id_: f"{title_of[id_]} ({id_})")
+    n = right.slider("Neighbours shown", 4, 24, 8, key="n_similar")
+    row = ids.index(picked)
+    order, similarity = similar_posters(source.key, row, n, source.X)
+    poster_grid(frame, [row], [f"{frame['title'].iat[row]} — {frame['genres'].iat[row]}"], width=180)
+    poster_grid(frame, order, [f"{frame['title'].iat[r]} · {s:.2f} · {frame['genres'].iat[r]}"
+                               for r, s in zip(order, similarity)])
+
+
+def agreement_controls(n_posters: int) -> int:
+    top = min(K_MAX, n_posters - 1)
+    return st.slider("k (neighbours per poster)", 1, top, min(10, top), key="agreement_k")
+
+
+def draw_agreement(table: pd.DataFrame, k: int) -> None:
+    overall = table.iloc[0]
+    first, second, third = st.columns(3)
+    first.metric(f"Neighbours sharing a genre (k={k})", f"{overall['observed']:.0%}")
+    second.metric("By chance (labels shuffled)", f"{overall['chance']:.0%}")
+    third.metric("Lift", f"{overall['lift']:.2f}×")
+    st.dataframe(table, hide_index=True, column_config={
+        "observed": st.column_config.NumberColumn("observed", format="percent"),
+        "chance": st.column_config.NumberColumn("chance", format="percent"),
+        "lift": st.column_config.NumberColumn("lift", format="%.2f×"),
+    })
+    per_genre = table.iloc[1:].melt(id_vars="genre", value_vars=["observed", "chance"], var_name="measure",
+                                     value_name="share of neighbours with the genre")
+    fig = px.bar(per_genre, x="genre", y="share of neighbours with the genre", color="measure", barmode="group")
+    fig.update_layout(height=340, yaxis_tickformat=".0%", margin={"t": 10})
+    st.plotly_chart(fig, key="agreement_chart")
+
+
+st.title("🗺️ Clusters")
+st.caption("Do similar posters sit together? A UMAP map of the features, nearest neighbours, and numbers.")
+
+dataset, _ = active_dataset()
+features = require_features(dataset)
+posters = poster_table(dataset, features)
+source = source_controls(dataset, features)
+labels_key = f"{features.key}-{fingerprint(dataset.root)}"
+
+st.subheader("UMAP map")
+config = umap_controls()
+embedding = compute_map(source, config)
+if embedding is not None:
+    color = color_controls(posters.genres)
+    event = st.plotly_chart(map_figure(posters, embedding.coords, color), key="umap_chart",
+                            on_select="rerun", selection_mode=("points", "box", "lasso"))
+    rows = selected_rows(event)
+    follow_click(rows, posters.frame)
+    if len(rows) > 1:
+        draw_selection(posters, rows)
+    else:
+        st.caption("Drag a box or lasso on the map to see those posters and their genres.")
+
+draw_neighbours(posters, source)
+
+st.subheader("Do neighbours share genres?")
+st.caption("For each genre: among posters with it, the share of their k nearest neighbours that have it too, "
+           "against the same figure with the labels shuffled across posters (chance). Overall: share of "
+           "neighbours sharing at least one genre.")
+if neighbour_index_ready(source):
+    k = agreement_controls(len(posters.Y))
+    draw_agreement(agreement_table(source.key, labels_key, k, source.X, posters.Y, posters.genres), k)

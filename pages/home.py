@@ -1,0 +1,41 @@
+"""Home: what is active, what is cached, and the path through the pages."""
+from __future__ import annotations
+
+import streamlit as st
+
+from core.features import cache_status
+from core.runs import list_runs
+from pages._shared import active_dataset, active_weights, dataset_caption, feature_config, weights_notice
+
+st.title("🎬 Poster Genre Explorer")
+st.caption("What do movie posters say about a film's genre? VGG16 features, a small MLP, honest metrics.")
+
+dataset, report = active_dataset()
+st.markdown(f"Dataset: {dataset_caption(dataset)}")
+if dataset.synthetic:
+    st.info("This is the built-in **synthetic** demo set: generated posters whose genres have their own "
+            "colours and shapes. Load real posters on the Data page.")
+if report.skipped:
+    st.caption(f"{len(report.skipped)} items of this folder were skipped; see the Data page for the list.")
+
+weights = active_weights()
+if weights is not None:
+    weights_notice(weights)
+    cached, total = cache_status(dataset, feature_config())
+    st.metric("Posters with cached features", f"{cached:,} / {total:,}")
+    if cached < total:
+        st.page_link("pages/data.py", label="Extract the missing features on the Data page", icon="🗂️")
+
+runs = [run for run in list_runs() if run.info.get("dataset", {}).get("root") == str(dataset.root.resolve())]
+st.metric("Saved training runs on this dataset", len(runs))
+
+st.subheader("The path through the app")
+st.markdown(
+    "1. **Data** — choose a poster folder (or the demo), look at its genres, extract VGG16 features.\n"
+    "2. **Train** — start from the tutorial's recipe or the recommended one, move the hyperparameters, "
+    "watch the loss curves, compare runs against the frequency prior.\n"
+    "3. **Clusters** — a UMAP map of the features: do posters of one genre sit together? With numbers.\n"
+    "4. **Predictions** — poster by poster: what the model predicts, where it fails, and your own upload.")
+for page, label, icon in [("pages/data.py", "Data", "🗂️"), ("pages/train.py", "Train", "🧪"),
+                          ("pages/clusters.py", "Clusters", "🗺️"), ("pages/predictions.py", "Predictions", "🔍")]:
+    st.page_link(page, label=label, icon=icon)

@@ -1,0 +1,423 @@
+"""Predictions: poster by poster, what a saved run predicts, where it fails, and your own upload."""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.datasets import Dataset
+from core.embeddings import nearest_to_vector
+from core.errors import ImageError, PosterGenreError
+from core.experiment import labels_for
+from core.features import FeatureSet
+from core.images import check_image_bytes, thumbnail
+from core.metrics import per_genre_report, top_k_indices
+from core.predict import PosterPrediction, Predictor, view_rows
+from core.runs import Run, list_runs
+from pages._shared import active_dataset, fingerprint, require_features
+
+PAGE_SIZE = 24
+GRID_COLUMNS = 4
+N_NEIGHBOURS = 8
+ANY_GENRE = "(any genre)"
+OUTCOMES = ("all posters", "all hits", "at least one miss", "no hit")
+SORTS = {
+    "most surprising (highest loss)": ("loss", False),
+    "least surprising (lowest loss)": ("loss", True),
+    "most confident (top-1 probability)": ("confidence", False),
+    "least confident": ("confidence", True),
+    "worst precision@k": ("precision", True),
+    "best precision@k": ("precision", False),
+    "test split order": ("order", True),
+}
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
+_EPSILON = 1e-7
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|$~])")
+
+
+@dataclass(frozen=True)
+class GridView:
+    genre: str = ANY_GENRE
+    outcome: str = OUTCOMES[0]
+    confidence: tuple[float, float] = (0.0, 1.0)
+    sort: str = next(iter(SORTS))
+
+
+def escape(text: str) -> str:
+    """Titles are shown as markdown: ``$`` would start LaTeX, ``*`` emphasis."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+def dataset_runs(dataset: Dataset) -> list[Run]:
+    root = str(dataset.root.resolve())
+    return [run for run in list_runs() if (run.info.get("dataset") or {}).get("root") == root]
+
+
+def run_label(run: Run) -> str:
+    config, metrics = run.config, run.metrics
+    created = run.info.get("created", "")[:16].replace("T", " ")
+    precision = metrics.get("precision_at_k")
+    score = f"P@{config.k} {precision:.3f}" if precision is not None else f"P@{config.k} n/a"
+    random = " · RANDOM weights" if metrics.get("random_weights") else ""
+    hidden = "→".join(str(size) for size in config.hidden)
+    return f"{created} · {config.feature_view} · {hidden} · {config.epochs} ep · {score}{random}"
+
+
+def _remember_run() -> None:
+    st.session_state["selected_run"] = st.session_state["run_select"]
+
+
+def run_controls(runs: list[Run]) -> Run:
+    by_folder = {str(run.folder): run for run in runs}
+    options = list(by_folder)
+    wanted = st.session_state.get("selected_run")
+    index = options.index(str(wanted)) if str(wanted) in by_folder else 0
+    folder = st.selectbox("Run", options, index=index, key="run_select", on_change=_remember_run,
+                          format_func=lambda option: run_label(by_folder[option]),
+                          help="Runs trained on the active dataset, newest first.")
+    return by_folder[folder]
+
+
+def poster_table(run: Run, dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One row per test poster (``run.split['test']`` order) with its hits, loss and confidence."""
+    ids = list(run.split["test"])
+    true_genres = labels_for(dataset, ids)
+    Y = run.vocabulary.encode(true_genres)
+    scores = run.test_scores()
+    k = run.config.k
+    top = top_k_indices(scores, k=k)
+    hits = np.take_along_axis(Y, top, axis=1).sum(axis=1).astype(int)
+    n_true = Y.sum(axis=1).astype(int)
+    clipped = np.clip(scores, _EPSILON, 1 - _EPSILON)
+    loss = -(Y * np.log(clipped) + (1 - Y) * np.log(1 - clipped)).mean(axis=1)
+    genres = run.vocabulary.genres
+    posters = {poster.id: poster for poster in dataset.posters}
+    frame = pd.DataFrame({
+        "id": ids,
+        "title": [posters[id_].title for id_ in ids],
+        "path": [str(posters[id_].path) for id_ in ids],
+        "true": true_genres,
+        "predicted": [tuple((genres[j], float(scores[i, j])) for j in row) for i, row in enumerate(top)],
+        "hits": hits,
+        "n_true": n_true,
+        "precision": hits / k,
+        "recall": np.divide(hits, n_true, out=np.zeros(len(ids)), where=n_true > 0),
+        "loss": loss,
+        "confidence": scores.max(axis=1),
+        "order": np.arange(len(ids)),
+    })
+    return frame, Y, scores
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_poster_table(folder: str, created: str, root: str, dataset_fingerprint: tuple, _run: Run,
+                        _dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    return poster_table(_run, _dataset)
+
+
+def outcome_mask(table: pd.DataFrame, outcome: str, k: int) -> pd.Series:
+    """A hit is a true genre among the top k; "all hits" means as many as possible, min(k, true genres)."""
+    best = np.minimum(table["n_true"], k)
+    return {
+        "all posters": pd.Series(True, index=table.index),
+        "all hits": table["hits"] == best,
+        "at least one miss": table["hits"] < best,
+        "no hit": table["hits"] == 0,
+    }[outcome]
+
+
+def select_posters(table: pd.DataFrame, view: GridView, k: int) -> pd.DataFrame:
+    mask = outcome_mask(table, view.outcome, k)
+    low, high = view.confidence
+    mask &= table["confidence"].between(low, high)
+    if view.genre != ANY_GENRE:
+        mask &= np.array([view.genre in true or any(genre == view.genre for genre, _ in predicted)
+                          for true, predicted in zip(table["true"], table["predicted"])], dtype=bool)
+    column, ascending = SORTS[view.sort]
+    return table[mask].sort_values(column, ascending=ascending, kind="stable")
+
+
+def _first_page() -> None:
+    st.session_state["page_number"] = 1
+
+
+def grid_controls(genres: tuple[str, ...]) -> GridView:
+    genre_col, outcome_col, confidence_col, sort_col = st.columns([2, 2, 3, 3])
+    genre = genre_col.selectbox("Genre (true or predicted)", [ANY_GENRE, *genres], key="filter_genre",
+                                on_change=_first_page)
+    outcome = outcome_col.selectbox(
+        "Hits", OUTCOMES, key="filter_hits", on_change=_first_page,
+        help="A hit is a true genre among the top-k predictions. 'All hits': as many hits as possible "
+             "(k, or every true genre when a poster has fewer than k).")
+    confidence = confidence_col.slider("Top-1 probability", 0.0, 1.0, (0.0, 1.0), step=0.01,
+                                       key="filter_confidence", on_change=_first_page)
+    sort = sort_col.selectbox("Sort by", list(SORTS), key="sort_by", on_change=_first_page)
+    return GridView(genre=genre, outcome=outcome, confidence=tuple(confidence), sort=sort)
+
+
+def page_controls(n_posters: int) -> int:
+    n_pages = max(1, math.ceil(n_posters / PAGE_SIZE))
+    if st.session_state.get("page_number", 1) > n_pages:
+        st.session_state["page_number"] = n_pages
+    if n_pages == 1:
+        return 1
+    return int(st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, step=1,
+                               key="page_number"))
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumbnail_jpeg(path: str, mtime_ns: int, max_side: int = 256) -> bytes | None:
+    try:
+        image = thumbnail(path, max_side)
+    except ImageError:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue()
+
+
+def show_thumbnail(path: str, max_side: int = 256, target=st) -> None:
+    try:
+        data = thumbnail_jpeg(path, Path(path).stat().st_mtime_ns, max_side)
+    except OSError:
+        data = None
+    if data is None:
+        target.caption(f"(cannot show {Path(path).name})")
+    else:
+        target.image(data, width="stretch")
+
+
+def _show_detail(poster_id: str) -> None:
+    st.session_state["detail_poster"] = poster_id
+
+
+def prediction_lines(predicted: tuple[tuple[str, float], ...], true: tuple[str, ...]) -> str:
+    return "  \n".join(f"{'✅' if genre in true else '❌'} {escape(genre)} {probability:.2f}"
+                       for genre, probability in predicted)
+
+
+def draw_card(row) -> None:
+    show_thumbnail(row.path)
+    st.markdown(f"**{escape(row.title)}**")
+    st.markdown(prediction_lines(row.predicted, row.true))
+    st.caption("True: " + (", ".join(row.true) or "none"))
+    st.button("Details", key=f"show_{row.id}", on_click=_show_detail, args=(row.id,))
+
+
+def draw_grid(shown: pd.DataFrame) -> None:
+    rows = list(shown.itertuples(index=False))
+    for start in range(0, len(rows), GRID_COLUMNS):
+        for column, row in zip(st.columns(GRID_COLUMNS), rows[start:start + GRID_COLUMNS]):
+            with column:
+                draw_card(row)
+
+
+def probability_figure(genres, probabilities, true: tuple[str, ...] = ()):
+    """All genres as horizontal bars, most probable on top, true genres in a second colour."""
+    import plotly.graph_objects as go
+
+    order = np.argsort(probabilities, kind="stable")
+    names = [genres[i] for i in order]
+    colours = ["#2ca02c" if name in true else "#9aa5b1" for name in names]
+    figure = go.Figure(go.Bar(x=[float(probabilities[i]) for i in order], y=names, orientation="h",
+                              marker_color=colours,
+                              text=[f"{probabilities[i]:.2f}" for i in order], textposition="auto"))
+    figure.update_layout(height=max(220, 26 * len(names) + 60), margin=dict(l=10, r=10, t=30, b=10),
+                         xaxis=dict(range=[0, 1], title="probability"),
+                         title="green = true genre" if true else None)
+    return figure
+
+
+def detail_controls(shown: pd.DataFrame, table: pd.DataFrame) -> str:
+    options = list(dict.fromkeys([*shown["id"], *table["id"]]))
+    titles = dict(zip(table["id"], table["title"]))
+    return st.selectbox("Poster", options, key="detail_poster",
+                        format_func=lambda id_: f"{titles[id_]} ({id_})")
+
+
+def draw_detail(row, probabilities: np.ndarray, genres: tuple[str, ...], k: int) -> None:
+    image_col, info_col = st.columns([1, 2])
+    with image_col:
+        show_thumbnail(row.path, max_side=512)
+    with info_col:
+        st.markdown(f"### {escape(row.title)}")
+        st.caption(f"id {row.id} · true genres: {', '.join(row.true) or 'none'}")
+        precision_col, recall_col, loss_col = st.columns(3)
+        precision_col.metric(f"Precision@{k}", f"{row.precision:.2f}", help=f"{row.hits} of the top {k} are true")
+        recall_col.metric(f"Recall@{k}", f"{row.recall:.2f}",
+                          help=f"{row.hits} of {row.n_true} true genres are in the top {k}")
+        loss_col.metric("Loss", f"{row.loss:.3f}", help="binary cross-entropy averaged over all genres")
+        st.plotly_chart(probability_figure(genres, probabilities, row.true), key="detail_chart")
+
+
+def _format(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def draw_headline(run: Run) -> None:
+    metrics, k = run.metrics, run.config.k
+    cells = st.columns(4)
+    for cell, name, label in ((cells[0], "precision_at_k", f"Precision@{k}"),
+                              (cells[1], "recall_at_k", f"Recall@{k}")):
+        value, prior = metrics.get(name), metrics.get(f"prior_{name}")
+        delta = None if value is None or prior is None else f"{value - prior:+.3f} vs prior"
+        cell.metric(label, _format(value), delta, help=f"frequency prior: {_format(prior)}; 95% interval "
+                    f"{_format(metrics.get(name + '_low'))}–{_format(metrics.get(name + '_high'))}")
+    cells[2].metric("Mean average precision", _format(metrics.get("mean_average_precision")))
+    cells[3].metric("Test posters", f"{metrics.get('n_test', len(run.split['test'])):,}")
+
+
+def per_genre_table(run: Run, Y: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    try:
+        table = run.per_genre()
+        if list(table["genre"]) == list(run.vocabulary.genres):
+            return table
+    except (OSError, KeyError, ValueError):
+        pass
+    return per_genre_report(Y, scores, run.vocabulary.genres, k=run.config.k)
+
+
+def draw_per_genre(run: Run, Y: np.ndarray, scores: np.ndarray) -> None:
+    k = run.config.k
+    st.caption(f"On the {len(Y)} test posters. Precision@{k}: of the posters with this genre in their "
+               f"top {k}, how many have it; recall@{k}: of the posters with this genre, how many got it "
+               "in their top k. Empty cells are undefined (no poster).")
+    table = per_genre_table(run, Y, scores).sort_values("support", ascending=False, kind="stable")
+    st.dataframe(table, hide_index=True, key="per_genre_table", column_config={
+        "genre": "Genre",
+        "support": st.column_config.NumberColumn("Support", help="test posters with this genre"),
+        "average_precision": st.column_config.NumberColumn("Average precision", format="%.3f"),
+        "precision_at_k": st.column_config.NumberColumn(f"Precision@{k}", format="%.3f"),
+        "recall_at_k": st.column_config.NumberColumn(f"Recall@{k}", format="%.3f"),
+        "predicted": st.column_config.NumberColumn(f"In top {k}", help="test posters predicting it"),
+    })
+
+
+@st.cache_resource(show_spinner="Loading the run's model and VGG16…", max_entries=2)
+def get_predictor(folder: str, created: str, _run: Run) -> Predictor:
+    return Predictor(_run)
+
+
+@st.cache_data(show_spinner="Predicting…", max_entries=16)
+def predict_upload(folder: str, created: str, digest: str, name: str, _run: Run, _data: bytes) -> PosterPrediction:
+    """Prediction for uploaded bytes, cached by content so reruns do not recompute VGG16."""
+    return get_predictor(folder, created, _run).predict_image(_data, name)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def view_matrix(features_key: str, view: str, _features: FeatureSet) -> np.ndarray:
+    return _features.view(view)
+
+
+@st.cache_data(show_spinner="Finding the nearest training posters…", max_entries=16)
+def nearest_train_posters(features_key: str, view: str, folder: str, digest: str, _features: FeatureSet,
+                          _train_ids: list[str], _vector: np.ndarray) -> list[tuple[str, float]]:
+    """Cosine over all rows of the view, then the best training posters (no copy of a 25,088-d matrix)."""
+    X = view_matrix(features_key, view, _features)
+    order, similarities = nearest_to_vector(X, view_rows(_vector[None], view)[0], n=X.shape[0])
+    train = set(_train_ids)
+    ids = _features.ids
+    found = [(ids[i], float(s)) for i, s in zip(order, similarities) if ids[i] in train]
+    return found[:N_NEIGHBOURS]
+
+
+def draw_upload_prediction(prediction: PosterPrediction, genres: tuple[str, ...]) -> None:
+    st.markdown("**Top genres:** " + " · ".join(f"{escape(g)} {p:.2f}" for g, p in prediction.top))
+    probabilities = np.array([prediction.probabilities[genre] for genre in genres])
+    st.plotly_chart(probability_figure(genres, probabilities), key="upload_chart")
+
+
+def draw_neighbours(neighbours: list[tuple[str, float]], dataset: Dataset) -> None:
+    st.markdown("**Nearest training posters** (cosine similarity of the run's features)")
+    posters = {poster.id: poster for poster in dataset.posters}
+    for start in range(0, len(neighbours), GRID_COLUMNS):
+        for column, (id_, similarity) in zip(st.columns(GRID_COLUMNS), neighbours[start:start + GRID_COLUMNS]):
+            poster = posters[id_]
+            show_thumbnail(str(poster.path), target=column)
+            column.caption(f"{poster.title} · similarity {similarity:.2f}  \n{', '.join(poster.genres)}")
+
+
+def draw_upload(run: Run, features: FeatureSet, dataset: Dataset) -> None:
+    st.caption("Any poster image (jpg, png, webp): the run predicts its genres with the same VGG16 features "
+               "it was trained on. Nothing is saved.")
+    uploaded = st.file_uploader("Upload a poster", type=UPLOAD_TYPES, key="upload")
+    if uploaded is None:
+        return
+    data = uploaded.getvalue()
+    try:
+        check_image_bytes(data, uploaded.name)
+    except ImageError as err:
+        st.error(str(err))
+        return
+    folder, created = str(run.folder), run.info.get("created", "")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        prediction = predict_upload(folder, created, digest, uploaded.name, run, data)
+    except PosterGenreError as err:
+        st.error(str(err))
+        return
+    if prediction.error:
+        st.error(prediction.error)
+        return
+    image_col, prediction_col = st.columns([1, 2])
+    image_col.image(data, caption=uploaded.name, width="stretch")
+    with prediction_col:
+        draw_upload_prediction(prediction, run.vocabulary.genres)
+    view = run.config.feature_view
+    neighbours = nearest_train_posters(features.key, view, folder, digest, features, run.split["train"],
+                                       prediction.features)
+    draw_neighbours(neighbours, dataset)
+
+
+st.title("🔍 Predictions")
+st.caption("Poster by poster: what a trained run predicts, where it is wrong, and what it says about yours.")
+
+dataset, _ = active_dataset()
+runs = dataset_runs(dataset)
+if not runs:
+    st.info(f"No training run on {dataset.name} yet: train one on the Train page first.")
+    st.page_link("pages/train.py", label="Go to Train", icon="🧪")
+    st.stop()
+run = run_controls(runs)
+features = require_features(dataset)
+try:
+    run.check_features(features)
+    table, Y, scores = cached_poster_table(str(run.folder), run.info.get("created", ""), str(dataset.root),
+                                           fingerprint(dataset.root), run, dataset)
+except PosterGenreError as err:
+    st.error(str(err))
+    st.stop()
+if run.metrics.get("random_weights"):
+    st.warning("⚠️ This run was trained on features from RANDOM VGG16 weights: its predictions test the "
+               "pipeline and say nothing about posters.")
+k = run.config.k
+draw_headline(run)
+
+posters_tab, genres_tab, upload_tab = st.tabs(["Test posters", "Per genre", "Upload a poster"])
+with posters_tab:
+    view = grid_controls(run.vocabulary.genres)
+    shown = select_posters(table, view, k)
+    st.markdown("#### Poster detail")
+    detail_id = detail_controls(shown, table)
+    detail_index = int(np.flatnonzero(table["id"].to_numpy() == detail_id)[0])
+    draw_detail(next(table.iloc[[detail_index]].itertuples(index=False)), scores[detail_index],
+                run.vocabulary.genres, k)
+    st.divider()
+    if shown.empty:
+        st.info(f"None of the {len(table)} test posters matches these filters.")
+    else:
+        first = (page_controls(len(shown)) - 1) * PAGE_SIZE
+        st.caption(f"Showing {first + 1}–{min(len(shown), first + PAGE_SIZE)} of {len(shown)} test posters "
+                   f"({len(table)} in the test split)")
+        draw_grid(shown.iloc[first:first + PAGE_SIZE])
+with genres_tab:
+    draw_per_genre(run, Y, scores)
+with upload_tab:
+    draw_upload(run, features, dataset)

@@ -1,0 +1,445 @@
+"""Train: hyperparameter experiments on the cached features, compared against the frequency prior."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.errors import PosterGenreError, TrainingError
+from core.experiment import ExperimentResult, run_experiment
+from core.features import FEATURE_VIEWS, FeatureSet
+from core.runs import Run, delete_run, find_run, list_runs, load_run, runs_root, save_run
+from core.train import OPTIMIZERS, PRESET_NOTES, PRESETS, EpochLog, TrainConfig, check_config
+from pages._shared import active_dataset, require_features
+
+LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+CONTROL_KEYS = ("view", "hidden", "dropout", "standardize", "learning_rate", "optimizer", "epochs",
+                "batch_size", "test_size", "validation_split", "early_stopping", "patience", "seed", "k",
+                "threshold")
+FORM_MEMORY = "train_form"
+X_CHOICES = ("learning rate", "dropout", "hidden", "view", "optimizer", "standardize", "epochs run",
+             "batch", "seed", "test fraction", "train seconds")
+Y_CHOICES = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
+
+
+# ---- controls ---------------------------------------------------------------------------------
+
+def control_values(config: TrainConfig) -> dict:
+    """Widget values (by session-state key) that show ``config``."""
+    values = {"view" if name == "feature_view" else name: value for name, value in vars(config).items()}
+    values["hidden"] = ",".join(str(size) for size in config.hidden)
+    return values
+
+
+def set_controls(config: TrainConfig) -> None:
+    for key, value in control_values(config).items():
+        st.session_state[key] = value
+
+
+def apply_preset() -> None:
+    set_controls(PRESETS[st.session_state.preset])
+
+
+def init_controls() -> None:
+    """Restore the form after a page switch (Streamlit drops widget state of pages not shown)."""
+    memory = st.session_state.get(FORM_MEMORY, {})
+    st.session_state.setdefault("preset", memory.get("preset", "tutorial"))
+    defaults = {**control_values(PRESETS[st.session_state.preset]), **memory}
+    for key in CONTROL_KEYS:
+        st.session_state.setdefault(key, defaults[key])
+
+
+def remember_controls() -> None:
+    st.session_state[FORM_MEMORY] = {key: st.session_state[key] for key in ("preset", *CONTROL_KEYS)}
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        sizes = ()
+    if not sizes or any(size < 1 for size in sizes):
+        raise TrainingError(f"hidden layer sizes {text!r} are not a list of positive integers",
+                            "write them comma-separated, e.g. 1024,256 or 512")
+    return sizes
+
+
+def preset_controls() -> str:
+    preset = st.selectbox("Start from preset", list(PRESETS), key="preset", on_change=apply_preset,
+                          help="Changing the preset resets every control below to its values.")
+    st.caption(f"**{preset}**: {PRESET_NOTES[preset]}")
+    return preset
+
+
+def train_controls() -> None:
+    features_col, network_col, fitting_col = st.columns(3)
+    with features_col:
+        st.markdown("**Features**")
+        st.radio("Feature view", list(FEATURE_VIEWS), key="view", captions=list(FEATURE_VIEWS.values()))
+        st.caption("The 512-d pooled views (avg, max) come from the same cache and train much faster "
+                   "than the 25,088-d flattened one.")
+        st.checkbox("Standardize features (mean 0, variance 1 from the training split)", key="standardize")
+        st.markdown("**Network**")
+        st.text_input("Hidden layer sizes", key="hidden", help="Comma-separated, e.g. 1024,256 (the tutorial) or 512")
+        st.slider("Dropout after each hidden layer", 0.0, 0.95, step=0.05, key="dropout")
+    with network_col:
+        st.markdown("**Optimisation**")
+        st.selectbox("Optimizer", OPTIMIZERS, key="optimizer")
+        rates = sorted({*LEARNING_RATES, float(st.session_state.learning_rate)})
+        st.select_slider("Learning rate (log scale)", rates, key="learning_rate",
+                         format_func=lambda rate: f"{rate:.0e}")
+        st.number_input("Epochs", min_value=1, max_value=2000, step=1, key="epochs")
+        st.number_input("Batch size", min_value=1, max_value=8192, step=16, key="batch_size")
+        st.number_input("Seed (split, initialisation, bootstrap)", min_value=0, step=1, key="seed")
+    with fitting_col:
+        st.markdown("**Split and stopping**")
+        st.slider("Test fraction", 0.05, 0.9, step=0.05, key="test_size")
+        st.slider("Validation fraction (of the rest)", 0.0, 0.9, step=0.05, key="validation_split")
+        st.checkbox("Early stopping on validation loss", key="early_stopping")
+        st.number_input("Patience (epochs)", min_value=1, max_value=500, step=1, key="patience")
+        st.markdown("**Evaluation**")
+        st.number_input("k (top-k genres per poster)", min_value=1, max_value=50, step=1, key="k")
+        st.slider("Threshold for F1", 0.05, 0.95, step=0.05, key="threshold")
+
+
+def config_from_controls(n_genres: int) -> TrainConfig:
+    """The controls as a checked ``TrainConfig``; raises ``TrainingError`` for invalid combinations."""
+    state = st.session_state
+    config = TrainConfig(
+        feature_view=state.view, hidden=parse_hidden(state.hidden), dropout=round(state.dropout, 4),
+        standardize=bool(state.standardize), learning_rate=float(state.learning_rate),
+        optimizer=state.optimizer, epochs=int(state.epochs), batch_size=int(state.batch_size),
+        seed=int(state.seed), test_size=round(state.test_size, 4),
+        validation_split=round(state.validation_split, 4), early_stopping=bool(state.early_stopping),
+        patience=int(state.patience), k=int(state.k), threshold=round(state.threshold, 4))
+    check_config(config)
+    if config.k > n_genres:
+        raise TrainingError(f"k={config.k} but the dataset has only {n_genres} genres",
+                            f"choose k between 1 and {n_genres}")
+    return config
+
+
+def changed_from(preset: str, config: TrainConfig) -> list[str]:
+    base = PRESETS[preset].to_dict()
+    return [name for name, value in config.to_dict().items() if base[name] != value]
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+def stopped_notice() -> None:
+    """A training interrupted by Stop (Streamlit stops the script at its next st call) leaves its flag
+    set: say so once."""
+    if st.session_state.pop("training_in_progress", False):
+        record = st.session_state.pop("training_progress", {})
+        if record.get("saved"):
+            return
+        epochs = record.get("last_epoch", 0)
+        st.warning(f"Training was stopped after {epochs} epoch{'' if epochs == 1 else 's'}; "
+                   "the run was not saved.")
+
+
+def loss_figure(history: list[EpochLog], title: str = "Loss per epoch") -> go.Figure:
+    epochs = [entry.epoch for entry in history]
+    figure = go.Figure(go.Scatter(x=epochs, y=[entry.loss for entry in history], name="train",
+                                  mode="lines+markers"))
+    if any(entry.val_loss is not None for entry in history):
+        figure.add_trace(go.Scatter(x=epochs, y=[entry.val_loss for entry in history], name="validation",
+                                    mode="lines+markers"))
+    figure.update_layout(title=title, xaxis_title="epoch", yaxis_title="binary cross-entropy",
+                         height=320, margin=dict(l=10, r=10, t=40, b=10))
+    return figure
+
+
+def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict) -> ExperimentResult:
+    """Train with a progress bar and live loss curves; Stop makes Streamlit interrupt the script at the
+    next st call in ``on_epoch``. ``record`` (a dict held in session_state) outlives that interruption."""
+    st.button("Stop", key="stop", help="Stops after the current epoch; the run is not saved.")
+    progress = st.progress(0.0, text=f"Preparing the {config.feature_view} features and building the model "
+                                     "(the first training in this server also loads TensorFlow)…")
+    chart = st.empty()
+    history: list[EpochLog] = []
+
+    # Mutating ``record`` is not a Streamlit yield point (assigning to session_state is), so the
+    # epoch count is stored even when Stop interrupts at the next st call.
+    def on_epoch(entry: EpochLog) -> None:
+        history.append(entry)
+        record["last_epoch"] = entry.epoch
+        validation = f" · validation {entry.val_loss:.4f}" if entry.val_loss is not None else ""
+        progress.progress(min(entry.epoch / config.epochs, 1.0),
+                          text=f"epoch {entry.epoch}/{config.epochs} · loss {entry.loss:.4f}{validation} "
+                               f"· {entry.seconds:.1f} s/epoch")
+        chart.plotly_chart(loss_figure(history, "Live loss"), key=f"live_loss_{entry.epoch}")
+
+    result = run_experiment(dataset, features, config, on_epoch=on_epoch)
+    progress.progress(1.0, text=f"done: {len(result.history)}/{config.epochs} epochs in {result.seconds:.1f} s")
+    return result
+
+
+def save_trained(dataset, result: ExperimentResult, record: dict) -> Path:
+    folder = save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name,
+                                            "synthetic": dataset.synthetic, "n_posters": len(dataset)})
+    record["saved"] = str(folder)
+    st.session_state.training_in_progress = False
+    return folder
+
+
+def train_or_load(dataset, features: FeatureSet, config: TrainConfig, again: bool) -> None:
+    existing = find_run(features, config)
+    if existing is not None and not again:
+        select_run(existing.folder)
+        st.success("Same configuration already trained — loaded from disk (tick “train again” to retrain).")
+        return
+    record = {"last_epoch": 0}
+    st.session_state.training_progress = record
+    st.session_state.training_in_progress = True
+    try:
+        with st.status(f"Training on {len(features.ids):,} posters…", expanded=True) as status:
+            result = train_live(dataset, features, config, record)
+            folder = save_trained(dataset, result, record)
+            status.update(label=f"Trained in {result.seconds:.1f} s and saved", state="complete", expanded=False)
+    except PosterGenreError as err:
+        st.session_state.training_in_progress = False
+        st.error(str(err))
+        return
+    select_run(folder)
+    st.success(f"Saved run {folder.name}" + (" (replaced the earlier run of this configuration)" if existing else ""))
+
+
+# ---- saved runs -------------------------------------------------------------------------------
+
+def select_run(folder: Path) -> None:
+    st.session_state.selected_run = str(folder)
+    st.session_state.run_select = str(folder)
+
+
+def runs_signature() -> tuple:
+    return tuple(sorted((entry.name, entry.stat().st_mtime_ns) for entry in runs_root().iterdir()))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _dataset_runs(root: str, signature: tuple) -> list[Run]:
+    return [run for run in list_runs() if run.info.get("dataset", {}).get("root") == root]
+
+
+def dataset_runs(dataset) -> list[Run]:
+    """Saved runs of the active dataset, newest first; re-read only when the runs folder changes."""
+    return _dataset_runs(str(dataset.root.resolve()), runs_signature())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def per_genre_table(folder: str, mtime_ns: int) -> pd.DataFrame:
+    return load_run(folder).per_genre()
+
+
+def created_label(run: Run) -> str:
+    try:
+        return dt.datetime.fromisoformat(run.info["created"]).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (KeyError, ValueError):
+        return "?"
+
+
+def hidden_label(config: TrainConfig) -> str:
+    return "→".join(str(size) for size in config.hidden)
+
+
+def run_label(run: Run) -> str:
+    config, metrics = run.config, run.metrics
+    return (f"{created_label(run)} · {config.feature_view} · {hidden_label(config)} · {config.optimizer} "
+            f"{config.learning_rate:.0e} · P@{metrics['k']} {fmt(metrics.get('precision_at_k'))}")
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def runs_table(runs: list[Run]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        config, metrics = run.config, run.metrics
+        precision, prior = metrics.get("precision_at_k"), metrics.get("prior_precision_at_k")
+        rows.append({
+            "created": created_label(run), "view": config.feature_view, "hidden": hidden_label(config),
+            "dropout": config.dropout, "standardize": config.standardize, "learning rate": config.learning_rate,
+            "optimizer": config.optimizer, "epochs": f"{metrics.get('epochs_run', '?')}/{config.epochs}",
+            "epochs run": metrics.get("epochs_run"), "batch": config.batch_size, "seed": config.seed,
+            "test fraction": config.test_size, "k": config.k, "precision@k": precision, "prior": prior,
+            "precision@k − prior": None if precision is None or prior is None else precision - prior,
+            "recall@k": metrics.get("recall_at_k"), "micro F1": metrics.get("micro_f1"),
+            "macro F1": metrics.get("macro_f1"), "mean AP": metrics.get("mean_average_precision"),
+            "train seconds": metrics.get("train_seconds"), "weights": metrics.get("weights"),
+            "run": run_label(run),
+        })
+    return pd.DataFrame(rows)
+
+
+TABLE_COLUMNS = ("created", "view", "hidden", "dropout", "learning rate", "optimizer", "epochs", "batch", "seed",
+                 "k", "precision@k", "prior", "recall@k", "micro F1", "macro F1", "train seconds", "weights")
+
+
+def show_table(table: pd.DataFrame) -> None:
+    number = {name: st.column_config.NumberColumn(format="%.3f")
+              for name in ("precision@k", "prior", "recall@k", "micro F1", "macro F1")}
+    st.dataframe(table[list(TABLE_COLUMNS)], hide_index=True, key="runs_table", column_config={
+        **number, "learning rate": st.column_config.NumberColumn(format="%.0e"),
+        "train seconds": st.column_config.NumberColumn(format="%.1f")})
+
+
+def comparison_chart(table: pd.DataFrame) -> None:
+    x_col, y_col = st.columns(2)
+    x = x_col.selectbox("Hyperparameter (x)", X_CHOICES, key="compare_x")
+    y = y_col.selectbox("Metric (y)", Y_CHOICES, key="compare_y")
+    figure = px.scatter(table, x=x, y=y, color="view", hover_name="run", log_x=x == "learning rate",
+                        hover_data={"created": True, "epochs": True, "prior": ":.3f"})
+    figure.update_traces(marker_size=11)
+    figure.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=10))
+    st.plotly_chart(figure, key="compare_chart")
+
+
+def run_selector(runs: list[Run]) -> Run:
+    by_folder = {str(run.folder): run for run in runs}
+    if st.session_state.get("run_select") not in by_folder:
+        remembered = st.session_state.get("selected_run")
+        st.session_state.run_select = remembered if remembered in by_folder else next(iter(by_folder))
+    folder = st.selectbox("Show run", list(by_folder), key="run_select",
+                          format_func=lambda key: run_label(by_folder[key]))
+    st.session_state.selected_run = folder
+    return by_folder[folder]
+
+
+def metric_with_prior(column, name: str, metrics: dict, field: str) -> None:
+    value, prior = metrics.get(field), metrics.get(f"prior_{field}")
+    delta = None if value is None or prior is None else f"{value - prior:+.3f} vs prior"
+    column.metric(f"{name}@{metrics['k']}", fmt(value), delta=delta)
+    column.caption(f"95% bootstrap interval {fmt(metrics.get(f'{field}_low'))}–{fmt(metrics.get(f'{field}_high'))}"
+                   f"  \nfrequency prior {fmt(prior)} ({fmt(metrics.get(f'prior_{field}_low'))}–"
+                   f"{fmt(metrics.get(f'prior_{field}_high'))})")
+
+
+def show_results(run: Run) -> None:
+    metrics, config = run.metrics, run.config
+    if metrics.get("random_weights"):
+        st.warning("⚠️ This run was trained on features from RANDOM VGG16 weights: its numbers say nothing "
+                   "about posters.")
+    st.caption(f"{config.feature_view} features · hidden {hidden_label(config)} · dropout {config.dropout} · "
+               f"{'standardized · ' if config.standardize else ''}{config.optimizer} {config.learning_rate:.0e} · "
+               f"{metrics.get('epochs_run')}/{config.epochs} epochs · batch {config.batch_size} · "
+               f"seed {config.seed} · "
+               f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / "
+               f"{metrics.get('n_test')} test posters · {fmt(metrics.get('train_seconds'), 1)} s · "
+               f"{metrics.get('weights')}")
+    precision_col, recall_col, f1_col, ap_col = st.columns(4)
+    metric_with_prior(precision_col, "Precision", metrics, "precision_at_k")
+    metric_with_prior(recall_col, "Recall", metrics, "recall_at_k")
+    f1_col.metric("Micro / macro F1", f"{fmt(metrics.get('micro_f1'))} / {fmt(metrics.get('macro_f1'))}")
+    f1_col.caption(f"genres scored ≥ {metrics.get('threshold')} count as predicted")
+    ap_col.metric("Mean average precision", fmt(metrics.get("mean_average_precision")))
+    ap_col.caption("mean over genres of the per-genre AP")
+    low, prior_high = metrics.get("precision_at_k_low"), metrics.get("prior_precision_at_k_high")
+    if low is not None and prior_high is not None and low <= prior_high:
+        st.info("The precision interval overlaps the prior's: on this test set the model is not clearly "
+                "better than always answering the most frequent genres.")
+    curves, genres = st.columns(2)
+    if run.history:
+        curves.plotly_chart(loss_figure(run.history), key="run_loss")
+    table = per_genre_table(str(run.folder), (run.folder / "metrics.json").stat().st_mtime_ns)
+    genres.plotly_chart(ap_figure(table), key="run_ap")
+    st.dataframe(table[["genre", "support", "average_precision", "precision_at_k", "recall_at_k"]],
+                 hide_index=True, key="per_genre_table", column_config={
+                     name: st.column_config.NumberColumn(format="%.3f")
+                     for name in ("average_precision", "precision_at_k", "recall_at_k")})
+    st.button("Copy this run's settings into the controls", key="load_config", on_click=set_controls,
+              args=(config,))
+
+
+def ap_figure(table: pd.DataFrame) -> go.Figure:
+    ordered = table.sort_values("average_precision", ascending=False)
+    figure = px.bar(ordered, x="genre", y="average_precision", hover_data=["support"],
+                    title="Average precision per genre")
+    figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1])
+    return figure
+
+
+def delete_selected() -> None:
+    folders = st.session_state.get("delete_select") or []
+    if not folders:
+        st.session_state.train_notice = ("info", "Choose the runs to delete first.")
+        return
+    if not st.session_state.get("delete_confirm"):
+        st.session_state.train_notice = ("warning", "Tick the confirmation box to delete the selected runs.")
+        return
+    try:
+        for folder in folders:
+            delete_run(Path(folder))
+    except PosterGenreError as err:
+        st.session_state.train_notice = ("error", str(err))
+        return
+    st.session_state.train_notice = ("success", f"Deleted {len(folders)} run(s).")
+    st.session_state.delete_select = []
+    st.session_state.delete_confirm = False
+    if st.session_state.get("selected_run") in folders:
+        st.session_state.pop("selected_run")
+
+
+def delete_controls(runs: list[Run]) -> None:
+    labels = {str(run.folder): run_label(run) for run in runs}
+    with st.expander("Delete runs"):
+        st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="delete_select")
+        st.checkbox("Yes, delete the selected runs and their models permanently", key="delete_confirm")
+        st.button("Delete", key="delete_runs", on_click=delete_selected)
+
+
+def show_notice() -> None:
+    notice = st.session_state.pop("train_notice", None)
+    if notice:
+        kind, text = notice
+        getattr(st, kind)(text)
+
+
+# ---- page -------------------------------------------------------------------------------------
+
+st.title("🧪 Train")
+st.caption("Start from the tutorial's recipe or the recommended one, move the hyperparameters, "
+           "and compare every run against the frequency prior.")
+stopped_notice()
+dataset, _ = active_dataset()
+features = require_features(dataset)
+n_genres = len(dataset.genre_counts())
+
+init_controls()
+preset = preset_controls()
+train_controls()
+remember_controls()
+try:
+    config = config_from_controls(n_genres)
+except TrainingError as err:
+    config = None
+    st.error(str(err))
+
+if config is not None:
+    changes = changed_from(preset, config)
+    if changes:
+        st.caption(f"Changed from the {preset} preset: {', '.join(changes)}")
+    if find_run(features, config) is not None:
+        st.caption("This configuration is already trained: Train will load it from disk.")
+again = st.checkbox("train again (even if this configuration was already trained)", key="train_again")
+if st.button("Train", key="train", type="primary", disabled=config is None):
+    train_or_load(dataset, features, config, again)
+
+st.header("Results")
+show_notice()
+runs = dataset_runs(dataset)
+if not runs:
+    st.info("No saved runs for this dataset yet: choose a preset and press Train.")
+    st.stop()
+show_results(run_selector(runs))
+
+st.header("Experiments")
+st.caption(f"{len(runs)} saved run(s) on this dataset; every run is also available on the Predictions page.")
+table = runs_table(runs)
+show_table(table)
+comparison_chart(table)
+delete_controls(runs)

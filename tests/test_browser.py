@@ -1,0 +1,143 @@
+"""The dashboard in a real browser: `streamlit run app.py` on a free loopback port, every page opened
+in headless Chromium.
+
+Locks in: each page finishes running without an exception block, shows its title, and the random-
+weights warning appears where features are shown; a screenshot of each page is kept in
+``artifacts/screenshots/`` (override with ARTIFACTS_DIR). Needs Debian's chromium and
+chromium-driver (`.ci/run` installs them); outside CI the test skips, saying so, when they are absent.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {"": "Poster Genre Explorer", "data": "Data", "train": "Train", "clusters": "Clusters",
+         "predictions": "Predictions"}
+
+
+def _browser_paths() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run should have installed them")
+        pytest.skip(message)
+    return chromium, driver
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_features):
+    """A real Streamlit server on the tiny dataset with one saved run."""
+    from core.cache import atomic_write_json, cache_root
+    from core.experiment import run_experiment
+    from core.runs import save_run
+    from core.train import TrainConfig
+
+    dataset, features = tiny_features
+    result = run_experiment(dataset, features, TrainConfig(feature_view="avg", hidden=(16,), epochs=2))
+    save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name,
+                                   "synthetic": True, "n_posters": len(dataset)})
+    atomic_write_json(cache_root() / "ui_settings.json",
+                      {"dataset": str(dataset.root), "weights": "none", "precision": "auto"})
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_port(port, process, Path(log.name))
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"streamlit did not listen on port {port} within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = _browser_paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1400,1800",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait_until_done(driver, timeout: float = 150) -> None:
+    """Wait until the page has a title and Streamlit's 'running' indicator has stayed away."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while time.monotonic() < deadline:
+        titled = driver.find_elements(By.CSS_SELECTOR, "h1")
+        running = [el for el in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+                   if "running" in el.text.lower()]
+        quiet = quiet + 1 if titled and not running else 0
+        if quiet >= 4:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"page {driver.current_url} did not finish running within {timeout}s")
+
+
+def _artifacts() -> Path:
+    folder = Path(os.environ.get("ARTIFACTS_DIR", ROOT / "artifacts")) / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_page_renders_in_chromium_without_exception(server, browser, path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/{path}")
+    _wait_until_done(browser)
+    browser.save_screenshot(str(_artifacts() / f"{path or 'home'}.png"))
+    exceptions = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert not exceptions, f"/{path} shows an exception: {exceptions[0].text[:500]}"
+    heading = browser.find_element(By.CSS_SELECTOR, "h1").text
+    assert PAGES[path] in heading
+    if path in ("train", "clusters", "predictions"):
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "RANDOM" in body, f"/{path} shows features from random weights without the warning"

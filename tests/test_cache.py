@@ -1,0 +1,134 @@
+"""Behaviours locked in for ``core.cache``, the atomic on-disk cache.
+
+- ``cache_root`` honours ``POSTER_GENRE_CACHE`` and creates the folder.
+- ``atomic_write_bytes/text/json`` and ``atomic_save_npy`` replace the content and leave no temporary
+  file, also when the final rename fails (the old content survives).
+- ``load_npy`` returns what was saved, memory-mapped or not, and raises ``CacheError`` for a truncated
+  file, a file cut inside its header, a wrong shape, a wrong dtype and a pickled object array.
+- ``read_json`` raises ``CacheError`` for a partial file and ``FileNotFoundError`` for a missing one.
+- ``stable_hash`` is independent of dict order, changes with values, and accepts paths and tuples.
+- ``file_sha256`` equals hashlib's digest.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import core.cache
+from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root,
+                        file_sha256, load_npy, read_json, stable_hash)
+from core.errors import CacheError
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_cache_root_honours_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "a" / "b"))
+    assert cache_root() == tmp_path / "a" / "b"
+    assert cache_root().is_dir()
+
+
+def test_atomic_writes_replace_content_without_leftovers(tmp_path):
+    path = tmp_path / "sub" / "file.bin"
+    atomic_write_bytes(path, b"first")
+    atomic_write_bytes(path, b"second")
+    assert path.read_bytes() == b"second"
+    atomic_write_text(tmp_path / "t.txt", "é\n")
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "é\n"
+    atomic_write_json(tmp_path / "j.json", {"b": 1, "a": [Path("x"), np.int64(3), (1, 2)]})
+    assert read_json(tmp_path / "j.json") == {"a": ["x", 3, [1, 2]], "b": 1}
+    atomic_save_npy(tmp_path / "a.npy", np.arange(6, dtype=np.float32))
+    atomic_save_npy(tmp_path / "a.npy", np.ones(3, dtype=np.float32))
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.ones(3))
+    assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / "sub") == []
+
+
+@pytest.mark.parametrize("write", [
+    lambda path: atomic_write_bytes(path, b"new"),
+    lambda path: atomic_save_npy(path, np.zeros(4)),
+])
+def test_failed_rename_leaves_old_content_and_no_temp_file(tmp_path, monkeypatch, write):
+    path = tmp_path / "keep.bin"
+    path.write_bytes(b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(core.cache.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_load_npy_round_trip(tmp_path, mmap):
+    array = np.arange(60, dtype=np.float32).reshape(6, 10)
+    atomic_save_npy(tmp_path / "x.npy", array)
+    loaded = load_npy(tmp_path / "x.npy", shape=(6, 10), dtype="float32", mmap=mmap)
+    np.testing.assert_array_equal(loaded, array)
+    assert isinstance(loaded, np.memmap) == mmap
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("cut", [1, 17, 2000])
+def test_load_npy_detects_truncation(tmp_path, mmap, cut):
+    path = tmp_path / "x.npy"
+    atomic_save_npy(path, np.ones((50, 20), dtype=np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[:-cut])
+    with pytest.raises(CacheError, match="unreadable or truncated"):
+        load_npy(path, shape=(50, 20), dtype="float32", mmap=mmap)
+
+
+def test_load_npy_detects_cut_header(tmp_path):
+    path = tmp_path / "x.npy"
+    atomic_save_npy(path, np.ones((5, 2), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(CacheError):
+        load_npy(path)
+
+
+def test_load_npy_checks_shape_and_dtype(tmp_path):
+    path = tmp_path / "x.npy"
+    atomic_save_npy(path, np.ones((5, 2), dtype=np.float32))
+    with pytest.raises(CacheError, match=r"shape \(5, 2\), expected \(5, 3\)"):
+        load_npy(path, shape=(5, 3))
+    with pytest.raises(CacheError, match="dtype float32, expected float64"):
+        load_npy(path, dtype="float64")
+
+
+def test_load_npy_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(CacheError):
+        load_npy(path, mmap=False)
+
+
+def test_read_json_partial_and_missing(tmp_path):
+    (tmp_path / "half.json").write_text('{"keys": [1, 2')
+    with pytest.raises(CacheError, match="not valid JSON"):
+        read_json(tmp_path / "half.json")
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "none.json")
+
+
+def test_stable_hash_is_order_independent_and_value_sensitive():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+    assert stable_hash({"a": [1, 2]}) != stable_hash({"a": [2, 1]})
+    assert stable_hash({"p": Path("x"), "t": (1, 2)}) == stable_hash({"t": [1, 2], "p": "x"})
+    assert len(stable_hash("x")) == 16 and len(stable_hash("x", length=40)) == 40
+
+
+def test_file_sha256_matches_hashlib(tmp_path):
+    data = os.urandom(3000)
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f", chunk_size=512) == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,379 @@
+"""Behaviours locked in for feature extraction (``core.features``, ``core.feature_store``,
+``core.extractor``, ``core.weights``), with random VGG16 weights on a 12-poster demo set.
+
+- A cold extraction gives a float32 ``(n, 25088)`` memmap, row ``i`` being the extractor's output for
+  poster ``ids[i]``, with progress reported after every batch.
+- Re-running computes nothing and returns identical values; adding 3 posters computes exactly 3.
+- An extraction interrupted after its first batch resumes with only the rest, and ends equal to a
+  cold full extraction.
+- A corrupt feature shard (flipped bytes or truncated) is detected when a matrix is built from it,
+  removed and recomputed; a shard without its sidecar is recomputed; a damaged matrix is rebuilt
+  without recomputing anything; all with values equal to the cold extraction.
+- ``cached_features`` / ``cache_status`` compute nothing and tell what is cached.
+- Different precision, weights or image size → a different store folder; batch size does not matter.
+- A poster that fails to decode (truncated JPEG, non-image) is reported in ``failed`` by id with its
+  reason and excluded from ids; duplicate images under two ids both get (identical) rows.
+- ``feature_view`` avg/max are ``(n, 512)`` and equal manual numpy pooling of the ``(7, 7, 512)`` rows.
+- The random-weights extractor equals a plain Keras ``VGG16(weights=None)`` built with the same seed;
+  bfloat16 agrees with float32 within a loose tolerance; ``preprocess`` never modifies its input.
+- ``resolve_weights`` handles imagenet / none / a missing file / an existing file (sha256 identity)
+  and the ``POSTER_GENRE_WEIGHTS`` default; a file that is not VGG16 weights and a failing ImageNet
+  download raise ``WeightsError`` with a useful message and hint.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cache import file_sha256
+from core.datasets import load_dataset, write_labels
+from core.demo import DemoConfig, make_demo_dataset
+from core.errors import WeightsError
+from core.extractor import FEATURE_DIM, get_extractor, preprocess, resolve_precision
+from core.features import (FeatureConfig, cache_status, cached_features, extract_features, feature_view,
+                           pool_features, store_for)
+from core.images import load_pixels
+from core.weights import IMAGENET_IDENTITY, RANDOM_SEED, default_weights_spec, resolve_weights
+
+CONFIG = FeatureConfig(weights="none", batch_size=4)
+
+
+class Reference:
+    def __init__(self, cache: Path, root: Path, features, progress: list) -> None:
+        self.cache = cache
+        self.root = root
+        self.set = features
+        self.values = np.array(features.features)
+        self.progress = progress
+
+    def rows(self, ids) -> np.ndarray:
+        return self.values[[self.set.ids.index(id_) for id_ in ids]]
+
+
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("twelve") / "set", DemoConfig(n_posters=12, seed=5))
+
+
+@pytest.fixture(scope="module")
+def reference(twelve, tmp_path_factory) -> Reference:
+    """A cold full extraction of ``twelve`` in its own cache folder (never damaged by tests)."""
+    cache = tmp_path_factory.mktemp("reference-cache")
+    calls: list = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POSTER_GENRE_CACHE", str(cache))
+        dataset, _ = load_dataset(twelve)
+        features = extract_features(dataset, CONFIG, progress=calls.append)
+    return Reference(cache, twelve, features, calls)
+
+
+@pytest.fixture
+def warm_cache(reference, tmp_path, monkeypatch) -> Path:
+    """A private copy of the reference cache, so a test can damage it."""
+    cache = tmp_path / "cache"
+    shutil.copytree(reference.cache, cache)
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def cold_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cold"))
+    return tmp_path / "cold"
+
+
+def _copy(root: Path, dst: Path) -> Path:
+    return Path(shutil.copytree(root, dst))
+
+
+def _rows(root: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    with open(root / "labels.csv", encoding="utf-8") as handle:
+        return [(r["id"], r["title"], tuple(r["genres"].split("|"))) for r in csv.DictReader(handle)]
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Write a new file (new inode), so memory maps of the old one never see the change."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _store_folder() -> Path:
+    return store_for(CONFIG)[0].folder
+
+
+def _shard_of(folder: Path, index: int = 0) -> Path:
+    return sorted(folder.glob("shard-*.npy"))[index]
+
+
+def test_cold_extraction_gives_float32_memmap_with_one_row_per_poster(reference):
+    features = reference.set
+    dataset, _ = load_dataset(reference.root)
+    assert isinstance(features.features, np.memmap)
+    assert features.features.shape == (12, FEATURE_DIM) == (12, 25088)
+    assert features.features.dtype == np.float32
+    assert features.ids == dataset.ids and len(set(features.keys)) == 12
+    assert (features.n_computed, features.n_cached, features.failed) == (12, 0, [])
+    assert features.weights.is_random and features.precision == resolve_precision("auto")
+    assert np.isfinite(reference.values).all() and reference.values.std() > 0
+    assert not np.allclose(reference.values[0], reference.values[1])
+
+
+def test_progress_is_reported_after_every_batch(reference):
+    assert [(p.done, p.total) for p in reference.progress] == [(4, 12), (8, 12), (12, 12)]
+    assert reference.progress[-1].line().startswith("[12/12]")
+
+
+def test_row_i_is_the_extractor_output_for_poster_i(reference):
+    dataset, _ = load_dataset(reference.root)
+    extractor = get_extractor(resolve_weights("none"), resolve_precision("auto"))
+    direct = extractor(np.stack([load_pixels(dataset.paths[i]) for i in (0, 7)]))
+    np.testing.assert_allclose(direct, reference.values[[0, 7]], rtol=1e-3, atol=1e-3)
+
+
+def test_rerun_computes_nothing_and_returns_identical_values(reference, warm_cache):
+    dataset, _ = load_dataset(reference.root)
+    again = extract_features(dataset, CONFIG)
+    assert (again.n_computed, again.n_cached) == (0, 12)
+    np.testing.assert_array_equal(np.asarray(again.features), reference.values)
+    assert again.key == reference.set.key
+
+
+def test_adding_three_posters_computes_exactly_three(reference, warm_cache, tmp_path):
+    root = _copy(reference.root, tmp_path / "fifteen")
+    extra = make_demo_dataset(tmp_path / "extra", DemoConfig(n_posters=3, seed=77))
+    rows = _rows(root)
+    for id_, title, genres in _rows(extra):
+        shutil.copy(extra / "posters" / f"{id_}.jpg", root / "posters" / f"new-{id_}.jpg")
+        rows.append((f"new-{id_}", title, genres))
+    write_labels(root, rows)
+    dataset, _ = load_dataset(root)
+    features = extract_features(dataset, CONFIG)
+    assert (features.n_computed, features.n_cached) == (3, 12)
+    assert features.features.shape == (15, FEATURE_DIM)
+    np.testing.assert_array_equal(np.asarray(features.features[:12]), reference.values)
+
+
+def test_interrupted_extraction_resumes_with_only_the_rest(reference, cold_cache):
+    dataset, _ = load_dataset(reference.root)
+
+    def interrupt(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(dataset, CONFIG, progress=interrupt)
+    assert len(list(_store_folder().glob("shard-*.npy"))) == 1
+    assert cache_status(dataset, CONFIG) == (4, 12)
+    resumed = extract_features(dataset, CONFIG)
+    assert (resumed.n_computed, resumed.n_cached) == (8, 4)
+    np.testing.assert_allclose(np.asarray(resumed.features), reference.values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_shard_is_detected_removed_and_recomputed(reference, warm_cache, damage):
+    folder = _store_folder()
+    shutil.rmtree(folder / "matrices")
+    shard = _shard_of(folder, 1)
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[-1000:-990] = bytes(b ^ 0xFF for b in data[-1000:-990])
+    else:
+        del data[-50:]
+    _replace_bytes(shard, bytes(data))
+    dataset, _ = load_dataset(reference.root)
+    features = extract_features(dataset, CONFIG)
+    assert features.n_computed == 4
+    assert not shard.exists()
+    assert len(list(folder.glob("shard-*.npy"))) == 3
+    np.testing.assert_allclose(np.asarray(features.features), reference.values, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_without_sidecar_is_recomputed(reference, warm_cache):
+    folder = _store_folder()
+    shutil.rmtree(folder / "matrices")
+    _shard_of(folder, 0).with_suffix(".json").unlink()
+    dataset, _ = load_dataset(reference.root)
+    features = extract_features(dataset, CONFIG)
+    assert features.n_computed == 4
+    np.testing.assert_allclose(np.asarray(features.features), reference.values, rtol=1e-5, atol=1e-6)
+
+
+def test_damaged_matrix_is_rebuilt_without_recomputing(reference, warm_cache):
+    (matrix,) = (_store_folder() / "matrices").glob("*.npy")
+    size = matrix.stat().st_size
+    _replace_bytes(matrix, matrix.read_bytes()[:-4096])
+    dataset, _ = load_dataset(reference.root)
+    features = extract_features(dataset, CONFIG)
+    assert features.n_computed == 0
+    assert matrix.stat().st_size == size
+    np.testing.assert_array_equal(np.asarray(features.features), reference.values)
+
+
+def test_cached_features_and_status_compute_nothing(reference, warm_cache, tmp_path):
+    dataset, _ = load_dataset(reference.root)
+    assert cache_status(dataset, CONFIG) == (12, 12)
+    hit = cached_features(dataset, CONFIG)
+    assert hit is not None and hit.n_computed == 0
+    extra = make_demo_dataset(tmp_path / "other", DemoConfig(n_posters=2, seed=99))
+    other, _ = load_dataset(extra)
+    assert cache_status(other, CONFIG) == (0, 2)
+    assert cached_features(other, CONFIG) is None
+    assert cache_status(other, CONFIG) == (0, 2)
+
+
+def test_cache_key_changes_with_precision_weights_and_size_not_batch(cold_cache, tmp_path):
+    weights_file = tmp_path / "w.h5"
+    weights_file.write_bytes(b"not really weights")
+    folders = {
+        "f32": store_for(FeatureConfig(weights="none", precision="float32"))[0].folder,
+        "bf16": store_for(FeatureConfig(weights="none", precision="bfloat16"))[0].folder,
+        "file": store_for(FeatureConfig(weights=str(weights_file), precision="float32"))[0].folder,
+        "size": store_for(FeatureConfig(weights="none", precision="float32", image_size=160))[0].folder,
+    }
+    assert len(set(folders.values())) == 4
+    assert store_for(FeatureConfig(weights="none", precision="float32", batch_size=7))[0].folder == folders["f32"]
+
+
+def test_corrupt_posters_are_reported_and_excluded(reference, warm_cache, tmp_path):
+    root = _copy(reference.root, tmp_path / "broken")
+    cut = root / "posters" / "demo-0003.jpg"
+    _replace_bytes(cut, cut.read_bytes()[:600])
+    junk = root / "posters" / "demo-0005.jpg"
+    _replace_bytes(junk, b"<html>rate limited</html>")
+    dataset, _ = load_dataset(root, check_images=False)
+    features = extract_features(dataset, CONFIG)
+    reasons = {item.id: item.reason for item in features.failed}
+    assert set(reasons) == {"demo-0003", "demo-0005"}
+    assert "demo-0003.jpg" in reasons["demo-0003"] and "truncated" in reasons["demo-0003"]
+    assert "not an image" in reasons["demo-0005"]
+    kept = [id_ for id_ in reference.set.ids if id_ not in reasons]
+    assert features.ids == kept and features.features.shape == (10, FEATURE_DIM)
+    assert features.n_computed == 0
+    np.testing.assert_array_equal(np.asarray(features.features), reference.rows(kept))
+
+
+def test_duplicate_images_under_two_ids_both_get_rows(reference, warm_cache, tmp_path):
+    root = _copy(reference.root, tmp_path / "dups")
+    shutil.copy(root / "posters" / "demo-0001.jpg", root / "posters" / "copy-of-1.jpg")
+    write_labels(root, _rows(root) + [("copy-of-1", "Same bytes", ("Drama",))])
+    dataset, _ = load_dataset(root)
+    features = extract_features(dataset, CONFIG)
+    assert features.ids[-1] == "copy-of-1" and features.features.shape == (13, FEATURE_DIM)
+    assert features.n_computed == 0 and not features.failed
+    np.testing.assert_array_equal(features.features[-1], features.features[0])
+
+
+@pytest.mark.parametrize("name, pool", [("avg", np.mean), ("max", np.max)])
+def test_pooled_views_equal_manual_numpy_pooling(reference, name, pool):
+    manual = pool(reference.values.reshape(12, 7, 7, 512), axis=(1, 2))
+    for _ in range(2):
+        view = reference.set.view(name)
+        assert view.shape == (12, 512) and view.dtype == np.float32
+        np.testing.assert_allclose(view, manual, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pool_features(reference.values, name, chunk=5), manual, rtol=1e-6, atol=1e-6)
+    assert feature_view(reference.values, "flatten") is reference.values
+
+
+def test_unknown_view_raises(reference):
+    with pytest.raises(ValueError, match="unknown feature view 'median'"):
+        feature_view(reference.values, "median")
+
+
+def test_random_extractor_equals_plain_keras_vgg16_with_same_seed(reference):
+    import keras
+
+    dataset, _ = load_dataset(reference.root)
+    pixels = np.stack([load_pixels(path) for path in dataset.paths[:2]])
+    ours = get_extractor(resolve_weights("none"), "float32")(pixels)
+    keras.utils.set_random_seed(RANDOM_SEED)
+    plain = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
+    batch = keras.applications.vgg16.preprocess_input(pixels.astype(np.float32))
+    theirs = np.asarray(plain.predict(batch, verbose=0)).reshape(2, -1)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    half = get_extractor(resolve_weights("none"), "bfloat16")(pixels)
+    assert half.dtype == np.float32
+    assert np.linalg.norm(half - ours) / np.linalg.norm(ours) < 0.05
+
+
+def test_preprocess_does_not_modify_its_input():
+    batch = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    before = batch.copy()
+    out = preprocess(batch)
+    np.testing.assert_array_equal(batch, before)
+    np.testing.assert_allclose(out[..., 0], before[..., 2] - 103.939, rtol=1e-5)
+    assert out.dtype == np.float32
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(WeightsError, match="unknown precision 'float8'"):
+        resolve_precision("float8")
+
+
+@pytest.mark.parametrize("spec", ["imagenet", "ImageNet "])
+def test_resolve_imagenet(spec):
+    weights = resolve_weights(spec)
+    assert (weights.kind, weights.identity, weights.is_random, weights.spec) == (
+        "imagenet", IMAGENET_IDENTITY, False, "imagenet")
+
+
+@pytest.mark.parametrize("spec", ["none", "NONE", "random"])
+def test_resolve_random(spec):
+    weights = resolve_weights(spec)
+    assert weights.kind == "none" and weights.is_random and "RANDOM" in weights.label
+    assert weights.identity == resolve_weights("none").identity
+
+
+def test_resolve_missing_file_raises_with_hint(tmp_path):
+    with pytest.raises(WeightsError, match=r"missing\.h5 does not exist") as caught:
+        resolve_weights(str(tmp_path / "missing.h5"))
+    assert "imagenet" in caught.value.hint
+
+
+def test_resolve_existing_file_uses_its_sha256(tmp_path):
+    first = tmp_path / "a.weights.h5"
+    first.write_bytes(b"weights-bytes")
+    copy = tmp_path / "b.weights.h5"
+    copy.write_bytes(b"weights-bytes")
+    other = tmp_path / "c.weights.h5"
+    other.write_bytes(b"other-bytes")
+    weights = resolve_weights(str(first))
+    assert weights.kind == "file" and weights.path == first.resolve() and weights.spec == str(first.resolve())
+    assert weights.identity == f"file:sha256:{file_sha256(first)}"
+    assert resolve_weights(str(copy)).identity == weights.identity
+    assert resolve_weights(str(other)).identity != weights.identity
+
+
+def test_default_weights_come_from_environment(monkeypatch, tmp_path):
+    assert resolve_weights().kind == "none"
+    monkeypatch.delenv("POSTER_GENRE_WEIGHTS")
+    assert default_weights_spec() == "imagenet" and resolve_weights().kind == "imagenet"
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"x")
+    monkeypatch.setenv("POSTER_GENRE_WEIGHTS", str(path))
+    assert resolve_weights().kind == "file"
+
+
+def test_non_weights_file_raises_when_building(tmp_path):
+    path = tmp_path / "holiday.h5"
+    path.write_bytes(b"a photo, not weights" * 50)
+    with pytest.raises(WeightsError, match=r"holiday\.h5 is not a VGG16 include_top=False weights file"):
+        get_extractor(resolve_weights(str(path)), "float32")
+
+
+def test_imagenet_download_failure_hints_at_a_local_file(monkeypatch):
+    import keras
+
+    real = keras.applications.VGG16
+
+    def offline(*args, weights="imagenet", **kwargs):
+        if weights == "imagenet":
+            raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+        return real(*args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    with pytest.raises(WeightsError, match="could not download the ImageNet VGG16 weights") as caught:
+        get_extractor(resolve_weights("imagenet"), "float32")
+    assert "local file" in caught.value.hint and "--weights" in caught.value.hint

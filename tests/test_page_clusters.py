@@ -1,0 +1,196 @@
+"""AppTest of the Clusters page on 40 synthetic posters with random VGG16 weights.
+
+Behaviours locked in:
+- the page runs without an exception, warns that the features come from random weights, and has its
+  source, UMAP, colour, poster-pick and k controls;
+- an uncached map waits for "Compute map", then draws a plotly map whose points carry row ids;
+  a later visit (Streamlit's memory cache cleared) reads it from core's disk cache without a click;
+- colouring by one genre splits the map into that genre and the rest;
+- a box/lasso selection shows the selected posters and their genre shares; a single clicked point
+  becomes the picked poster;
+- the nearest-neighbour section shows the picked poster and its neighbours as images;
+- the agreement table has an "overall" row first and one row per genre, with a lift per row;
+- a saved run's last hidden layer is a map source; a run that does not match the features is
+  refused with its RunError message.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+
+
+def open_page(tiny_dataset: Path) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["settings"] = {"dataset": str(tiny_dataset), "weights": "none", "precision": "auto"}
+    at.run()
+    at.switch_page("pages/clusters.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def show_map(at: AppTest) -> AppTest:
+    buttons = [button for button in at.button if button.key == "compute_map"]
+    if buttons:
+        buttons[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    return {element.proto.id: json.loads(element.proto.spec) for element in at.get("plotly_chart")}
+
+
+def umap_spec(at: AppTest) -> dict:
+    specs = [spec for element_id, spec in charts(at).items() if "umap_chart" in element_id]
+    assert len(specs) == 1, "the UMAP map is not shown"
+    return specs[0]
+
+
+def image_count(at: AppTest) -> int:
+    return sum(len(element.proto.imgs) for element in at.image)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(element.value for element in [*at.caption, *at.markdown, *at.info, *at.subheader])
+
+
+@pytest.fixture
+def page(tiny_features, tiny_dataset) -> AppTest:
+    return show_map(open_page(tiny_dataset))
+
+
+def test_page_runs_with_its_controls_and_the_random_weights_warning(page):
+    assert any("RANDOM" in warning.value for warning in page.warning)
+    assert page.radio(key="map_source").value == "features"
+    assert len(page.selectbox(key="map_view").options) == 3
+    for key in ("umap_neighbors", "umap_min_dist", "umap_pca", "n_similar", "agreement_k"):
+        page.slider(key=key)
+    assert page.selectbox(key="umap_metric").options == ["cosine", "euclidean", "correlation"]
+    page.selectbox(key="color_genre")
+    page.selectbox(key="pick_poster")
+
+
+def test_map_waits_for_a_click_then_comes_from_the_disk_cache(tiny_features, tiny_dataset):
+    at = open_page(tiny_dataset)
+    at.slider(key="umap_min_dist").set_value(0.37).run()
+    assert [button.key for button in at.button] == ["compute_map"]
+    assert not any("umap_chart" in element_id for element_id in charts(at))
+    show_map(at)
+    spec = umap_spec(at)
+    rows = sorted(point[0] for trace in spec["data"] for point in trace["customdata"])
+    assert rows == list(range(len(tiny_features[1].ids)))
+    assert "Map computed in" in texts(at)
+
+    st.cache_data.clear()
+    again = open_page(tiny_dataset)
+    again.slider(key="umap_min_dist").set_value(0.37).run()
+    assert not [button for button in again.button if button.key == "compute_map"]
+    umap_spec(again)
+    assert "Map loaded from the disk cache" in texts(again)
+
+
+def test_colouring_by_one_genre_splits_the_map_in_two(page, tiny_features):
+    dataset, _ = tiny_features
+    genre = next(iter(dataset.genre_counts()))
+    page.selectbox(key="color_genre").set_value(genre).run()
+    assert not page.exception
+    assert sorted(trace["name"] for trace in umap_spec(page)["data"]) == sorted([genre, f"not {genre}"])
+
+
+def test_agreement_table_has_overall_first_and_one_row_per_genre(page, tiny_features):
+    dataset, _ = tiny_features
+    table = page.dataframe[0].value
+    assert table["genre"].iloc[0] == "overall"
+    assert sorted(table["genre"].iloc[1:]) == sorted(dataset.genre_counts())
+    assert {"observed", "chance", "lift"} <= set(table.columns)
+    page.slider(key="agreement_k").set_value(3).run()
+    assert not page.exception
+    assert "k=3" in " ".join(metric.label for metric in page.metric)
+
+
+def test_nearest_neighbours_show_the_picked_poster_and_its_neighbours(page):
+    assert image_count(page) == 1 + page.slider(key="n_similar").value
+    pick = page.selectbox(key="pick_poster")
+    pick.set_value(pick.options[5]).run()
+    assert not page.exception
+    page.slider(key="n_similar").set_value(4).run()
+    assert image_count(page) == 1 + 4
+
+
+def fake_selection(monkeypatch, rows: list[int]) -> None:
+    """AppTest cannot drag a box, so the map's chart call answers with a selection of ``rows``."""
+    draw = st.plotly_chart
+
+    def plotly_chart(figure, *args, **kwargs):
+        event = draw(figure, *args, **kwargs)
+        if kwargs.get("key") != "umap_chart":
+            return event
+        points = [{"customdata": [row]} for row in rows]
+        return PlotlyState({"selection": PlotlySelectionState(
+            {"points": points, "point_indices": rows, "box": [{}] if len(rows) > 1 else [], "lasso": []})})
+
+    monkeypatch.setattr(st, "plotly_chart", plotly_chart)
+
+
+def test_a_box_selection_shows_its_posters_and_genre_shares(page, monkeypatch):
+    fake_selection(monkeypatch, [2, 5, 7])
+    page.run()
+    assert not page.exception
+    assert "Selection: 3 posters" in [header.value for header in page.subheader]
+    assert any("selection_genres" in element_id for element_id in charts(page))
+    assert image_count(page) == 3 + 1 + page.slider(key="n_similar").value
+
+
+def test_a_single_clicked_point_becomes_the_picked_poster(page, monkeypatch, tiny_features):
+    fake_selection(monkeypatch, [11])
+    page.run()
+    assert not page.exception
+    assert page.selectbox(key="pick_poster").value == tiny_features[1].ids[11]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tiny_features, tmp_path_factory) -> Path:
+    """A 2-epoch run on the avg view (hidden 32 → 8) saved in a runs folder of its own."""
+    from core.experiment import run_experiment
+    from core.runs import save_run
+    from core.train import TrainConfig
+
+    dataset, features = tiny_features
+    root = tmp_path_factory.mktemp("runs")
+    config = TrainConfig(feature_view="avg", hidden=(32, 8), epochs=2, batch_size=16)
+    save_run(run_experiment(dataset, features, config), root / "tiny-run",
+             dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name})
+    return root
+
+
+def test_a_runs_last_hidden_layer_is_a_map_source(trained_runs, tiny_dataset, monkeypatch):
+    monkeypatch.setattr("core.runs.runs_root", lambda: trained_runs)
+    at = open_page(tiny_dataset)
+    at.radio(key="map_source").set_value("run").run()
+    assert not at.exception and not at.error
+    assert len(at.selectbox(key="map_run").options) == 1
+    show_map(at)
+    umap_spec(at)
+    assert "hidden layer 2 (8-d)" in texts(at)
+    assert at.dataframe[0].value["genre"].iloc[0] == "overall"
+
+
+def test_a_run_trained_on_other_posters_is_refused(trained_runs, tiny_dataset, monkeypatch, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_runs / "tiny-run", runs / "other-run")
+    split = json.loads((runs / "other-run" / "split.json").read_text())
+    split["test"].append("poster-from-elsewhere")
+    (runs / "other-run" / "split.json").write_text(json.dumps(split))
+    monkeypatch.setattr("core.runs.runs_root", lambda: runs)
+    at = open_page(tiny_dataset)
+    at.radio(key="map_source").set_value("run").run()
+    assert not at.exception
+    assert any("trained on another dataset" in error.value for error in at.error)

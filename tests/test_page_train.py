@@ -1,0 +1,156 @@
+"""The Train page, driven through the app router with AppTest on the tiny random-weights features.
+
+Locks in:
+- the page runs without exception and every control exists by key;
+- switching the preset resets the controls to that preset's values, and the form survives a page switch;
+- an invalid combination (early stopping with validation 0) shows core's TrainingError message;
+- a 2-epoch training on the avg view is saved, listed in the experiment table and its metrics are
+  shown beside the frequency prior; the selected run is published in session_state["selected_run"];
+- training the same configuration again is answered from disk without a new run folder;
+- Stop (Streamlit interrupts the script at its next st call inside on_epoch, then runs it anew)
+  leaves a page that says once how many epochs ran and that nothing was saved;
+- deleting a run (with confirmation) removes its folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.runs import runs_root
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+CONTROL_KEYS = ("view", "hidden", "dropout", "standardize", "learning_rate", "optimizer", "epochs", "batch_size",
+                "test_size", "validation_split", "early_stopping", "patience", "seed", "k", "threshold")
+
+
+@pytest.fixture
+def train_page(tiny_features):
+    dataset, _ = tiny_features
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["settings"] = {"dataset": str(dataset.root), "weights": "none", "precision": "auto"}
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    return at
+
+
+def widget(at: AppTest, key: str):
+    for kind in ("radio", "text_input", "slider", "checkbox", "select_slider", "selectbox", "number_input",
+                 "multiselect", "button"):
+        found = [element for element in getattr(at, kind) if element.key == key]
+        if found:
+            return found[0]
+    raise AssertionError(f"no widget with key {key!r}")
+
+
+def run_folders() -> set[str]:
+    return {path.name for path in runs_root().iterdir() if path.is_dir() and not path.name.startswith(".")}
+
+
+def texts(elements) -> str:
+    return " | ".join(str(element.value) for element in elements)
+
+
+def test_page_runs_with_every_control_by_key(train_page):
+    for key in ("preset", *CONTROL_KEYS, "train", "train_again"):
+        widget(train_page, key)
+    assert "RANDOM" in texts(train_page.warning)
+
+
+def test_preset_switch_resets_the_controls(train_page):
+    at = train_page
+    assert (widget(at, "view").value, widget(at, "optimizer").value) == ("flatten", "rmsprop")
+    assert widget(at, "learning_rate").value == pytest.approx(1e-4)
+    assert widget(at, "hidden").value == "1024,256"
+    at.selectbox(key="preset").set_value("recommended").run()
+    assert not at.exception
+    shown = (widget(at, "view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
+    assert shown == ("avg", "adam", "512")
+    assert widget(at, "learning_rate").value == pytest.approx(1e-3)
+    assert widget(at, "dropout").value == pytest.approx(0.5)
+    assert widget(at, "early_stopping").value is True
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/train.py").run()
+    assert widget(at, "view").value == "avg" and at.selectbox(key="preset").value == "recommended"
+    at.selectbox(key="preset").set_value("tutorial").run()
+    assert widget(at, "view").value == "flatten" and widget(at, "early_stopping").value is False
+
+
+def test_early_stopping_without_validation_shows_the_training_error(train_page):
+    at = train_page
+    at.checkbox(key="early_stopping").check().run()
+    assert "early stopping needs a validation split" in texts(at.error)
+    assert at.button(key="train").disabled
+
+
+def test_train_save_list_reload_and_delete(train_page):
+    at = train_page
+    at.radio(key="view").set_value("avg")
+    at.text_input(key="hidden").input("32")
+    at.number_input(key="epochs").set_value(2)
+    at.run()
+    before = run_folders()
+    at.button(key="train").click().run()
+    assert not at.exception
+    new = run_folders() - before
+    assert len(new) == 1
+    folder = runs_root() / new.pop()
+    assert at.session_state["selected_run"] == str(folder)
+    assert at.session_state["training_in_progress"] is False
+    labels = [metric.label for metric in at.metric]
+    assert "Precision@3" in labels and "Recall@3" in labels
+    assert all("vs prior" in str(metric.proto.delta) for metric in at.metric if metric.label.endswith("@3"))
+    assert "frequency prior" in texts(at.caption)
+    table = next(frame.value for frame in at.dataframe if "optimizer" in frame.value.columns)
+    assert "2/2" in set(table["epochs"]) and "avg" in set(table["view"])
+
+    at.button(key="train").click().run()
+    assert "already trained — loaded from disk" in texts(at.success)
+    assert run_folders() - before == {folder.name}
+
+    at.multiselect(key="delete_select").set_value([str(folder)])
+    at.checkbox(key="delete_confirm").check()
+    at.button(key="delete_runs").click().run()
+    assert not at.exception
+    assert not Path(folder).exists()
+    assert "Deleted 1 run" in texts(at.success)
+
+
+@pytest.mark.parametrize("fast_reruns", [True, False], ids=["fast-reruns-stop-then-new-run", "rerun-request"])
+def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monkeypatch, fast_reruns):
+    """What clicking Stop does: with runner.fastReruns (our config) Streamlit stops the running script
+    at its next st call and starts a new run; without it, the running script itself reruns."""
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    import core.experiment
+    from core.train import EpochLog
+
+    calls = []
+
+    def interrupted_training(dataset, features, config, *, on_epoch=None, should_stop=None):
+        calls.append(config)
+        if len(calls) > 1:
+            raise AssertionError("the run after Stop must not train again")
+        on_epoch(EpochLog(1, 0.7, None, 0.1))
+        ctx = get_script_run_ctx()
+        if fast_reruns:
+            ctx.script_requests.request_stop()
+        else:
+            ctx.script_requests.request_rerun(RerunData(page_script_hash=ctx.page_script_hash))
+        on_epoch(EpochLog(2, 0.6, None, 0.1))
+        raise AssertionError("Stop did not interrupt training")
+
+    monkeypatch.setattr(core.experiment, "run_experiment", interrupted_training)
+    at = train_page
+    before = run_folders()
+    at.button(key="train").click().run()
+    if fast_reruns:
+        at.run()
+    assert not at.exception
+    assert "Training was stopped after 2 epochs; the run was not saved" in texts(at.warning)
+    assert run_folders() == before and len(calls) == 1
+    at.run()
+    assert "Training was stopped" not in texts(at.warning)

@@ -1,0 +1,193 @@
+"""Behaviours locked in for ``core.runs`` (and ``core.experiment``), saved training runs.
+
+- ``save_run`` / ``load_run`` round-trip the config, the vocabulary order, a disjoint and covering
+  split of the feature ids, the history and ``metrics.json`` with its required keys (k,
+  precision/recall at k, prior precision/recall at k, micro/macro F1, n_train, n_test, genres,
+  weights); the run key is the experiment's.
+- A run folder holds no pickle: no .pkl/.pickle files, ``model.keras`` holds no pickled member,
+  ``test_scores.npy`` loads without pickle and the model loads with ``safe_mode``.
+- The loaded model reproduces ``test_scores.npy`` from the features of the test posters.
+- ``check_features`` accepts the run's own features and refuses features from other weights or of
+  another dataset.
+- ``load_run`` raises ``RunError`` for a missing folder, each missing required file, damaged
+  metadata, a vocabulary that disagrees with metrics.json, and bad ``test_scores.npy``.
+- ``find_run`` returns the run saved for the same features and config, ``None`` for another config;
+  ``list_runs`` skips folders that are not runs.
+- ``save_run`` replaces an earlier run, leaves no staging folder, and refuses to overwrite a folder
+  that is not a run; ``delete_run`` deletes a run and refuses a non-run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import RunError
+from core.experiment import run_experiment, run_key
+from core.runs import RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root, save_run
+from core.train import TrainConfig
+from core.weights import resolve_weights
+
+CONFIG = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
+                     batch_size=8, k=2, seed=4)
+REQUIRED_METRICS = ("k", "precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k",
+                    "micro_f1", "macro_f1", "n_train", "n_test", "genres", "weights")
+
+
+@pytest.fixture(scope="module")
+def result(tiny_features):
+    dataset, features = tiny_features
+    return run_experiment(dataset, features, CONFIG)
+
+
+@pytest.fixture(scope="module")
+def saved(result, tmp_path_factory) -> Path:
+    return save_run(result, tmp_path_factory.mktemp("runs") / "run", dataset_info={"name": "tiny"})
+
+
+@pytest.fixture
+def copy(saved, tmp_path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "run"))
+
+
+def test_round_trip_config_vocabulary_split_history(saved, result, tiny_features):
+    _, features = tiny_features
+    run = load_run(saved)
+    assert run.config == CONFIG
+    assert run.vocabulary == result.vocabulary and len(run.vocabulary) == 8
+    train, validation, test = (run.split[name] for name in ("train", "validation", "test"))
+    assert not set(train) & set(test) and not set(validation) & (set(train) | set(test))
+    assert sorted(train + validation + test) == sorted(features.ids)
+    assert len(test) == 8 and len(train) == 32
+    assert [entry.epoch for entry in run.history] == [1, 2]
+    assert run.key == run_key(features, CONFIG)
+    assert run.features_info["weights_identity"] == features.weights.identity
+    assert run.features_info["random_weights"] is True and run.info["dataset"] == {"name": "tiny"}
+
+
+def test_metrics_json_has_the_required_keys(saved, result):
+    metrics = json.loads((saved / "metrics.json").read_text())
+    assert set(REQUIRED_METRICS) <= set(metrics)
+    assert metrics["k"] == 2 and metrics["n_test"] == 8 and metrics["n_train"] == 32
+    assert metrics["genres"] == list(result.vocabulary.genres)
+    assert "RANDOM" in metrics["weights"] and metrics["random_weights"] is True
+    for name in REQUIRED_METRICS[1:7]:
+        assert 0 <= metrics[name] <= 1
+    assert metrics["precision_at_k"] == pytest.approx(result.evaluation.precision_at_k.value)
+
+
+def test_run_folder_holds_no_pickle(saved):
+    names = [path.name for path in saved.rglob("*")]
+    assert not [name for name in names if name.endswith((".pkl", ".pickle"))]
+    with zipfile.ZipFile(saved / "model.keras") as archive:
+        assert not [name for name in archive.namelist() if name.endswith((".pkl", ".pickle"))]
+    np.load(saved / "test_scores.npy", allow_pickle=False)
+    assert load_run(saved).model() is not None
+
+
+def test_loaded_model_reproduces_test_scores(saved, tiny_features):
+    _, features = tiny_features
+    run = load_run(saved)
+    rows = [features.ids.index(id_) for id_ in run.split["test"]]
+    X = features.view(run.config.feature_view)[rows]
+    scores = np.asarray(run.model().predict(X, verbose=0))
+    np.testing.assert_allclose(scores, run.test_scores(), rtol=1e-5, atol=1e-6)
+
+
+def test_check_features_accepts_own_and_refuses_other_weights(saved, tiny_features, tmp_path):
+    _, features = tiny_features
+    run = load_run(saved)
+    run.check_features(features)
+    (tmp_path / "w.h5").write_bytes(b"other weights")
+    other = dataclasses.replace(features, weights=resolve_weights(str(tmp_path / "w.h5")))
+    with pytest.raises(RunError, match="trained on features from RANDOM weights"):
+        run.check_features(other)
+
+
+def test_check_features_refuses_another_dataset(saved, tiny_features):
+    _, features = tiny_features
+    other = dataclasses.replace(features, ids=[f"other-{id_}" for id_ in features.ids])
+    with pytest.raises(RunError, match="another dataset: 8 of its test posters"):
+        load_run(saved).check_features(other)
+
+
+def test_missing_folder_raises(tmp_path):
+    with pytest.raises(RunError, match="does not exist"):
+        load_run(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_incomplete_run_folder_raises(copy, name):
+    (copy / name).unlink()
+    with pytest.raises(RunError, match=f"incomplete: missing {name}"):
+        load_run(copy)
+
+
+def test_vocabulary_metrics_disagreement_raises(copy):
+    genres = json.loads((copy / "vocabulary.json").read_text())["genres"]
+    (copy / "vocabulary.json").write_text(json.dumps({"genres": genres[::-1]}))
+    with pytest.raises(RunError, match="disagree on the genre order"):
+        load_run(copy)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("run.json", '{"config": '),
+    ("run.json", '{"version": 1}'),
+    ("vocabulary.json", '{"names": []}'),
+    ("vocabulary.json", '{"genres": ["Drama", "Drama"]}'),
+])
+def test_damaged_metadata_raises_run_error(copy, name, content):
+    (copy / name).write_text(content)
+    with pytest.raises(RunError):
+        load_run(copy)
+
+
+def test_bad_test_scores_raise_run_error(copy):
+    np.save(copy / "test_scores.npy", np.zeros((3, 2), dtype=np.float32))
+    with pytest.raises(RunError, match="test_scores"):
+        load_run(copy).test_scores()
+
+
+def test_find_run_and_list_runs(result, tiny_features, tmp_path, monkeypatch):
+    _, features = tiny_features
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    folder = save_run(result)
+    assert folder == runs_root() / run_key(features, CONFIG)
+    found = find_run(features, CONFIG)
+    assert found is not None and found.folder == folder
+    assert find_run(features, dataclasses.replace(CONFIG, epochs=3)) is None
+    (runs_root() / "junk").mkdir()
+    assert [run.folder for run in list_runs()] == [folder]
+
+
+def test_save_run_replaces_an_earlier_run_without_leftovers(result, copy):
+    (copy / "stale.txt").write_text("from an older run")
+    assert save_run(result, copy) == copy
+    assert not (copy / "stale.txt").exists()
+    load_run(copy)
+    assert not [p.name for p in copy.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_run_refuses_to_overwrite_a_folder_that_is_not_a_run(result, tmp_path):
+    precious = tmp_path / "documents"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(RunError):
+        save_run(result, precious)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+
+
+def test_delete_run_deletes_a_run_and_refuses_other_folders(copy, tmp_path):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "a.txt").write_text("keep")
+    with pytest.raises(RunError, match="not a run folder"):
+        delete_run(other)
+    assert (other / "a.txt").exists()
+    delete_run(copy)
+    assert not copy.exists()

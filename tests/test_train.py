@@ -1,0 +1,207 @@
+"""Behaviours locked in for ``core.train``, the genre classifier.
+
+- ``check_config`` refuses each bad field (hidden sizes, dropout, optimizer, learning rate, epochs,
+  batch size, test and validation fractions, early stopping without validation, k, feature view)
+  with a message naming the field and the offending value; presets are valid.
+- ``TrainConfig`` round-trips through ``to_dict`` / ``from_dict``; ``with_overrides`` ignores ``None``.
+- ``make_split`` has the requested sizes, disjoint covering parts, is determined by the seed, and
+  refuses a split that leaves fewer than 2 training posters.
+- ``GenreClassifier``: predict before fit → ``TrainingError`` "call fit first"; fit/predict_proba give
+  ``(n, n_genres)`` probabilities in [0, 1]; ``on_epoch`` is called once per epoch with finite
+  losses; ``should_stop`` stops after the current epoch; early stopping on a validation set stops
+  before the epoch budget; ``standardize`` adds a Normalization layer holding the training moments;
+  ``hidden_representation`` is ``(n, last hidden size)``; mismatched inputs are refused.
+- The tutorial preset is Dense 1024 relu → 256 relu → n sigmoid, RMSprop lr 1e-4, batch 64,
+  60 epochs, binary cross-entropy, flattened features.
+- It learns: on separable synthetic features (genre-specific means), 30 epochs give top-1 precision
+  above 0.9 on held-out rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from core.errors import TrainingError
+from core.metrics import top_k_precision_recall
+from core.train import (PRESETS, GenreClassifier, TrainConfig, build_model, check_config, make_split,
+                        with_overrides)
+
+FAST = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=3,
+                   batch_size=16)
+
+
+def _separable(n: int = 400, n_genres: int = 6, dim: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 3, size=(n_genres, dim))
+    Y = np.zeros((n, n_genres), dtype=np.float32)
+    for row in range(n):
+        Y[row, rng.choice(n_genres, size=rng.integers(1, 3), replace=False)] = 1
+    X = Y @ means / Y.sum(axis=1, keepdims=True) + rng.normal(0, 0.5, size=(n, dim))
+    return X.astype(np.float32), Y
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _separable(n=120)
+
+
+BAD_FIELDS = [
+    ("hidden", (), "hidden sizes must be positive, got []"),
+    ("hidden", (32, 0), "hidden sizes must be positive, got [32, 0]"),
+    ("dropout", 1.0, "dropout must be in [0, 1), got 1.0"),
+    ("dropout", -0.1, "dropout must be in [0, 1), got -0.1"),
+    ("optimizer", "nadam", "optimizer must be one of rmsprop, adam, adamw, sgd, got 'nadam'"),
+    ("learning_rate", 0.0, "learning rate must be positive, got 0.0"),
+    ("epochs", 0, "got 0 and 64"),
+    ("batch_size", 0, "got 60 and 0"),
+    ("test_size", 0.0, "test fraction must be between 0 and 1, got 0.0"),
+    ("test_size", 1.0, "test fraction must be between 0 and 1, got 1.0"),
+    ("validation_split", 1.0, "validation fraction must be in [0, 1), got 1.0"),
+    ("early_stopping", True, "early stopping needs a validation split > 0"),
+    ("k", 0, ("k", "got 0")),
+    ("feature_view", "median", ("feature view", "'median'")),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_check_config_refuses_each_bad_field(field, value, message):
+    config = dataclasses.replace(TrainConfig(), **{field: value})
+    with pytest.raises(TrainingError) as caught:
+        check_config(config)
+    for part in (message,) if isinstance(message, str) else message:
+        assert part in str(caught.value)
+    assert str(caught.value).startswith("invalid training configuration")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid(name):
+    check_config(PRESETS[name])
+
+
+def test_config_dict_round_trip_and_overrides():
+    config = PRESETS["recommended"]
+    assert TrainConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
+    assert config.to_dict()["hidden"] == [512]
+    changed = with_overrides(config, epochs=5, dropout=None, hidden=(8, 4))
+    assert (changed.epochs, changed.dropout, changed.hidden) == (5, config.dropout, (8, 4))
+
+
+def test_make_split_sizes_disjoint_covering():
+    config = TrainConfig(test_size=0.25, validation_split=0.2, seed=3)
+    split = make_split(40, config)
+    assert (len(split.test), len(split.validation), len(split.train)) == (10, 6, 24)
+    parts = [set(split.train), set(split.validation), set(split.test)]
+    assert set().union(*parts) == set(range(40)) and sum(map(len, parts)) == 40
+    assert all(np.all(np.diff(part) > 0) for part in (split.train, split.validation, split.test))
+
+
+def test_make_split_is_determined_by_seed():
+    first = make_split(50, TrainConfig(seed=1))
+    again = make_split(50, TrainConfig(seed=1))
+    other = make_split(50, TrainConfig(seed=2))
+    np.testing.assert_array_equal(first.test, again.test)
+    np.testing.assert_array_equal(first.train, again.train)
+    assert not np.array_equal(first.test, other.test)
+    assert len(first.validation) == 0
+
+
+def test_make_split_refuses_too_few_training_posters():
+    with pytest.raises(TrainingError, match="only 1 training posters"):
+        make_split(3, TrainConfig(test_size=0.5))
+
+
+def test_predict_before_fit_says_call_fit_first(data):
+    with pytest.raises(TrainingError, match="call fit first"):
+        GenreClassifier(FAST).predict_proba(data[0])
+    with pytest.raises(TrainingError, match="not fitted"):
+        GenreClassifier(FAST).hidden_representation(data[0])
+
+
+def test_fit_predict_shapes_probabilities_and_epoch_reports(data):
+    X, Y = data
+    seen = []
+    classifier = GenreClassifier(FAST)
+    assert classifier.fit(X[:100], Y[:100], on_epoch=seen.append) is classifier
+    scores = classifier.predict_proba(X[100:])
+    assert scores.shape == (20, Y.shape[1])
+    assert scores.min() >= 0 and scores.max() <= 1
+    assert [entry.epoch for entry in seen] == [1, 2, 3]
+    assert all(np.isfinite(entry.loss) and entry.val_loss is None and entry.seconds >= 0 for entry in seen)
+    assert classifier.history_ == seen and classifier.epochs_run_ == 3
+    assert classifier.n_features_in_ == X.shape[1] and classifier.stopped_by_user_ is False
+    assert classifier.hidden_representation(X[:7]).shape == (7, 16)
+
+
+def test_fit_refuses_misaligned_or_tiny_inputs(data):
+    X, Y = data
+    with pytest.raises(TrainingError, match="do not line up"):
+        GenreClassifier(FAST).fit(X[:10], Y[:9])
+    with pytest.raises(TrainingError, match="at least 2"):
+        GenreClassifier(FAST).fit(X[:1], Y[:1])
+    with pytest.raises(TrainingError, match="invalid training configuration"):
+        GenreClassifier(dataclasses.replace(FAST, epochs=0)).fit(X, Y)
+
+
+def test_should_stop_ends_training_after_the_current_epoch(data):
+    X, Y = data
+    seen = []
+    classifier = GenreClassifier(dataclasses.replace(FAST, epochs=50)).fit(
+        X, Y, on_epoch=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert len(seen) == 2 and classifier.epochs_run_ == 2
+    assert classifier.stopped_by_user_ is True
+
+
+def test_early_stopping_on_validation_stops_before_the_budget(data):
+    X, Y = data
+    config = dataclasses.replace(FAST, epochs=60, validation_split=0.2, early_stopping=True, patience=2)
+    classifier = GenreClassifier(config).fit(X[:100], Y[:100], validation=(X[100:], 1 - Y[100:]))
+    assert 3 <= classifier.epochs_run_ < 60
+    assert all(entry.val_loss is not None for entry in classifier.history_)
+    assert classifier.stopped_by_user_ is False
+
+
+def test_standardize_adds_normalization_with_training_moments(data):
+    import keras
+
+    X, Y = data
+    X = X * 10 + 5
+    classifier = GenreClassifier(dataclasses.replace(FAST, standardize=True, epochs=1)).fit(X, Y)
+    layer = classifier.model_.get_layer("standardize")
+    assert isinstance(layer, keras.layers.Normalization)
+    np.testing.assert_allclose(np.ravel(layer.mean), X.mean(axis=0), rtol=1e-4, atol=1e-4)
+    plain = GenreClassifier(dataclasses.replace(FAST, epochs=1)).fit(X, Y)
+    assert not any(isinstance(layer, keras.layers.Normalization) for layer in plain.model_.layers)
+
+
+def test_dropout_layers_follow_each_hidden_layer():
+    model = build_model(10, 3, dataclasses.replace(FAST, hidden=(8, 4), dropout=0.3))
+    assert [layer.name for layer in model.layers[1:]] == ["hidden_1", "dropout_1", "hidden_2", "dropout_2", "genres"]
+    assert model.get_layer("dropout_1").rate == pytest.approx(0.3)
+
+
+def test_tutorial_preset_architecture():
+    import keras
+
+    config = PRESETS["tutorial"]
+    assert (config.feature_view, config.hidden, config.learning_rate, config.optimizer, config.epochs,
+            config.batch_size, config.dropout, config.standardize, config.k) == (
+        "flatten", (1024, 256), 1e-4, "rmsprop", 60, 64, 0.0, False, 3)
+    model = build_model(25088, 7, config)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [(layer.units, layer.activation.__name__) for layer in dense] == [
+        (1024, "relu"), (256, "relu"), (7, "sigmoid")]
+    assert len(model.layers) == 4 and model.input_shape == (None, 25088)
+    assert isinstance(model.optimizer, keras.optimizers.RMSprop)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-4)
+    assert model.loss == "binary_crossentropy"
+
+
+def test_learns_a_separable_problem():
+    X, Y = _separable(n=400)
+    config = TrainConfig(hidden=(64,), learning_rate=1e-3, optimizer="adam", epochs=30, batch_size=32, seed=1)
+    classifier = GenreClassifier(config).fit(X[:300], Y[:300])
+    precision, _ = top_k_precision_recall(Y[300:], classifier.predict_proba(X[300:]), k=1)
+    assert precision > 0.9
+    assert classifier.history_[-1].loss < classifier.history_[0].loss
