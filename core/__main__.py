@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 from core.errors import PosterGenreError
+from core.progress_line import ProgressLine
 from core.weights import WEIGHTS_ENV
 
 
@@ -86,30 +85,12 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
 
 
-class ProgressLine:
-    """One updating line on stderr (a new line every few seconds when stderr is not a terminal)."""
-
-    def __init__(self, label: str, every: float = 2.0) -> None:
-        self.label = label
-        self.every = every
-        self.tty = sys.stderr.isatty()
-        self._last = 0.0
-
-    def __call__(self, text: str, final: bool = False) -> None:
-        now = time.monotonic()
-        if self.tty:
-            print(f"\r{self.label} {text}".ljust(79), end="\n" if final else "", file=sys.stderr, flush=True)
-        elif final or now - self._last >= self.every:
-            print(f"{self.label} {text}", file=sys.stderr, flush=True)
-            self._last = now
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from core.demo import DemoConfig, make_demo_dataset
 
     line = ProgressLine("generating")
     out = make_demo_dataset(args.out, DemoConfig(n_posters=args.n, seed=args.seed),
-                            progress=lambda done, total: line(f"[{done}/{total}]", final=done == total))
+                            progress=lambda done, total: line.show(f"[{done}/{total}]", final=done == total))
     print(f"wrote a SYNTHETIC demo dataset of {args.n} posters to {out}")
     return 0
 
@@ -133,7 +114,7 @@ def _features(args: argparse.Namespace, dataset):
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
                            batch_size=args.batch_size_extract)
     line = ProgressLine("extracting")
-    features = extract_features(dataset, config, progress=lambda p: line(p.line(), final=p.done == p.total))
+    features = extract_features(dataset, config, progress=lambda p: line.show(p.line(), final=p.done == p.total))
     for item in features.failed:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
     if features.weights.is_random:
@@ -179,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_epoch(entry) -> None:
         val = "" if entry.val_loss is None else f" val_loss {entry.val_loss:.4f}"
-        line(f"epoch {entry.epoch}/{config.epochs} loss {entry.loss:.4f}{val}", final=entry.epoch == config.epochs)
+        line.show(f"epoch {entry.epoch}/{config.epochs} loss {entry.loss:.4f}{val}", final=entry.epoch == config.epochs)
 
     result = run_experiment(dataset, features, config, on_epoch=on_epoch)
     folder = save_run(result, args.out, dataset_info=_dataset_info(dataset))

@@ -9,51 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable, TextIO
 
 from core.errors import DownloadError
+from core.progress_line import ProgressLine
 from core.tmdb import LISTS, TmdbConfig, download_tmdb, parse_years
 from core.tutorial_import import import_tutorial
 from core.url_download import AcquireResult, UrlTableConfig, download_url_table
 
 INTERRUPTED_EXIT = 130
-
-
-class ProgressLine:
-    """``progress(done, total, message)`` drawn as ``[ 120/500] 24.0/s  posters 118 ok, 2 failed``."""
-
-    def __init__(self, stream: TextIO | None = None, min_interval: float = 0.1) -> None:
-        self.stream = stream or sys.stderr
-        self.min_interval = min_interval
-        self._phase: tuple[str, int] | None = None
-        self._started = self._shown = 0.0
-        self._first = 0
-        self._width = 0
-
-    def __call__(self, done: int, total: int, message: str) -> None:
-        now = time.monotonic()
-        phase = (message.split(" ", 1)[0], total)
-        if phase != self._phase:
-            self.close()
-            self._phase, self._started, self._first, self._shown = phase, now, done, 0.0
-        if done < total and now - self._shown < self.min_interval:
-            return
-        self._shown = now
-        elapsed = now - self._started
-        rate = f"{(done - self._first) / elapsed:5.1f}/s" if elapsed >= 0.2 else "  ---/s"
-        width = len(str(total))
-        line = f"[{done:>{width}}/{total}] {rate}  {message}"
-        self.stream.write("\r" + line.ljust(self._width))
-        self.stream.flush()
-        self._width = len(line)
-
-    def close(self) -> None:
-        if self._width:
-            self.stream.write("\n")
-            self.stream.flush()
-        self._width = 0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

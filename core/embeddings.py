@@ -95,6 +95,17 @@ def compute_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
                      from_cache=from_cache, seconds=time.perf_counter() - started)
 
 
+def cached_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
+                cache_dir: Path | None = None) -> Embedding | None:
+    """The embedding if it is already on disk, else ``None``; computes nothing."""
+    started = time.perf_counter()
+    coords = _load_cached(_cache_path(X, config, features_key, cache_dir), X.shape[0])
+    if coords is None:
+        return None
+    return Embedding(coords=coords, config=config, features_key=features_key, from_cache=True,
+                     seconds=time.perf_counter() - started)
+
+
 def nearest_neighbors(X: np.ndarray, index: int, *, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` posters most cosine-similar to poster ``index`` (itself excluded), most similar first."""
     X = _check_matrix(X)
@@ -118,8 +129,19 @@ def nearest_to_vector(X: np.ndarray, vector: np.ndarray, *, n: int = 8) -> tuple
     return _top(_cosine_to(X, vector), min(n, X.shape[0]))
 
 
-def knn_indices(X: np.ndarray, *, k: int = 10) -> np.ndarray:
-    """``(n, k)`` indices of each poster's ``k`` cosine neighbours (itself excluded), nearest first."""
+def knn_indices(X: np.ndarray, *, k: int = 10, features_key: str | None = None) -> np.ndarray:
+    """``(n, k)`` indices of each poster's ``k`` cosine neighbours (itself excluded), nearest first.
+
+    With ``features_key`` the result is cached on disk: exact neighbours over 25,088-d features
+    take tens of seconds on a laptop, and they never change for the same features.
+    """
+    if features_key is not None:
+        cached = cached_knn_indices(features_key, k=k, n=len(X))
+        if cached is not None:
+            return cached
+        neighbours = knn_indices(X, k=k).astype(np.int64)
+        atomic_save_npy(_knn_path(features_key, k, len(X)), neighbours)
+        return neighbours
     X = _check_matrix(X)
     rows = X.shape[0]
     if k < 1:
@@ -132,6 +154,19 @@ def knn_indices(X: np.ndarray, *, k: int = 10) -> np.ndarray:
     if rows * rows * 4 <= GRAM_MAX_BYTES:
         return _knn_from_gram(data, k)
     return _knn_blocked(data, k)
+
+
+def cached_knn_indices(features_key: str, *, k: int, n: int) -> np.ndarray | None:
+    """Neighbour indices saved by ``knn_indices(..., features_key=...)``, or ``None``."""
+    try:
+        return np.asarray(load_npy(_knn_path(features_key, k, n), shape=(n, min(int(k), n - 1)),
+                                   dtype="int64", mmap=False))
+    except (CacheError, FileNotFoundError):
+        return None
+
+
+def _knn_path(features_key: str, k: int, n: int) -> Path:
+    return cache_root() / "knn" / f"{stable_hash({'features_key': features_key, 'k': int(k), 'n': n})}.npy"
 
 
 def knn_genre_agreement(X: np.ndarray, Y: np.ndarray, genres: Sequence[str], *, k: int = 10,

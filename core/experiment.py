@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +37,14 @@ def labels_for(dataset: Dataset, ids: list[str]) -> list[tuple[str, ...]]:
 
 
 def run_key(features: FeatureSet, config: TrainConfig) -> str:
-    """Identifies a run by everything that determines its result, so a repeat is read from disk."""
-    return stable_hash({"features": features.key, "config": config.to_dict(), "version": RUN_VERSION})
+    """Identifies a run by everything that determines its result, so a repeat is read from disk.
+
+    Only fields that differ from ``TrainConfig()`` enter the key, so adding a field with a default
+    keeps the keys of earlier runs valid.
+    """
+    defaults = TrainConfig().to_dict()
+    changed = {name: value for name, value in config.to_dict().items() if defaults[name] != value}
+    return stable_hash({"features": features.key, "config": changed, "version": RUN_VERSION})
 
 
 def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, *,

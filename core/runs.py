@@ -7,7 +7,6 @@ A run folder appears whole or not at all: it is written beside its final place a
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import tempfile
@@ -120,11 +119,35 @@ class Run:
     def model(self):
         import keras
 
+        from core.train import custom_layers
+
+        custom_layers()
         try:
             return keras.models.load_model(self.folder / "model.keras", compile=False, safe_mode=True)
         except Exception as err:
             raise RunError(f"cannot load the model of run {self.folder}: {err}",
                            "the run folder is damaged; delete it and train again") from err
+
+    def label(self) -> str:
+        """A one-line description for menus: when, what, how good."""
+        config, metrics = self.config, self.metrics
+        created = self.info.get("created", "")[:16].replace("T", " ")
+        hidden = "→".join(str(size) for size in config.hidden)
+        ensemble = f" ×{config.ensemble}" if config.ensemble > 1 else ""
+        score = metrics.get("precision_at_k")
+        score_text = f"P@{config.k} {score:.3f}" if score is not None else f"P@{config.k} n/a"
+        random = " · RANDOM weights" if metrics.get("random_weights") else ""
+        return (f"{created} · {config.feature_view} · {hidden}{ensemble} · {config.optimizer} "
+                f"{config.learning_rate:g} · {score_text}{random}")
+
+    def hidden_activations(self, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Last hidden layer activations for rows of the run's feature view (first member of an ensemble)."""
+        from core.train import hidden_model
+
+        encoder = hidden_model(self.model(), self.config)
+        blocks = [np.asarray(encoder.predict_on_batch(np.asarray(X[start:start + batch_size], dtype=np.float32)))
+                  for start in range(0, len(X), batch_size)]
+        return np.concatenate(blocks).astype(np.float32)
 
     def test_scores(self) -> np.ndarray:
         shape = (len(self.split["test"]), len(self.vocabulary))
@@ -181,6 +204,12 @@ def list_runs(root: Path | None = None) -> list[Run]:
             except RunError:
                 continue
     return sorted(runs, key=lambda run: run.info.get("created", ""), reverse=True)
+
+
+def runs_for_dataset(root: Path, runs_folder: Path | None = None) -> list[Run]:
+    """Saved runs trained on the dataset folder ``root``, newest first."""
+    wanted = str(Path(root).resolve())
+    return [run for run in list_runs(runs_folder) if (run.info.get("dataset") or {}).get("root") == wanted]
 
 
 def find_run(features: FeatureSet, config: TrainConfig, root: Path | None = None) -> Run | None:

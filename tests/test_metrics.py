@@ -7,7 +7,7 @@
   genre raise ValueError with a message naming the offending value;
 - the frequency prior predicts the genres most frequent in y_train (ties by lower index);
 - the bootstrap interval contains the mean, narrows with more posters, is reproducible by seed and
-  is fast (vectorised);
+  widens with the confidence level;
 - micro/macro F1 at a threshold match a hand case, with zero_division=0;
 - the per-genre table matches hand values, including its NaN cases;
 - evaluate().to_dict() and per_genre_records() are strict JSON with the documented keys.
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -223,14 +222,6 @@ def test_bootstrap_interval_widens_with_confidence():
     low_90, high_90 = bootstrap_interval(values, confidence=0.90)
     low_99, high_99 = bootstrap_interval(values, confidence=0.99)
     assert low_99 < low_90 and high_90 < high_99
-
-
-def test_bootstrap_thousand_resamples_of_thousand_posters_is_fast():
-    values = np.random.default_rng(5).random(1000)
-    bootstrap_interval(values)
-    start = time.perf_counter()
-    bootstrap_interval(values, n_boot=1000)
-    assert time.perf_counter() - start < 0.5
 
 
 @pytest.mark.parametrize(

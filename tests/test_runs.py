@@ -15,6 +15,8 @@
   ``list_runs`` skips folders that are not runs.
 - ``save_run`` replaces an earlier run, leaves no staging folder, and refuses to overwrite a folder
   that is not a run; ``delete_run`` deletes a run and refuses a non-run folder.
+- ``run_key`` ignores fields left at their defaults; ``runs_for_dataset`` filters by dataset folder;
+  ``Run.label`` names the view and random weights; ``Run.hidden_activations`` has the last hidden width.
 """
 from __future__ import annotations
 
@@ -191,3 +193,26 @@ def test_delete_run_deletes_a_run_and_refuses_other_folders(copy, tmp_path):
     assert (other / "a.txt").exists()
     delete_run(copy)
     assert not copy.exists()
+
+
+def test_run_key_ignores_fields_left_at_their_defaults(tiny_features):
+    """Adding a TrainConfig field with a default must not orphan the runs saved before it existed."""
+    from core.experiment import run_key
+    from core.train import TrainConfig
+
+    _, features = tiny_features
+    assert run_key(features, TrainConfig()) == run_key(features, TrainConfig(ensemble=1))
+    assert run_key(features, TrainConfig()) != run_key(features, TrainConfig(ensemble=2))
+
+
+def test_runs_for_dataset_label_and_hidden_activations(result, tiny_features, tmp_path):
+    from core.runs import runs_for_dataset
+
+    dataset, features = tiny_features
+    folder = save_run(result, tmp_path / "runs" / "r1", dataset_info={"root": str(dataset.root.resolve())})
+    assert [run.folder for run in runs_for_dataset(dataset.root, tmp_path / "runs")] == [folder]
+    assert runs_for_dataset(tmp_path, tmp_path / "runs") == []
+    run = load_run(folder)
+    assert run.config.feature_view in run.label() and "RANDOM" in run.label()
+    X = features.view(run.config.feature_view)
+    assert run.hidden_activations(X).shape == (len(X), run.config.hidden[-1])

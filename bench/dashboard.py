@@ -1,0 +1,168 @@
+"""Dashboard responsiveness on the real dev set, in headless Chromium against `streamlit run app.py`.
+
+Prints, for each page, the time until it has finished running on first visit and on a revisit,
+beside a trivial one-line Streamlit app served the same way (the baseline: ratios, not seconds);
+UMAP of the flattened features uncached and cached; and the server's memory with one and with two
+browser sessions open.
+
+    python bench/dashboard.py [--dataset DIR] [--weights PATH]
+
+Features must be extracted already (python -m core extract --dataset DIR --weights PATH): the
+benchmark links the user's cached features into a temporary cache so it starts from a cold server
+without recomputing them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+
+PAGES = ["", "data", "train", "clusters", "predictions"]
+
+
+def start_server(script: Path, port: int, env: dict) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port)],
+        cwd=_common.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    for _ in range(240):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.25)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def browser():
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1400,1800", f"--user-data-dir={tempfile.mkdtemp()}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def time_page(driver, url: str, timeout: float = 600) -> float:
+    """Seconds from navigation until the page shows a title and Streamlit stops 'running'."""
+    from selenium.webdriver.common.by import By
+
+    started = time.perf_counter()
+    driver.get(url)
+    quiet_since = None
+    while time.perf_counter() - started < timeout:
+        running = any("running" in el.text.lower()
+                      for el in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+        done = driver.find_elements(By.CSS_SELECTOR, "h1") and not running
+        if done and quiet_since is None:
+            quiet_since = time.perf_counter()
+        elif not done:
+            quiet_since = None
+        if quiet_since and time.perf_counter() - quiet_since > 0.5:
+            return quiet_since - started
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not finish within {timeout}s")
+
+
+def rss_mb(pid: int) -> float:
+    total = 0
+    for proc in [pid] + _children(pid):
+        try:
+            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+                if line.startswith("VmRSS"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def link_user_cache(cache: Path) -> None:
+    from platformdirs import user_cache_dir
+
+    user = Path(os.environ.get("POSTER_GENRE_CACHE") or Path(user_cache_dir("poster-genre-explorer")) / "v1")
+    for name in ("features", "views"):
+        if (user / name).exists():
+            (cache / name).symlink_to(user / name)
+
+
+def umap_timing(dataset_dir: Path, weights: str) -> tuple[float, float]:
+    from core.datasets import load_dataset
+    from core.embeddings import UmapConfig, compute_umap
+    from core.features import FeatureConfig, cached_features
+
+    dataset, _ = load_dataset(dataset_dir)
+    features = cached_features(dataset, FeatureConfig(weights=weights))
+    if features is None:
+        raise SystemExit(f"extract features first: python -m core extract --dataset {dataset_dir} --weights {weights}")
+    with tempfile.TemporaryDirectory() as folder:
+        first = compute_umap(features.features, UmapConfig(), features_key=features.key, cache_dir=Path(folder))
+        again = compute_umap(features.features, UmapConfig(), features_key=features.key, cache_dir=Path(folder))
+    return first.seconds, again.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=_common.DEV_SET)
+    parser.add_argument("--weights", default=_common.default_weights())
+    parser.add_argument("--port", type=int, default=8599)
+    args = parser.parse_args()
+    _common.print_machine()
+
+    cache = Path(tempfile.mkdtemp(prefix="pge-bench-"))
+    link_user_cache(cache)
+    (cache / "ui_settings.json").write_text(json.dumps(
+        {"dataset": str(args.dataset.resolve()), "weights": args.weights, "precision": "auto"}))
+    env = {**os.environ, "POSTER_GENRE_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    baseline_script = cache / "baseline_app.py"
+    baseline_script.write_text('import streamlit as st\nst.title("Baseline")\nst.write("hello")\n')
+
+    base_server = start_server(baseline_script, args.port + 1, env)
+    server = start_server(_common.ROOT / "app.py", args.port, env)
+    first_driver, second_driver = browser(), browser()
+    try:
+        baseline = min(time_page(first_driver, f"http://127.0.0.1:{args.port + 1}/") for _ in range(3))
+        print(f"baseline (one-line app) first paint: {baseline:.2f}s")
+        print(f"{'page':12s} {'first visit':>12s} {'revisit':>9s} {'revisit/baseline':>17s}")
+        for page in PAGES:
+            url = f"http://127.0.0.1:{args.port}/{page}"
+            first = time_page(first_driver, url)
+            again = time_page(first_driver, url)
+            print(f"{page or 'home':12s} {first:11.2f}s {again:8.2f}s {again / baseline:16.1f}x", flush=True)
+        one = rss_mb(server.pid)
+        for page in PAGES:
+            time_page(second_driver, f"http://127.0.0.1:{args.port}/{page}")
+        two = rss_mb(server.pid)
+        print(f"server memory: {one:.0f} MB with one session, {two:.0f} MB with two (+{two - one:.0f} MB)")
+    finally:
+        first_driver.quit()
+        second_driver.quit()
+        server.terminate()
+        base_server.terminate()
+    first, cached = umap_timing(args.dataset, args.weights)
+    print(f"UMAP of the flattened features: first {first:.1f}s, cached {cached:.3f}s "
+          f"(ratio {first / max(cached, 1e-3):.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
