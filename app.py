@@ -5,14 +5,14 @@ import streamlit as st
 
 from pages._shared import sidebar
 
-st.set_page_config(page_title="Poster Genre Explorer", page_icon="🎬", layout="wide")
+st.set_page_config(page_title="Poster Genre Explorer", page_icon=":material/movie:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🎬", default=True),
-    st.Page("pages/data.py", title="Data", icon="🗂️"),
-    st.Page("pages/train.py", title="Train", icon="🧪"),
-    st.Page("pages/clusters.py", title="Clusters", icon="🗺️"),
-    st.Page("pages/predictions.py", title="Predictions", icon="🔍"),
+    st.Page("pages/home.py", title="Home", icon=":material/movie:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
+    st.Page("pages/train.py", title="Train", icon=":material/science:"),
+    st.Page("pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
+    st.Page("pages/predictions.py", title="Predictions", icon=":material/search:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

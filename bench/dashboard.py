@@ -65,9 +65,7 @@ def time_page(driver, url: str, timeout: float = 600) -> float:
     driver.get(url)
     quiet_since = None
     while time.perf_counter() - started < timeout:
-        running = any("running" in el.text.lower()
-                      for el in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
-        done = driver.find_elements(By.CSS_SELECTOR, "h1") and not running
+        done = driver.find_elements(By.CSS_SELECTOR, "h1") and not is_running(driver)
         if done and quiet_since is None:
             quiet_since = time.perf_counter()
         elif not done:
@@ -76,6 +74,19 @@ def time_page(driver, url: str, timeout: float = 600) -> float:
             return quiet_since - started
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not finish within {timeout}s")
+
+
+def is_running(driver) -> bool:
+    """Streamlit shows a status widget with 'Running…' and a Stop button while the script runs."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return any(word in element.text for element in
+                   driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+                   for word in ("Running", "Stop"))
+    except StaleElementReferenceException:
+        return True
 
 
 def rss_mb(pid: int) -> float:

@@ -50,7 +50,7 @@ def main() -> None:
             rows.setdefault(preset, []).append(m)
             print(f"{preset:12s} seed {seed}: P@3 {m['precision_at_k']:.3f} R@3 {m['recall_at_k']:.3f} | prior "
                   f"P@3 {m['prior_precision_at_k']:.3f} R@3 {m['prior_recall_at_k']:.3f} | "
-                  f"{m['train_seconds']:.1f}s, {m['epochs_run']} epochs", flush=True)
+                  f"{m['train_seconds']:.1f}s, {m.get('epochs_total', m['epochs_run'])} epochs in all", flush=True)
     print("\nmean over seeds", seeds)
     summary = {}
     for preset, metrics in rows.items():

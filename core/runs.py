@@ -44,7 +44,8 @@ def metrics_record(result: ExperimentResult) -> dict:
         "random_weights": features.weights.is_random,
         "feature_view": result.config.feature_view,
         "train_seconds": round(result.seconds, 3),
-        "epochs_run": len(result.history),
+        "epochs_run": result.classifier.epochs_run_,
+        "epochs_total": len(result.history),
         "stopped_by_user": result.stopped_by_user,
     }
 

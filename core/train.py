@@ -213,6 +213,7 @@ class GenreClassifier:
             if self.stopped_by_user_:
                 break
         self.model_ = members[0] if config.ensemble == 1 else average_models(members, X.shape[1])
+        # Each ensemble member stops early on its own; epochs_run_ counts the first member's.
         self.epochs_run_ = sum(1 for entry in self.history_ if entry.member == 1)
         self.n_features_in_ = X.shape[1]
         return self

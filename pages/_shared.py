@@ -5,9 +5,11 @@ once per process by ``st.cache_resource`` (memory-mapped), never copied per sess
 """
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
+import keras  # noqa: F401  (imported before the freeze below)
 import streamlit as st
 
 from core.cache import atomic_write_json, cache_root
@@ -17,8 +19,34 @@ from core.errors import PosterGenreError
 from core.features import FeatureConfig, FeatureSet, cached_features
 from core.weights import Weights, default_weights_spec, resolve_weights
 
+# After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
+# garbage-collector pass over TensorFlow's hundreds of thousands of objects (~0.3 s apiece here).
+# Freezing the long-lived objects once per process keeps them out of those passes.
+gc.freeze()
+
 DEMO = "demo"
 SETTINGS_FILE = "ui_settings.json"
+
+
+_ROUTED = False
+
+
+def route_through_app() -> None:
+    """Make a deep link on a freshly started server run through ``app.py``.
+
+    Streamlit treats a ``pages/`` folder as a legacy multipage app until the first ``st.navigation``
+    call, so the very first request for ``/train`` would run ``pages/train.py`` alone (no router,
+    no sidebar, every file listed as a page). Leaving that mode and rerunning sends the request
+    through ``app.py``. Every page calls this first. It acts once per process: Streamlit's AppTest
+    re-enters the legacy mode on every run, and a rerun there would swallow widget events.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    global _ROUTED
+    if PagesManager.uses_pages_directory and not _ROUTED:
+        _ROUTED = True
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def settings_path() -> Path:
@@ -75,7 +103,8 @@ def active_dataset() -> tuple[Dataset, LoadReport]:
         return get_dataset(dataset_root(choice))
     except PosterGenreError as err:
         st.error(f"The chosen dataset cannot be loaded: {err}")
-        st.page_link("pages/data.py", label="Choose another dataset on the Data page", icon="🗂️")
+        st.page_link("pages/data.py", label="Choose another dataset on the Data page",
+                     icon=":material/folder_open:")
         st.stop()
 
 
@@ -125,7 +154,7 @@ def require_features(dataset: Dataset) -> FeatureSet:
     features = features_if_cached(dataset)
     if features is None:
         st.info("No features for this dataset and these weights yet: extract them on the Data page first.")
-        st.page_link("pages/data.py", label="Go to Data → Extract features", icon="🗂️")
+        st.page_link("pages/data.py", label="Go to Data → Extract features", icon=":material/folder_open:")
         st.stop()
     weights_notice(features.weights)
     return features
@@ -157,6 +186,6 @@ def sidebar() -> None:
             st.error(str(err))
             return
         if weights.is_random:
-            st.warning("RANDOM weights — not ImageNet", icon="⚠️")
+            st.warning("RANDOM weights — not ImageNet", icon=":material/warning:")
         else:
             st.caption(weights.label)

@@ -7,25 +7,22 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-from PIL import Image
 
-from core import embeddings
 from core.datasets import GenreVocabulary
-from core.embeddings import (METRICS, Embedding, UmapConfig, compute_umap, genre_membership, knn_genre_agreement,
-                             knn_indices, nearest_neighbors, primary_genre)
-from core.errors import ImageError, PosterGenreError
+from core.embeddings import (METRICS, Embedding, UmapConfig, cached_knn_indices, cached_umap, compute_umap,
+                             genre_membership, knn_genre_agreement, knn_indices, nearest_neighbors,
+                             primary_genre)
+from core.errors import PosterGenreError
 from core.experiment import labels_for
 from core.features import FEATURE_VIEWS
-from core.images import thumbnail
-from core.runs import Run, list_runs
-from pages._shared import active_dataset, fingerprint, require_features
+from core.runs import Run
+from pages._shared import active_dataset, fingerprint, require_features, route_through_app
+from pages._widgets import all_runs, dataset_runs, require_runs, run_selector, thumbnails, view_matrix
 
 K_MAX = 50
 SELECTION_CAP = 40
-PREDICT_ROWS = 512
 PRIMARY = "(primary genre)"
-NEIGHBOUR_SEARCH_RATE = 2e10
-"""n² · d per second of core's exact all-pairs neighbour search on 2 cores (4,596 x 25,088: 27 s)."""
+NEIGHBOUR_SEARCH_RATE = 2e10  # n² · d per second of the exact all-pairs search on 2 cores (4,596 x 25,088: 27 s)
 AUTO_NEIGHBOUR_SECONDS = 3.0
 PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
 
@@ -69,22 +66,10 @@ def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _feature
     return frame, Y, genres
 
 
-@st.cache_resource(show_spinner="Pooling the features…", max_entries=4)
-def view_matrix(features_key: str, view: str, _features) -> np.ndarray:
-    return _features.view(view)
-
-
 @st.cache_resource(show_spinner="Computing the run's hidden-layer activations…", max_entries=4)
-def hidden_activations(run_key: str, features_key: str, _run: Run, _features) -> np.ndarray:
-    """The last hidden layer of the run's MLP for every poster (GenreClassifier's own stack)."""
-    import keras
-
-    model = _run.model()
-    encoder = keras.Model(model.inputs, model.get_layer(f"hidden_{len(_run.config.hidden)}").output)
-    X = _features.view(_run.config.feature_view)
-    blocks = [np.asarray(encoder.predict_on_batch(np.asarray(X[start:start + PREDICT_ROWS], dtype=np.float32)))
-              for start in range(0, len(X), PREDICT_ROWS)]
-    return np.concatenate(blocks).astype(np.float32)
+def hidden_activations(run_key: str, created: str, features_key: str, _run: Run, _features) -> np.ndarray:
+    """The last hidden layer of the run's MLP (its first network, for an ensemble) for every poster."""
+    return _run.hidden_activations(view_matrix(_features, _run.config.feature_view))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -93,35 +78,24 @@ def umap_map(matrix_key: str, config: UmapConfig, _X) -> Embedding:
 
 
 def map_on_disk(source: MapSource, config: UmapConfig) -> bool:
-    """Whether core's disk cache already holds this map (then it is shown without a click).
-
-    core.embeddings has no public "cached only" lookup, so this asks its private cache-path helper.
-    """
-    return embeddings._cache_path(source.X, config, source.key, None).is_file()
+    """Whether core's disk cache already holds this map (then it is shown without a click)."""
+    return cached_umap(source.X, config, features_key=source.key) is not None
 
 
 @st.cache_resource(show_spinner="Finding every poster's nearest neighbours (once per feature source)…",
                    max_entries=4)
 def neighbour_index(matrix_key: str, _X) -> np.ndarray:
-    neighbours = knn_indices(_X, k=K_MAX)
-    indexed_sources().add(matrix_key)
-    return neighbours
-
-
-@st.cache_resource
-def indexed_sources() -> set[str]:
-    """Matrix keys whose neighbour index this server process has computed (shared by all sessions)."""
-    return set()
+    return knn_indices(_X, k=K_MAX, features_key=matrix_key)
 
 
 def neighbour_index_ready(source: MapSource) -> bool:
     """Fast searches run at once; a long one (flattened features: ~30 s) waits for a click."""
     n, d = source.X.shape
     seconds = n * n * d / NEIGHBOUR_SEARCH_RATE
-    if seconds <= AUTO_NEIGHBOUR_SECONDS or source.key in indexed_sources():
+    if seconds <= AUTO_NEIGHBOUR_SECONDS or cached_knn_indices(source.key, k=K_MAX, n=n) is not None:
         return True
     st.info(f"Finding the {K_MAX} nearest neighbours of all {n:,} posters in {d:,} dimensions takes about "
-            f"{seconds:.0f} s (once per server process; the 512-d pooled views take seconds).")
+            f"{seconds:.0f} s (once: the result is cached on disk; the 512-d pooled views take seconds).")
     return st.button("Compute neighbour statistics", key="compute_agreement")
 
 
@@ -135,23 +109,13 @@ def similar_posters(matrix_key: str, row: int, n: int, _X) -> tuple[np.ndarray, 
     return nearest_neighbors(_X, row, n=n)
 
 
-@st.cache_data(show_spinner=False, max_entries=4000)
-def poster_thumbnail(path: str, side: int = 180) -> Image.Image:
-    try:
-        return thumbnail(path, side)
-    except ImageError:
-        return Image.new("RGB", (side * 2 // 3, side), "lightgrey")
-
-
-def runs_of(dataset, features) -> list[Run]:
-    root = str(dataset.root.resolve())
-    return [run for run in list_runs()
-            if run.info.get("dataset", {}).get("root") == root or run.features_info.get("key") == features.key]
-
-
-def run_label(run: Run) -> str:
-    hidden = "→".join(str(size) for size in run.config.hidden)
-    return f"{run.info.get('created', '?')} · {run.config.feature_view} · {hidden} · {run.key[:8]}"
+def map_runs(dataset, features) -> list[Run]:
+    """The dataset's runs, then runs on these very features saved from another folder (a moved or
+    copied dataset: the features key hashes the poster contents, not the path)."""
+    runs = dataset_runs(dataset)
+    known = {run.folder for run in runs}
+    return runs + [run for run in all_runs()
+                   if run.folder not in known and run.features_info.get("key") == features.key]
 
 
 def source_controls(dataset, features) -> MapSource:
@@ -160,25 +124,24 @@ def source_controls(dataset, features) -> MapSource:
     if kind == "features":
         view = st.selectbox("Feature view", list(FEATURE_VIEWS), format_func=FEATURE_VIEWS.get, key="map_view")
         return MapSource(f"VGG16 features, {FEATURE_VIEWS[view]}", features.view_key(view),
-                         view_matrix(features.key, view, features))
-    runs = runs_of(dataset, features)
-    if not runs:
-        st.info("No saved training run on this dataset yet: train one first.")
-        st.page_link("pages/train.py", label="Go to Train", icon="🧪")
-        st.stop()
-    keys = [run.key for run in runs]
-    by_key = dict(zip(keys, runs))
-    run = by_key[st.selectbox("Run", keys, format_func=lambda key: run_label(by_key[key]), key="map_run")]
+                         view_matrix(features, view))
+    runs = map_runs(dataset, features)
+    require_runs(runs, dataset)
+    run = run_selector(runs, key="map_run", help="Runs on this dataset's features, newest first.")
+    created = run.info.get("created", "")
     try:
         run.check_features(features)
-        X = hidden_activations(run.key, features.key, run, features)
+        X = hidden_activations(run.key, created, features.key, run, features)
     except PosterGenreError as err:
         st.error(str(err))
         st.stop()
     st.caption("The MLP was trained on these genres, so its training posters cluster by genre by construction; "
-               "the map shows what the model learned, not what the posters share on their own.")
+               "the map shows what the model learned, not what the posters share on their own."
+               + (f" An ensemble's map shows the first of its {run.config.ensemble} networks."
+                  if run.config.ensemble > 1 else ""))
+    # ``created`` keeps a retrained run (same key, new weights) from reusing the old map on disk.
     return MapSource(f"hidden layer {len(run.config.hidden)} ({X.shape[1]}-d) of run {run.key[:8]}",
-                     f"{features.key}-run-{run.key}", X)
+                     f"{features.key}-run-{run.key}-{created}", X)
 
 
 def umap_controls() -> UmapConfig:
@@ -258,7 +221,7 @@ def genre_shares(posters: Posters, rows: list[int]) -> pd.DataFrame:
 
 
 def poster_grid(frame: pd.DataFrame, rows, captions: list[str], width: int = 120) -> None:
-    st.image([poster_thumbnail(frame["path"].iat[row]) for row in rows], caption=captions, width=width)
+    st.image(thumbnails(frame["path"].iat[row] for row in rows), caption=captions, width=width)
 
 
 def draw_selection(posters: Posters, rows: list[int]) -> None:
@@ -318,7 +281,8 @@ def draw_agreement(table: pd.DataFrame, k: int) -> None:
     st.plotly_chart(fig, key="agreement_chart")
 
 
-st.title("🗺️ Clusters")
+route_through_app()
+st.title("Clusters")
 st.caption("Do similar posters sit together? A UMAP map of the features, nearest neighbours, and numbers.")
 
 dataset, _ = active_dataset()

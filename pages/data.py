@@ -1,7 +1,6 @@
 """Data: choose the poster set, look at its genres and posters, extract VGG16 features, get real posters."""
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,21 +13,21 @@ import streamlit as st
 from core.cache import cache_root
 from core.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Skipped
 from core.demo import demo_dataset_dir
-from core.errors import AuthError, ImageError, PosterGenreError, WeightsError
+from core.errors import AuthError, PosterGenreError, WeightsError
 from core.extractor import PRECISIONS, resolve_precision
 from core.features import FeatureConfig, Progress, cache_status, cached_features, extract_features
-from core.images import thumbnail
 from core.tmdb import LISTS, TmdbConfig, download_tmdb, load_credentials, parse_years
 from core.tutorial_import import import_tutorial
 from core.url_download import AcquireResult, UrlTableConfig, download_url_table, safe_id
 from core.weights import Weights
-from pages._shared import (DEMO, _cached_features, dataset_caption, dataset_root, feature_config,
-                           fingerprint, get_dataset, get_weights, load_settings,
-                           save_settings, weights_notice)
+from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO, feature_config, fingerprint,
+                           get_dataset, get_weights, load_settings, route_through_app, save_settings,
+                           weights_notice)
+from pages._widgets import first_page, page_number, show_poster
 
 PAGE_SIZE = 48
 GRID_COLUMNS = 6
-THUMBNAIL_SIDE = 240
+GRID_PAGE = "grid_page"
 WEIGHT_KINDS = {"imagenet": "ImageNet (Keras download)", "file": "Local weights file",
                 "none": "None: random weights (testing only)"}
 POSTER_SIZES = ("w92", "w154", "w185", "w342", "w500", "w780", "original")
@@ -330,26 +329,11 @@ def show_failures(failed: list[Skipped]) -> None:
 # --- poster grid -------------------------------------------------------------------------------
 
 
-@st.cache_data(show_spinner=False, max_entries=2000)
-def thumbnail_jpeg(path: str, modified_ns: int) -> tuple[bytes | None, str | None]:
-    try:
-        image = thumbnail(path, THUMBNAIL_SIDE)
-    except ImageError as err:
-        return None, str(err)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue(), None
-
-
-def _first_grid_page() -> None:
-    st.session_state.pop("grid_page", None)
-
-
 def grid_controls(genres: list[str]) -> tuple[list[str], bool]:
     choice, mode = st.columns([4, 1], vertical_alignment="bottom")
     selected = choice.multiselect("Show posters with these genres (none: all posters)", genres,
-                                  key="grid_genres", on_change=_first_grid_page)
-    match_all = mode.toggle("Must have all", key="grid_match_all", on_change=_first_grid_page,
+                                  key="grid_genres", on_change=first_page, args=(GRID_PAGE,))
+    match_all = mode.toggle("Must have all", key="grid_match_all", on_change=first_page, args=(GRID_PAGE,),
                             help="Off: a poster with any of the genres is shown. On: only posters with all of them.")
     return selected, match_all
 
@@ -362,21 +346,13 @@ def filter_posters(posters: list[Poster], selected: list[str], match_all: bool) 
     return [poster for poster in posters if test(poster.genres)]
 
 
-def page_controls(n_items: int) -> int:
-    n_pages = max(1, -(-n_items // PAGE_SIZE))
-    if st.session_state.get("grid_page", 1) > n_pages:
-        _first_grid_page()
-    page = st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, step=1, key="grid_page")
-    return int(page)
-
-
 def poster_grid(dataset: Dataset) -> None:
     selected, match_all = grid_controls(list(dataset.genre_counts()))
     shown = filter_posters(dataset.posters, selected, match_all)
     if not shown:
         st.info("No poster has this combination of genres.")
         return
-    page = page_controls(len(shown))
+    page = page_number(len(shown), PAGE_SIZE, GRID_PAGE)
     first = (page - 1) * PAGE_SIZE
     window = shown[first:first + PAGE_SIZE]
     st.caption(f"Showing posters {first + 1}–{first + len(window)} of {len(shown):,} matching "
@@ -384,21 +360,7 @@ def poster_grid(dataset: Dataset) -> None:
     columns = st.columns(GRID_COLUMNS)
     for index, poster in enumerate(window):
         with columns[index % GRID_COLUMNS]:
-            draw_poster(poster)
-
-
-def draw_poster(poster: Poster) -> None:
-    caption = f"{poster.title} — {', '.join(poster.genres)}"
-    try:
-        modified = poster.path.stat().st_mtime_ns
-    except OSError as err:
-        st.caption(f"{caption}: cannot read {poster.path.name} ({err.strerror})")
-        return
-    data, error = thumbnail_jpeg(str(poster.path), modified)
-    if data is None:
-        st.caption(f"⚠️ {caption}: {error}")
-    else:
-        st.image(data, caption=caption, width="stretch")
+            show_poster(poster.path, f"{poster.title} — {', '.join(poster.genres)}")
 
 
 # --- getting real posters ------------------------------------------------------------------------
@@ -558,7 +520,8 @@ def acquisition_section() -> None:
 
 # --- the page ----------------------------------------------------------------------------------
 
-st.title("🗂️ Data")
+route_through_app()
+st.title("Data")
 st.caption("Choose the posters, see what genres they carry, and turn them into VGG16 features.")
 
 st.subheader("Dataset")

@@ -4,10 +4,12 @@ from __future__ import annotations
 import streamlit as st
 
 from core.features import cache_status
-from core.runs import list_runs
-from pages._shared import active_dataset, active_weights, dataset_caption, feature_config, weights_notice
+from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, route_through_app,
+                           weights_notice)
+from pages._widgets import dataset_runs
 
-st.title("🎬 Poster Genre Explorer")
+route_through_app()
+st.title("Poster Genre Explorer")
 st.caption("What do movie posters say about a film's genre? VGG16 features, a small MLP, honest metrics.")
 
 dataset, report = active_dataset()
@@ -24,10 +26,10 @@ if weights is not None:
     cached, total = cache_status(dataset, feature_config())
     st.metric("Posters with cached features", f"{cached:,} / {total:,}")
     if cached < total:
-        st.page_link("pages/data.py", label="Extract the missing features on the Data page", icon="🗂️")
+        st.page_link("pages/data.py", label="Extract the missing features on the Data page",
+                     icon=":material/folder_open:")
 
-runs = [run for run in list_runs() if run.info.get("dataset", {}).get("root") == str(dataset.root.resolve())]
-st.metric("Saved training runs on this dataset", len(runs))
+st.metric("Saved training runs on this dataset", len(dataset_runs(dataset)))
 
 st.subheader("The path through the app")
 st.markdown(
@@ -36,6 +38,8 @@ st.markdown(
     "watch the loss curves, compare runs against the frequency prior.\n"
     "3. **Clusters** — a UMAP map of the features: do posters of one genre sit together? With numbers.\n"
     "4. **Predictions** — poster by poster: what the model predicts, where it fails, and your own upload.")
-for page, label, icon in [("pages/data.py", "Data", "🗂️"), ("pages/train.py", "Train", "🧪"),
-                          ("pages/clusters.py", "Clusters", "🗺️"), ("pages/predictions.py", "Predictions", "🔍")]:
+for page, label, icon in [("pages/data.py", "Data", ":material/folder_open:"),
+                          ("pages/train.py", "Train", ":material/science:"),
+                          ("pages/clusters.py", "Clusters", ":material/scatter_plot:"),
+                          ("pages/predictions.py", "Predictions", ":material/search:")]:
     st.page_link(page, label=label, icon=icon)

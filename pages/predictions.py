@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,13 +14,17 @@ from core.embeddings import nearest_to_vector
 from core.errors import ImageError, PosterGenreError
 from core.experiment import labels_for
 from core.features import FeatureSet
-from core.images import check_image_bytes, thumbnail
+from core.images import check_image_bytes
 from core.metrics import per_genre_report, top_k_indices
 from core.predict import PosterPrediction, Predictor, view_rows
-from core.runs import Run, list_runs
-from pages._shared import active_dataset, fingerprint, require_features
+from core.runs import Run
+from pages._shared import active_dataset, fingerprint, require_features, route_through_app
+from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
+                            random_run_warning, require_runs, run_selector, show_per_genre, show_poster,
+                            view_matrix)
 
 PAGE_SIZE = 24
+PAGE_KEY = "page_number"
 GRID_COLUMNS = 4
 N_NEIGHBOURS = 8
 ANY_GENRE = "(any genre)"
@@ -53,36 +54,6 @@ class GridView:
 def escape(text: str) -> str:
     """Titles are shown as markdown: ``$`` would start LaTeX, ``*`` emphasis."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
-
-
-def dataset_runs(dataset: Dataset) -> list[Run]:
-    root = str(dataset.root.resolve())
-    return [run for run in list_runs() if (run.info.get("dataset") or {}).get("root") == root]
-
-
-def run_label(run: Run) -> str:
-    config, metrics = run.config, run.metrics
-    created = run.info.get("created", "")[:16].replace("T", " ")
-    precision = metrics.get("precision_at_k")
-    score = f"P@{config.k} {precision:.3f}" if precision is not None else f"P@{config.k} n/a"
-    random = " · RANDOM weights" if metrics.get("random_weights") else ""
-    hidden = "→".join(str(size) for size in config.hidden)
-    return f"{created} · {config.feature_view} · {hidden} · {config.epochs} ep · {score}{random}"
-
-
-def _remember_run() -> None:
-    st.session_state["selected_run"] = st.session_state["run_select"]
-
-
-def run_controls(runs: list[Run]) -> Run:
-    by_folder = {str(run.folder): run for run in runs}
-    options = list(by_folder)
-    wanted = st.session_state.get("selected_run")
-    index = options.index(str(wanted)) if str(wanted) in by_folder else 0
-    folder = st.selectbox("Run", options, index=index, key="run_select", on_change=_remember_run,
-                          format_func=lambda option: run_label(by_folder[option]),
-                          help="Runs trained on the active dataset, newest first.")
-    return by_folder[folder]
 
 
 def poster_table(run: Run, dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -144,54 +115,18 @@ def select_posters(table: pd.DataFrame, view: GridView, k: int) -> pd.DataFrame:
     return table[mask].sort_values(column, ascending=ascending, kind="stable")
 
 
-def _first_page() -> None:
-    st.session_state["page_number"] = 1
-
-
 def grid_controls(genres: tuple[str, ...]) -> GridView:
     genre_col, outcome_col, confidence_col, sort_col = st.columns([2, 2, 3, 3])
     genre = genre_col.selectbox("Genre (true or predicted)", [ANY_GENRE, *genres], key="filter_genre",
-                                on_change=_first_page)
+                                on_change=first_page, args=(PAGE_KEY,))
     outcome = outcome_col.selectbox(
-        "Hits", OUTCOMES, key="filter_hits", on_change=_first_page,
+        "Hits", OUTCOMES, key="filter_hits", on_change=first_page, args=(PAGE_KEY,),
         help="A hit is a true genre among the top-k predictions. 'All hits': as many hits as possible "
              "(k, or every true genre when a poster has fewer than k).")
     confidence = confidence_col.slider("Top-1 probability", 0.0, 1.0, (0.0, 1.0), step=0.01,
-                                       key="filter_confidence", on_change=_first_page)
-    sort = sort_col.selectbox("Sort by", list(SORTS), key="sort_by", on_change=_first_page)
+                                       key="filter_confidence", on_change=first_page, args=(PAGE_KEY,))
+    sort = sort_col.selectbox("Sort by", list(SORTS), key="sort_by", on_change=first_page, args=(PAGE_KEY,))
     return GridView(genre=genre, outcome=outcome, confidence=tuple(confidence), sort=sort)
-
-
-def page_controls(n_posters: int) -> int:
-    n_pages = max(1, math.ceil(n_posters / PAGE_SIZE))
-    if st.session_state.get("page_number", 1) > n_pages:
-        st.session_state["page_number"] = n_pages
-    if n_pages == 1:
-        return 1
-    return int(st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, step=1,
-                               key="page_number"))
-
-
-@st.cache_data(show_spinner=False, max_entries=4000)
-def thumbnail_jpeg(path: str, mtime_ns: int, max_side: int = 256) -> bytes | None:
-    try:
-        image = thumbnail(path, max_side)
-    except ImageError:
-        return None
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=88)
-    return buffer.getvalue()
-
-
-def show_thumbnail(path: str, max_side: int = 256, target=st) -> None:
-    try:
-        data = thumbnail_jpeg(path, Path(path).stat().st_mtime_ns, max_side)
-    except OSError:
-        data = None
-    if data is None:
-        target.caption(f"(cannot show {Path(path).name})")
-    else:
-        target.image(data, width="stretch")
 
 
 def _show_detail(poster_id: str) -> None:
@@ -204,7 +139,7 @@ def prediction_lines(predicted: tuple[tuple[str, float], ...], true: tuple[str, 
 
 
 def draw_card(row) -> None:
-    show_thumbnail(row.path)
+    show_poster(row.path)
     st.markdown(f"**{escape(row.title)}**")
     st.markdown(prediction_lines(row.predicted, row.true))
     st.caption("True: " + (", ".join(row.true) or "none"))
@@ -245,7 +180,7 @@ def detail_controls(shown: pd.DataFrame, table: pd.DataFrame) -> str:
 def draw_detail(row, probabilities: np.ndarray, genres: tuple[str, ...], k: int) -> None:
     image_col, info_col = st.columns([1, 2])
     with image_col:
-        show_thumbnail(row.path, max_side=512)
+        show_poster(row.path, side=512)
     with info_col:
         st.markdown(f"### {escape(row.title)}")
         st.caption(f"id {row.id} · true genres: {', '.join(row.true) or 'none'}")
@@ -257,31 +192,15 @@ def draw_detail(row, probabilities: np.ndarray, genres: tuple[str, ...], k: int)
         st.plotly_chart(probability_figure(genres, probabilities, row.true), key="detail_chart")
 
 
-def _format(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def draw_headline(run: Run) -> None:
     metrics, k = run.metrics, run.config.k
-    cells = st.columns(4)
-    for cell, name, label in ((cells[0], "precision_at_k", f"Precision@{k}"),
-                              (cells[1], "recall_at_k", f"Recall@{k}")):
-        value, prior = metrics.get(name), metrics.get(f"prior_{name}")
-        delta = None if value is None or prior is None else f"{value - prior:+.3f} vs prior"
-        cell.metric(label, _format(value), delta, help=f"frequency prior: {_format(prior)}; 95% interval "
-                    f"{_format(metrics.get(name + '_low'))}–{_format(metrics.get(name + '_high'))}")
-    cells[2].metric("Mean average precision", _format(metrics.get("mean_average_precision")))
-    cells[3].metric("Test posters", f"{metrics.get('n_test', len(run.split['test'])):,}")
-
-
-def per_genre_table(run: Run, Y: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    try:
-        table = run.per_genre()
-        if list(table["genre"]) == list(run.vocabulary.genres):
-            return table
-    except (OSError, KeyError, ValueError):
-        pass
-    return per_genre_report(Y, scores, run.vocabulary.genres, k=run.config.k)
+    precision_cell, recall_cell, ap_cell, count_cell = st.columns(4)
+    metric_with_prior(precision_cell, f"Precision@{k}", metrics, "precision_at_k")
+    metric_with_prior(recall_cell, f"Recall@{k}", metrics, "recall_at_k")
+    ap_cell.metric("Mean average precision", fmt(metrics.get("mean_average_precision")))
+    count_cell.metric("Test posters", f"{metrics.get('n_test', len(run.split['test'])):,}")
+    if run.config.ensemble > 1:
+        count_cell.caption(f"probabilities averaged over {run.config.ensemble} networks")
 
 
 def draw_per_genre(run: Run, Y: np.ndarray, scores: np.ndarray) -> None:
@@ -289,15 +208,10 @@ def draw_per_genre(run: Run, Y: np.ndarray, scores: np.ndarray) -> None:
     st.caption(f"On the {len(Y)} test posters. Precision@{k}: of the posters with this genre in their "
                f"top {k}, how many have it; recall@{k}: of the posters with this genre, how many got it "
                "in their top k. Empty cells are undefined (no poster).")
-    table = per_genre_table(run, Y, scores).sort_values("support", ascending=False, kind="stable")
-    st.dataframe(table, hide_index=True, key="per_genre_table", column_config={
-        "genre": "Genre",
-        "support": st.column_config.NumberColumn("Support", help="test posters with this genre"),
-        "average_precision": st.column_config.NumberColumn("Average precision", format="%.3f"),
-        "precision_at_k": st.column_config.NumberColumn(f"Precision@{k}", format="%.3f"),
-        "recall_at_k": st.column_config.NumberColumn(f"Recall@{k}", format="%.3f"),
-        "predicted": st.column_config.NumberColumn(f"In top {k}", help="test posters predicting it"),
-    })
+    table = per_genre_table(run)
+    if table is None:
+        table = per_genre_report(Y, scores, run.vocabulary.genres, k=k)
+    show_per_genre(table.sort_values("support", ascending=False, kind="stable"), k)
 
 
 @st.cache_resource(show_spinner="Loading the run's model and VGG16…", max_entries=2)
@@ -311,16 +225,11 @@ def predict_upload(folder: str, created: str, digest: str, name: str, _run: Run,
     return get_predictor(folder, created, _run).predict_image(_data, name)
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
-def view_matrix(features_key: str, view: str, _features: FeatureSet) -> np.ndarray:
-    return _features.view(view)
-
-
 @st.cache_data(show_spinner="Finding the nearest training posters…", max_entries=16)
 def nearest_train_posters(features_key: str, view: str, folder: str, digest: str, _features: FeatureSet,
                           _train_ids: list[str], _vector: np.ndarray) -> list[tuple[str, float]]:
     """Cosine over all rows of the view, then the best training posters (no copy of a 25,088-d matrix)."""
-    X = view_matrix(features_key, view, _features)
+    X = view_matrix(_features, view)
     order, similarities = nearest_to_vector(X, view_rows(_vector[None], view)[0], n=X.shape[0])
     train = set(_train_ids)
     ids = _features.ids
@@ -340,7 +249,7 @@ def draw_neighbours(neighbours: list[tuple[str, float]], dataset: Dataset) -> No
     for start in range(0, len(neighbours), GRID_COLUMNS):
         for column, (id_, similarity) in zip(st.columns(GRID_COLUMNS), neighbours[start:start + GRID_COLUMNS]):
             poster = posters[id_]
-            show_thumbnail(str(poster.path), target=column)
+            show_poster(poster.path, target=column)
             column.caption(f"{poster.title} · similarity {similarity:.2f}  \n{', '.join(poster.genres)}")
 
 
@@ -376,16 +285,14 @@ def draw_upload(run: Run, features: FeatureSet, dataset: Dataset) -> None:
     draw_neighbours(neighbours, dataset)
 
 
-st.title("🔍 Predictions")
+route_through_app()
+st.title("Predictions")
 st.caption("Poster by poster: what a trained run predicts, where it is wrong, and what it says about yours.")
 
 dataset, _ = active_dataset()
 runs = dataset_runs(dataset)
-if not runs:
-    st.info(f"No training run on {dataset.name} yet: train one on the Train page first.")
-    st.page_link("pages/train.py", label="Go to Train", icon="🧪")
-    st.stop()
-run = run_controls(runs)
+require_runs(runs, dataset)
+run = run_selector(runs)
 features = require_features(dataset)
 try:
     run.check_features(features)
@@ -394,9 +301,7 @@ try:
 except PosterGenreError as err:
     st.error(str(err))
     st.stop()
-if run.metrics.get("random_weights"):
-    st.warning("⚠️ This run was trained on features from RANDOM VGG16 weights: its predictions test the "
-               "pipeline and say nothing about posters.")
+random_run_warning(run, "its predictions test the pipeline and say nothing about posters")
 k = run.config.k
 draw_headline(run)
 
@@ -413,7 +318,7 @@ with posters_tab:
     if shown.empty:
         st.info(f"None of the {len(table)} test posters matches these filters.")
     else:
-        first = (page_controls(len(shown)) - 1) * PAGE_SIZE
+        first = (page_number(len(shown), PAGE_SIZE, PAGE_KEY) - 1) * PAGE_SIZE
         st.caption(f"Showing {first + 1}–{min(len(shown), first + PAGE_SIZE)} of {len(shown)} test posters "
                    f"({len(table)} in the test split)")
         draw_grid(shown.iloc[first:first + PAGE_SIZE])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -12,18 +13,24 @@ import streamlit as st
 from core.errors import PosterGenreError, TrainingError
 from core.experiment import ExperimentResult, run_experiment
 from core.features import FEATURE_VIEWS, FeatureSet
-from core.runs import Run, delete_run, find_run, list_runs, load_run, runs_root, save_run
+from core.runs import Run, delete_run, find_run, save_run
 from core.train import OPTIMIZERS, PRESET_NOTES, PRESETS, EpochLog, TrainConfig, check_config
-from pages._shared import active_dataset, require_features
+from pages._shared import active_dataset, require_features, route_through_app
+from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
+                            random_run_warning, remember_run, run_selector, show_per_genre)
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
-CONTROL_KEYS = ("view", "hidden", "dropout", "standardize", "learning_rate", "optimizer", "epochs",
-                "batch_size", "test_size", "validation_split", "early_stopping", "patience", "seed", "k",
-                "threshold")
+CONTROL_KEYS = ("view", "power_normalize", "standardize", "hidden", "dropout", "learning_rate", "optimizer",
+                "epochs", "batch_size", "seed", "test_size", "ensemble", "validation_split", "early_stopping",
+                "patience", "k", "threshold")
 FORM_MEMORY = "train_form"
-X_CHOICES = ("learning rate", "dropout", "hidden", "view", "optimizer", "standardize", "epochs run",
-             "batch", "seed", "test fraction", "train seconds")
+X_CHOICES = ("learning rate", "dropout", "hidden", "view", "optimizer", "power normalize", "standardize",
+             "ensemble", "epochs run", "batch", "seed", "test fraction", "train seconds")
 Y_CHOICES = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
+MEMBER_COLOURS = px.colors.qualitative.Plotly
+ENSEMBLE_HELP = ("K networks, each trained on (K−1)/K of the training posters and early-stopped on the "
+                 "remaining fold; their genre probabilities are averaged. Steadier than one network, "
+                 "K times the training time. With K > 1 the validation fraction is not used.")
 
 
 # ---- controls ---------------------------------------------------------------------------------
@@ -75,6 +82,7 @@ def preset_controls() -> str:
     return preset
 
 
+
 def train_controls() -> None:
     features_col, network_col, fitting_col = st.columns(3)
     with features_col:
@@ -82,7 +90,11 @@ def train_controls() -> None:
         st.radio("Feature view", list(FEATURE_VIEWS), key="view", captions=list(FEATURE_VIEWS.values()))
         st.caption("The 512-d pooled views (avg, max) come from the same cache and train much faster "
                    "than the 25,088-d flattened one.")
-        st.checkbox("Standardize features (mean 0, variance 1 from the training split)", key="standardize")
+        st.checkbox("Square-root features", key="power_normalize",
+                    help="sign(x)·√|x| of each feature, inside the model and before standardising: damps the "
+                         "few very large activations of pooled CNN features.")
+        st.checkbox("Standardize features", key="standardize",
+                    help="Mean 0, variance 1 per feature, measured on the training split.")
         st.markdown("**Network**")
         st.text_input("Hidden layer sizes", key="hidden", help="Comma-separated, e.g. 1024,256 (the tutorial) or 512")
         st.slider("Dropout after each hidden layer", 0.0, 0.95, step=0.05, key="dropout")
@@ -96,10 +108,16 @@ def train_controls() -> None:
         st.number_input("Batch size", min_value=1, max_value=8192, step=16, key="batch_size")
         st.number_input("Seed (split, initialisation, bootstrap)", min_value=0, step=1, key="seed")
     with fitting_col:
-        st.markdown("**Split and stopping**")
+        st.markdown("**Split, ensemble and stopping**")
         st.slider("Test fraction", 0.05, 0.9, step=0.05, key="test_size")
-        st.slider("Validation fraction (of the rest)", 0.0, 0.9, step=0.05, key="validation_split")
-        st.checkbox("Early stopping on validation loss", key="early_stopping")
+        members = st.number_input("Ensemble (networks averaged)", min_value=1, max_value=10, step=1,
+                                  key="ensemble", help=ENSEMBLE_HELP)
+        st.slider("Validation fraction (of the rest)", 0.0, 0.9, step=0.05, key="validation_split",
+                  disabled=members > 1)
+        if members > 1:
+            st.caption("Validation fraction unused: each of the networks validates on its own fold.")
+        st.checkbox("Early stopping on validation loss", key="early_stopping",
+                    help="With an ensemble, each network stops on the loss of its own held-out fold.")
         st.number_input("Patience (epochs)", min_value=1, max_value=500, step=1, key="patience")
         st.markdown("**Evaluation**")
         st.number_input("k (top-k genres per poster)", min_value=1, max_value=50, step=1, key="k")
@@ -109,13 +127,15 @@ def train_controls() -> None:
 def config_from_controls(n_genres: int) -> TrainConfig:
     """The controls as a checked ``TrainConfig``; raises ``TrainingError`` for invalid combinations."""
     state = st.session_state
+    ensemble = int(state.ensemble)
     config = TrainConfig(
         feature_view=state.view, hidden=parse_hidden(state.hidden), dropout=round(state.dropout, 4),
-        standardize=bool(state.standardize), learning_rate=float(state.learning_rate),
-        optimizer=state.optimizer, epochs=int(state.epochs), batch_size=int(state.batch_size),
-        seed=int(state.seed), test_size=round(state.test_size, 4),
-        validation_split=round(state.validation_split, 4), early_stopping=bool(state.early_stopping),
-        patience=int(state.patience), k=int(state.k), threshold=round(state.threshold, 4))
+        power_normalize=bool(state.power_normalize), standardize=bool(state.standardize),
+        learning_rate=float(state.learning_rate), optimizer=state.optimizer, epochs=int(state.epochs),
+        batch_size=int(state.batch_size), seed=int(state.seed), test_size=round(state.test_size, 4),
+        ensemble=ensemble, validation_split=round(state.validation_split, 4) if ensemble == 1 else 0.0,
+        early_stopping=bool(state.early_stopping), patience=int(state.patience), k=int(state.k),
+        threshold=round(state.threshold, 4))
     check_config(config)
     if config.k > n_genres:
         raise TrainingError(f"k={config.k} but the dataset has only {n_genres} genres",
@@ -130,6 +150,7 @@ def changed_from(preset: str, config: TrainConfig) -> list[str]:
 
 # ---- training ---------------------------------------------------------------------------------
 
+
 def stopped_notice() -> None:
     """A training interrupted by Stop (Streamlit stops the script at its next st call) leaves its flag
     set: say so once."""
@@ -137,21 +158,52 @@ def stopped_notice() -> None:
         record = st.session_state.pop("training_progress", {})
         if record.get("saved"):
             return
-        epochs = record.get("last_epoch", 0)
-        st.warning(f"Training was stopped after {epochs} epoch{'' if epochs == 1 else 's'}; "
+        epochs, members = record.get("last_epoch", 0), record.get("members", 1)
+        where = f"in member {record.get('member', 1)}/{members} " if members > 1 else ""
+        st.warning(f"Training was stopped {where}after {epochs} epoch{'' if epochs == 1 else 's'}; "
                    "the run was not saved.")
 
 
-def loss_figure(history: list[EpochLog], title: str = "Loss per epoch") -> go.Figure:
-    epochs = [entry.epoch for entry in history]
-    figure = go.Figure(go.Scatter(x=epochs, y=[entry.loss for entry in history], name="train",
-                                  mode="lines+markers"))
-    if any(entry.val_loss is not None for entry in history):
-        figure.add_trace(go.Scatter(x=epochs, y=[entry.val_loss for entry in history], name="validation",
-                                    mode="lines+markers"))
+def loss_figure(history: list[EpochLog], members: int = 1, title: str = "Loss per epoch") -> go.Figure:
+    """Train (solid) and validation (dashed) loss, one colour per member of an ensemble."""
+    figure = go.Figure()
+    for member in sorted({entry.member for entry in history}):
+        entries = [entry for entry in history if entry.member == member]
+        prefix = f"member {member} " if members > 1 else ""
+        line = {"color": MEMBER_COLOURS[(member - 1) % len(MEMBER_COLOURS)]}
+        mode = "lines+markers" if members == 1 and len(entries) <= 40 else "lines"
+        epochs = [entry.epoch for entry in entries]
+        figure.add_trace(go.Scatter(x=epochs, y=[entry.loss for entry in entries], name=f"{prefix}train",
+                                    mode=mode, line=line, legendgroup=str(member)))
+        if any(entry.val_loss is not None for entry in entries):
+            figure.add_trace(go.Scatter(x=epochs, y=[entry.val_loss for entry in entries],
+                                        name=f"{prefix}validation", mode=mode, line={**line, "dash": "dash"},
+                                        legendgroup=str(member)))
     figure.update_layout(title=title, xaxis_title="epoch", yaxis_title="binary cross-entropy",
                          height=320, margin=dict(l=10, r=10, t=40, b=10))
+    if members > 1:
+        figure.update_layout(height=420, legend=dict(orientation="h", yanchor="top", y=-0.3, tracegroupgap=2,
+                                                     font_size=11))
     return figure
+
+
+def epoch_text(entry: EpochLog, config: TrainConfig) -> str:
+    member = f"member {entry.member}/{config.ensemble} · " if config.ensemble > 1 else ""
+    validation = f" · validation {entry.val_loss:.4f}" if entry.val_loss is not None else ""
+    return (f"{member}epoch {entry.epoch}/{config.epochs} · loss {entry.loss:.4f}{validation} "
+            f"· {entry.seconds:.1f} s/epoch")
+
+
+def epochs_per_member(history: list[EpochLog]) -> list[int]:
+    counts = Counter(entry.member for entry in history)
+    return [counts[member] for member in sorted(counts)]
+
+
+def epochs_text(history: list[EpochLog], config: TrainConfig, fallback=None) -> str:
+    """``12/60``, or ``9–14/60 ×5`` for an ensemble whose members stopped at different epochs."""
+    counts = epochs_per_member(history) or [fallback if fallback is not None else "?"]
+    ran = f"{min(counts)}–{max(counts)}" if len(set(counts)) > 1 else str(counts[0])
+    return f"{ran}/{config.epochs}" + (f" ×{len(counts)}" if len(counts) > 1 else "")
 
 
 def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict) -> ExperimentResult:
@@ -164,18 +216,17 @@ def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict)
     history: list[EpochLog] = []
 
     # Mutating ``record`` is not a Streamlit yield point (assigning to session_state is), so the
-    # epoch count is stored even when Stop interrupts at the next st call.
+    # epoch and member are stored even when Stop interrupts at the next st call.
     def on_epoch(entry: EpochLog) -> None:
         history.append(entry)
-        record["last_epoch"] = entry.epoch
-        validation = f" · validation {entry.val_loss:.4f}" if entry.val_loss is not None else ""
-        progress.progress(min(entry.epoch / config.epochs, 1.0),
-                          text=f"epoch {entry.epoch}/{config.epochs} · loss {entry.loss:.4f}{validation} "
-                               f"· {entry.seconds:.1f} s/epoch")
-        chart.plotly_chart(loss_figure(history, "Live loss"), key=f"live_loss_{entry.epoch}")
+        record["last_epoch"], record["member"] = entry.epoch, entry.member
+        done = (entry.member - 1 + entry.epoch / config.epochs) / config.ensemble
+        progress.progress(min(done, 1.0), text=epoch_text(entry, config))
+        chart.plotly_chart(loss_figure(history, config.ensemble, "Live loss"),
+                           key=f"live_loss_{entry.member}_{entry.epoch}")
 
     result = run_experiment(dataset, features, config, on_epoch=on_epoch)
-    progress.progress(1.0, text=f"done: {len(result.history)}/{config.epochs} epochs in {result.seconds:.1f} s")
+    progress.progress(1.0, text=f"done: {epochs_text(result.history, config)} epochs in {result.seconds:.1f} s")
     return result
 
 
@@ -193,11 +244,12 @@ def train_or_load(dataset, features: FeatureSet, config: TrainConfig, again: boo
         select_run(existing.folder)
         st.success("Same configuration already trained — loaded from disk (tick “train again” to retrain).")
         return
-    record = {"last_epoch": 0}
+    record = {"last_epoch": 0, "member": 1, "members": config.ensemble}
     st.session_state.training_progress = record
     st.session_state.training_in_progress = True
+    networks = f"{config.ensemble} networks on " if config.ensemble > 1 else ""
     try:
-        with st.status(f"Training on {len(features.ids):,} posters…", expanded=True) as status:
+        with st.status(f"Training {networks}{len(features.ids):,} posters…", expanded=True) as status:
             result = train_live(dataset, features, config, record)
             folder = save_trained(dataset, result, record)
             status.update(label=f"Trained in {result.seconds:.1f} s and saved", state="complete", expanded=False)
@@ -212,27 +264,9 @@ def train_or_load(dataset, features: FeatureSet, config: TrainConfig, again: boo
 # ---- saved runs -------------------------------------------------------------------------------
 
 def select_run(folder: Path) -> None:
-    st.session_state.selected_run = str(folder)
+    """Show ``folder`` in the run menu below (drawn later in this script run) and on the other pages."""
+    remember_run(folder)
     st.session_state.run_select = str(folder)
-
-
-def runs_signature() -> tuple:
-    return tuple(sorted((entry.name, entry.stat().st_mtime_ns) for entry in runs_root().iterdir()))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _dataset_runs(root: str, signature: tuple) -> list[Run]:
-    return [run for run in list_runs() if run.info.get("dataset", {}).get("root") == root]
-
-
-def dataset_runs(dataset) -> list[Run]:
-    """Saved runs of the active dataset, newest first; re-read only when the runs folder changes."""
-    return _dataset_runs(str(dataset.root.resolve()), runs_signature())
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def per_genre_table(folder: str, mtime_ns: int) -> pd.DataFrame:
-    return load_run(folder).per_genre()
 
 
 def created_label(run: Run) -> str:
@@ -246,38 +280,33 @@ def hidden_label(config: TrainConfig) -> str:
     return "→".join(str(size) for size in config.hidden)
 
 
-def run_label(run: Run) -> str:
-    config, metrics = run.config, run.metrics
-    return (f"{created_label(run)} · {config.feature_view} · {hidden_label(config)} · {config.optimizer} "
-            f"{config.learning_rate:.0e} · P@{metrics['k']} {fmt(metrics.get('precision_at_k'))}")
-
-
-def fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def runs_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         config, metrics = run.config, run.metrics
         precision, prior = metrics.get("precision_at_k"), metrics.get("prior_precision_at_k")
+        per_member = epochs_per_member(run.history)
         rows.append({
             "created": created_label(run), "view": config.feature_view, "hidden": hidden_label(config),
-            "dropout": config.dropout, "standardize": config.standardize, "learning rate": config.learning_rate,
-            "optimizer": config.optimizer, "epochs": f"{metrics.get('epochs_run', '?')}/{config.epochs}",
-            "epochs run": metrics.get("epochs_run"), "batch": config.batch_size, "seed": config.seed,
-            "test fraction": config.test_size, "k": config.k, "precision@k": precision, "prior": prior,
+            "dropout": config.dropout, "power normalize": config.power_normalize,
+            "standardize": config.standardize, "learning rate": config.learning_rate,
+            "optimizer": config.optimizer, "ensemble": config.ensemble,
+            "epochs": epochs_text(run.history, config, metrics.get("epochs_run")),
+            "epochs run": sum(per_member) / len(per_member) if per_member else metrics.get("epochs_run"),
+            "batch": config.batch_size, "seed": config.seed, "test fraction": config.test_size, "k": config.k,
+            "precision@k": precision, "prior": prior,
             "precision@k − prior": None if precision is None or prior is None else precision - prior,
             "recall@k": metrics.get("recall_at_k"), "micro F1": metrics.get("micro_f1"),
             "macro F1": metrics.get("macro_f1"), "mean AP": metrics.get("mean_average_precision"),
             "train seconds": metrics.get("train_seconds"), "weights": metrics.get("weights"),
-            "run": run_label(run),
+            "run": run.label(),
         })
     return pd.DataFrame(rows)
 
 
-TABLE_COLUMNS = ("created", "view", "hidden", "dropout", "learning rate", "optimizer", "epochs", "batch", "seed",
-                 "k", "precision@k", "prior", "recall@k", "micro F1", "macro F1", "train seconds", "weights")
+TABLE_COLUMNS = ("created", "view", "power normalize", "standardize", "hidden", "dropout", "learning rate",
+                 "optimizer", "ensemble", "epochs", "batch", "seed", "k", "precision@k", "prior", "recall@k",
+                 "micro F1", "macro F1", "train seconds", "weights")
 
 
 def show_table(table: pd.DataFrame) -> None:
@@ -285,6 +314,7 @@ def show_table(table: pd.DataFrame) -> None:
               for name in ("precision@k", "prior", "recall@k", "micro F1", "macro F1")}
     st.dataframe(table[list(TABLE_COLUMNS)], hide_index=True, key="runs_table", column_config={
         **number, "learning rate": st.column_config.NumberColumn(format="%.0e"),
+        "power normalize": st.column_config.CheckboxColumn("√ features"),
         "train seconds": st.column_config.NumberColumn(format="%.1f")})
 
 
@@ -299,41 +329,31 @@ def comparison_chart(table: pd.DataFrame) -> None:
     st.plotly_chart(figure, key="compare_chart")
 
 
-def run_selector(runs: list[Run]) -> Run:
-    by_folder = {str(run.folder): run for run in runs}
-    if st.session_state.get("run_select") not in by_folder:
-        remembered = st.session_state.get("selected_run")
-        st.session_state.run_select = remembered if remembered in by_folder else next(iter(by_folder))
-    folder = st.selectbox("Show run", list(by_folder), key="run_select",
-                          format_func=lambda key: run_label(by_folder[key]))
-    st.session_state.selected_run = folder
-    return by_folder[folder]
-
-
-def metric_with_prior(column, name: str, metrics: dict, field: str) -> None:
-    value, prior = metrics.get(field), metrics.get(f"prior_{field}")
-    delta = None if value is None or prior is None else f"{value - prior:+.3f} vs prior"
-    column.metric(f"{name}@{metrics['k']}", fmt(value), delta=delta)
-    column.caption(f"95% bootstrap interval {fmt(metrics.get(f'{field}_low'))}–{fmt(metrics.get(f'{field}_high'))}"
-                   f"  \nfrequency prior {fmt(prior)} ({fmt(metrics.get(f'prior_{field}_low'))}–"
-                   f"{fmt(metrics.get(f'prior_{field}_high'))})")
+def run_summary(run: Run) -> str:
+    config, metrics = run.config, run.metrics
+    if config.ensemble > 1:
+        split = (f"{metrics.get('n_train')} train posters in {config.ensemble} folds (each network validates on "
+                 f"one) / {metrics.get('n_test')} test posters")
+    else:
+        split = (f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / "
+                 f"{metrics.get('n_test')} test posters")
+    parts = [f"{config.feature_view} features", "signed square root" if config.power_normalize else None,
+             "standardized" if config.standardize else None, f"hidden {hidden_label(config)}",
+             f"dropout {config.dropout}", f"{config.optimizer} {config.learning_rate:.0e}",
+             f"ensemble of {config.ensemble}" if config.ensemble > 1 else None,
+             f"{epochs_text(run.history, config, metrics.get('epochs_run'))} epochs",
+             f"batch {config.batch_size}", f"seed {config.seed}", split,
+             f"{fmt(metrics.get('train_seconds'), 1)} s", metrics.get("weights")]
+    return " · ".join(str(part) for part in parts if part is not None)
 
 
 def show_results(run: Run) -> None:
     metrics, config = run.metrics, run.config
-    if metrics.get("random_weights"):
-        st.warning("⚠️ This run was trained on features from RANDOM VGG16 weights: its numbers say nothing "
-                   "about posters.")
-    st.caption(f"{config.feature_view} features · hidden {hidden_label(config)} · dropout {config.dropout} · "
-               f"{'standardized · ' if config.standardize else ''}{config.optimizer} {config.learning_rate:.0e} · "
-               f"{metrics.get('epochs_run')}/{config.epochs} epochs · batch {config.batch_size} · "
-               f"seed {config.seed} · "
-               f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / "
-               f"{metrics.get('n_test')} test posters · {fmt(metrics.get('train_seconds'), 1)} s · "
-               f"{metrics.get('weights')}")
+    random_run_warning(run)
+    st.caption(run_summary(run))
     precision_col, recall_col, f1_col, ap_col = st.columns(4)
-    metric_with_prior(precision_col, "Precision", metrics, "precision_at_k")
-    metric_with_prior(recall_col, "Recall", metrics, "recall_at_k")
+    metric_with_prior(precision_col, f"Precision@{config.k}", metrics, "precision_at_k")
+    metric_with_prior(recall_col, f"Recall@{config.k}", metrics, "recall_at_k")
     f1_col.metric("Micro / macro F1", f"{fmt(metrics.get('micro_f1'))} / {fmt(metrics.get('macro_f1'))}")
     f1_col.caption(f"genres scored ≥ {metrics.get('threshold')} count as predicted")
     ap_col.metric("Mean average precision", fmt(metrics.get("mean_average_precision")))
@@ -344,13 +364,13 @@ def show_results(run: Run) -> None:
                 "better than always answering the most frequent genres.")
     curves, genres = st.columns(2)
     if run.history:
-        curves.plotly_chart(loss_figure(run.history), key="run_loss")
-    table = per_genre_table(str(run.folder), (run.folder / "metrics.json").stat().st_mtime_ns)
-    genres.plotly_chart(ap_figure(table), key="run_ap")
-    st.dataframe(table[["genre", "support", "average_precision", "precision_at_k", "recall_at_k"]],
-                 hide_index=True, key="per_genre_table", column_config={
-                     name: st.column_config.NumberColumn(format="%.3f")
-                     for name in ("average_precision", "precision_at_k", "recall_at_k")})
+        curves.plotly_chart(loss_figure(run.history, config.ensemble), key="run_loss")
+    table = per_genre_table(run)
+    if table is None:
+        genres.info("This run's per-genre table (per_genre.csv) is missing or damaged.")
+    else:
+        genres.plotly_chart(ap_figure(table), key="run_ap")
+        show_per_genre(table, config.k)
     st.button("Copy this run's settings into the controls", key="load_config", on_click=set_controls,
               args=(config,))
 
@@ -380,12 +400,12 @@ def delete_selected() -> None:
     st.session_state.train_notice = ("success", f"Deleted {len(folders)} run(s).")
     st.session_state.delete_select = []
     st.session_state.delete_confirm = False
-    if st.session_state.get("selected_run") in folders:
-        st.session_state.pop("selected_run")
+    if st.session_state.get(SELECTED_RUN) in folders:
+        st.session_state.pop(SELECTED_RUN)
 
 
 def delete_controls(runs: list[Run]) -> None:
-    labels = {str(run.folder): run_label(run) for run in runs}
+    labels = {str(run.folder): run.label() for run in runs}
     with st.expander("Delete runs"):
         st.multiselect("Runs to delete", list(labels), format_func=labels.get, key="delete_select")
         st.checkbox("Yes, delete the selected runs and their models permanently", key="delete_confirm")
@@ -401,7 +421,8 @@ def show_notice() -> None:
 
 # ---- page -------------------------------------------------------------------------------------
 
-st.title("🧪 Train")
+route_through_app()
+st.title("Train")
 st.caption("Start from the tutorial's recipe or the recommended one, move the hyperparameters, "
            "and compare every run against the frequency prior.")
 stopped_notice()
@@ -435,7 +456,7 @@ runs = dataset_runs(dataset)
 if not runs:
     st.info("No saved runs for this dataset yet: choose a preset and press Train.")
     st.stop()
-show_results(run_selector(runs))
+show_results(run_selector(runs, key="run_select", label="Show run"))
 
 st.header("Experiments")
 st.caption(f"{len(runs)} saved run(s) on this dataset; every run is also available on the Predictions page.")

@@ -1,8 +1,9 @@
 """The dashboard in a real browser: `streamlit run app.py` on a free loopback port, every page opened
 in headless Chromium.
 
-Locks in: each page finishes running without an exception block, shows its title, and the random-
-weights warning appears where features are shown; a screenshot of each page is kept in
+Locks in: each page finishes running without an exception block, shows its title and app.py's
+navigation and sidebar (even when the first request of a fresh server is a deep link), and the
+random-weights warning appears where features are shown; a screenshot of each page is kept in
 ``artifacts/screenshots/`` (override with ARTIFACTS_DIR). Needs Debian's chromium and
 chromium-driver (`.ci/run` installs them); outside CI the test skips, saying so, when they are absent.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"": "Poster Genre Explorer", "data": "Data", "train": "Train", "clusters": "Clusters",
+PAGES = {"train": "Train", "": "Poster Genre Explorer", "data": "Data", "clusters": "Clusters",
          "predictions": "Predictions"}
+"""Train comes first: on a fresh server a deep link must still go through app.py's router."""
+NAVIGATION = ["Home", "Data", "Train", "Clusters", "Predictions"]
 
 
 def _browser_paths() -> tuple[str, str]:
@@ -112,13 +115,24 @@ def _wait_until_done(driver, timeout: float = 150) -> None:
     quiet = 0
     while time.monotonic() < deadline:
         titled = driver.find_elements(By.CSS_SELECTOR, "h1")
-        running = [el for el in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
-                   if "running" in el.text.lower()]
-        quiet = quiet + 1 if titled and not running else 0
+        quiet = quiet + 1 if titled and not _running(driver) else 0
         if quiet >= 4:
             return
         time.sleep(0.5)
     raise AssertionError(f"page {driver.current_url} did not finish running within {timeout}s")
+
+
+def _running(driver) -> bool:
+    """Streamlit's status widget shows 'Running…' and a Stop button while the script runs."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return any(word in element.text
+                   for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+                   for word in ("Running", "Stop"))
+    except StaleElementReferenceException:
+        return True
 
 
 def _artifacts() -> Path:
@@ -138,6 +152,9 @@ def test_page_renders_in_chromium_without_exception(server, browser, path):
     assert not exceptions, f"/{path} shows an exception: {exceptions[0].text[:500]}"
     heading = browser.find_element(By.CSS_SELECTOR, "h1").text
     assert PAGES[path] in heading
+    links = [link.text.splitlines()[-1] for link in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] a')]
+    assert links == NAVIGATION, f"/{path} is not routed through app.py: the sidebar lists {links}"
+    assert "Active dataset" in browser.find_element(By.TAG_NAME, "body").text
     if path in ("train", "clusters", "predictions"):
         body = browser.find_element(By.TAG_NAME, "body").text
         assert "RANDOM" in body, f"/{path} shows features from random weights without the warning"

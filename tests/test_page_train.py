@@ -2,27 +2,34 @@
 
 Locks in:
 - the page runs without exception and every control exists by key;
-- switching the preset resets the controls to that preset's values, and the form survives a page switch;
-- an invalid combination (early stopping with validation 0) shows core's TrainingError message;
+- switching the preset resets the controls to that preset's values (recommended: a 5-network ensemble on
+  square-rooted avg features), and the form survives a page switch;
+- an invalid combination (early stopping with validation 0 and a single network) shows core's
+  TrainingError message; with an ensemble the validation fraction is disabled and the error goes away;
 - a 2-epoch training on the avg view is saved, listed in the experiment table and its metrics are
   shown beside the frequency prior; the selected run is published in session_state["selected_run"];
 - training the same configuration again is answered from disk without a new run folder;
+- a 2-network ensemble saves the history of both members, and the run's loss chart draws a train and a
+  validation line for each member;
 - Stop (Streamlit interrupts the script at its next st call inside on_epoch, then runs it anew)
-  leaves a page that says once how many epochs ran and that nothing was saved;
+  leaves a page that says once how many epochs ran (and in which member of an ensemble) and that
+  nothing was saved;
 - deleting a run (with confirmation) removes its folder.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs import runs_root
+from core.runs import load_run, runs_root
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-CONTROL_KEYS = ("view", "hidden", "dropout", "standardize", "learning_rate", "optimizer", "epochs", "batch_size",
-                "test_size", "validation_split", "early_stopping", "patience", "seed", "k", "threshold")
+CONTROL_KEYS = ("view", "hidden", "dropout", "power_normalize", "standardize", "learning_rate", "optimizer",
+                "epochs", "batch_size", "test_size", "ensemble", "validation_split", "early_stopping", "patience",
+                "seed", "k", "threshold")
 
 
 @pytest.fixture
@@ -53,6 +60,21 @@ def texts(elements) -> str:
     return " | ".join(str(element.value) for element in elements)
 
 
+def train_avg(at: AppTest, hidden: str, ensemble: int = 1) -> Path:
+    """Train 2 epochs on the avg view through the page; the new run folder."""
+    at.radio(key="view").set_value("avg")
+    at.text_input(key="hidden").input(hidden)
+    at.number_input(key="epochs").set_value(2)
+    at.number_input(key="ensemble").set_value(ensemble)
+    at.run()
+    before = run_folders()
+    at.button(key="train").click().run()
+    assert not at.exception and not at.error
+    new = run_folders() - before
+    assert len(new) == 1
+    return runs_root() / new.pop()
+
+
 def test_page_runs_with_every_control_by_key(train_page):
     for key in ("preset", *CONTROL_KEYS, "train", "train_again"):
         widget(train_page, key)
@@ -67,36 +89,39 @@ def test_preset_switch_resets_the_controls(train_page):
     at.selectbox(key="preset").set_value("recommended").run()
     assert not at.exception
     shown = (widget(at, "view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
-    assert shown == ("avg", "adam", "512")
+    assert shown == ("avg", "adam", "1024")
     assert widget(at, "learning_rate").value == pytest.approx(1e-3)
-    assert widget(at, "dropout").value == pytest.approx(0.5)
+    assert widget(at, "dropout").value == pytest.approx(0.7)
     assert widget(at, "early_stopping").value is True
+    assert widget(at, "power_normalize").value is True and widget(at, "standardize").value is True
+    assert widget(at, "ensemble").value == 5
+    assert widget(at, "validation_split").disabled
+    assert not at.error and "Changed from" not in texts(at.caption)
     at.switch_page("pages/home.py").run()
     at.switch_page("pages/train.py").run()
     assert widget(at, "view").value == "avg" and at.selectbox(key="preset").value == "recommended"
     at.selectbox(key="preset").set_value("tutorial").run()
     assert widget(at, "view").value == "flatten" and widget(at, "early_stopping").value is False
+    assert widget(at, "ensemble").value == 1 and widget(at, "power_normalize").value is False
+    assert not widget(at, "validation_split").disabled
 
 
 def test_early_stopping_without_validation_shows_the_training_error(train_page):
     at = train_page
+    at.number_input(key="ensemble").set_value(1)
+    at.slider(key="validation_split").set_value(0.0)
     at.checkbox(key="early_stopping").check().run()
     assert "early stopping needs a validation split" in texts(at.error)
     assert at.button(key="train").disabled
+    at.number_input(key="ensemble").set_value(3).run()
+    assert not at.error and not at.button(key="train").disabled
+    assert "ensemble" in texts(at.caption)
 
 
 def test_train_save_list_reload_and_delete(train_page):
     at = train_page
-    at.radio(key="view").set_value("avg")
-    at.text_input(key="hidden").input("32")
-    at.number_input(key="epochs").set_value(2)
-    at.run()
-    before = run_folders()
-    at.button(key="train").click().run()
-    assert not at.exception
-    new = run_folders() - before
-    assert len(new) == 1
-    folder = runs_root() / new.pop()
+    folder = train_avg(at, "32")
+    saved = run_folders()
     assert at.session_state["selected_run"] == str(folder)
     assert at.session_state["training_in_progress"] is False
     labels = [metric.label for metric in at.metric]
@@ -108,7 +133,7 @@ def test_train_save_list_reload_and_delete(train_page):
 
     at.button(key="train").click().run()
     assert "already trained — loaded from disk" in texts(at.success)
-    assert run_folders() - before == {folder.name}
+    assert run_folders() == saved
 
     at.multiselect(key="delete_select").set_value([str(folder)])
     at.checkbox(key="delete_confirm").check()
@@ -118,8 +143,26 @@ def test_train_save_list_reload_and_delete(train_page):
     assert "Deleted 1 run" in texts(at.success)
 
 
-@pytest.mark.parametrize("fast_reruns", [True, False], ids=["fast-reruns-stop-then-new-run", "rerun-request"])
-def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monkeypatch, fast_reruns):
+def test_an_ensemble_saves_and_charts_every_member(train_page):
+    run = load_run(train_avg(train_page, "16", ensemble=2))
+    at = train_page
+    assert run.config.ensemble == 2
+    assert [(entry.member, entry.epoch) for entry in run.history] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(entry.val_loss is not None for entry in run.history)
+    (chart,) = [element for element in at.get("plotly_chart") if "run_loss" in element.proto.id]
+    names = [trace["name"] for trace in json.loads(chart.proto.spec)["data"]]
+    assert names == ["member 1 train", "member 1 validation", "member 2 train", "member 2 validation"]
+    table = next(frame.value for frame in at.dataframe if "optimizer" in frame.value.columns)
+    assert "2/2 ×2" in set(table["epochs"])
+
+
+@pytest.mark.parametrize("fast_reruns, members, said", [
+    (True, 1, "Training was stopped after 2 epochs"),
+    (False, 1, "Training was stopped after 2 epochs"),
+    (True, 3, "Training was stopped in member 2/3 after 2 epochs"),
+], ids=["fast-reruns-stop-then-new-run", "rerun-request", "ensemble-member-2"])
+def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monkeypatch, fast_reruns, members,
+                                                                said):
     """What clicking Stop does: with runner.fastReruns (our config) Streamlit stops the running script
     at its next st call and starts a new run; without it, the running script itself reruns."""
     from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
@@ -134,23 +177,25 @@ def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monk
         calls.append(config)
         if len(calls) > 1:
             raise AssertionError("the run after Stop must not train again")
-        on_epoch(EpochLog(1, 0.7, None, 0.1))
+        member = 2 if config.ensemble > 1 else 1
+        on_epoch(EpochLog(1, 0.7, None, 0.1, member))
         ctx = get_script_run_ctx()
         if fast_reruns:
             ctx.script_requests.request_stop()
         else:
             ctx.script_requests.request_rerun(RerunData(page_script_hash=ctx.page_script_hash))
-        on_epoch(EpochLog(2, 0.6, None, 0.1))
+        on_epoch(EpochLog(2, 0.6, None, 0.1, member))
         raise AssertionError("Stop did not interrupt training")
 
     monkeypatch.setattr(core.experiment, "run_experiment", interrupted_training)
     at = train_page
+    at.number_input(key="ensemble").set_value(members).run()
     before = run_folders()
     at.button(key="train").click().run()
     if fast_reruns:
         at.run()
     assert not at.exception
-    assert "Training was stopped after 2 epochs; the run was not saved" in texts(at.warning)
+    assert f"{said}; the run was not saved" in texts(at.warning)
     assert run_folders() == before and len(calls) == 1
     at.run()
     assert "Training was stopped" not in texts(at.warning)

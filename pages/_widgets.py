@@ -1,0 +1,203 @@
+"""UI pieces that several pages draw: poster thumbnails, saved-run menus, metrics against the prior,
+per-genre tables, pagination.
+
+Imported by the pages (not run as a page, so Streamlit magic does not apply here).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+import core.runs
+from core.errors import ImageError
+from core.features import FeatureSet
+from core.images import thumbnail
+from core.runs import Run
+
+THUMBNAIL_SIDE = 256
+SELECTED_RUN = "selected_run"
+
+
+# ---- poster thumbnails --------------------------------------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def _thumbnail_jpeg(path: str, modified_ns: int, side: int) -> tuple[bytes | None, str | None]:
+    try:
+        image = thumbnail(path, side)
+    except ImageError as err:
+        return None, str(err)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return buffer.getvalue(), None
+
+
+def thumbnail_jpeg(path: str | Path, side: int = THUMBNAIL_SIDE) -> tuple[bytes | None, str | None]:
+    """``(JPEG bytes, None)`` of a poster's thumbnail or ``(None, why not)``; cached per file version."""
+    try:
+        modified = Path(path).stat().st_mtime_ns
+    except OSError as err:
+        return None, f"cannot read {Path(path).name} ({err.strerror})"
+    return _thumbnail_jpeg(str(path), modified, side)
+
+
+def show_poster(path: str | Path, caption: str | None = None, *, side: int = THUMBNAIL_SIDE, target=st) -> None:
+    data, error = thumbnail_jpeg(path, side)
+    if data is None:
+        target.caption(f"⚠️ {caption}: {error}" if caption else f"⚠️ {error}")
+    else:
+        target.image(data, caption=caption, width="stretch")
+
+
+@st.cache_data(show_spinner=False)
+def _placeholder(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side * 2 // 3, side), "lightgrey").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def thumbnails(paths: Iterable[str | Path], side: int = THUMBNAIL_SIDE) -> list[bytes]:
+    """Thumbnails for ``st.image(list, caption=[...])``; an unreadable poster shows as a grey card."""
+    return [thumbnail_jpeg(path, side)[0] or _placeholder(side) for path in paths]
+
+
+# ---- features -----------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Pooling the features…", max_entries=4)
+def _view_matrix(features_key: str, view: str, _features: FeatureSet) -> np.ndarray:
+    return _features.view(view)
+
+
+def view_matrix(features: FeatureSet, view: str) -> np.ndarray:
+    """One feature view, held once per process (shared and read-only: never modify it)."""
+    return _view_matrix(features.key, view, features)
+
+
+# ---- saved runs ---------------------------------------------------------------------------------
+
+def _folder_signature(folder: Path) -> tuple:
+    """Changes whenever a run folder appears, disappears or is replaced (staging folders ignored)."""
+    entries = []
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            if entry.name.startswith("."):
+                continue
+            try:
+                entries.append((entry.name, entry.stat().st_mtime_ns))
+            except FileNotFoundError:
+                continue
+    return tuple(sorted(entries))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _saved_runs(runs_folder: str, dataset_root: str | None, signature: tuple) -> list[Run]:
+    folder = Path(runs_folder)
+    if dataset_root is None:
+        return core.runs.list_runs(folder)
+    return core.runs.runs_for_dataset(Path(dataset_root), folder)
+
+
+def dataset_runs(dataset) -> list[Run]:
+    """Saved runs trained on ``dataset``, newest first; re-read only when the runs folder changes."""
+    folder = core.runs.runs_root()
+    return _saved_runs(str(folder), str(dataset.root), _folder_signature(folder))
+
+
+def all_runs() -> list[Run]:
+    """Every saved run, newest first."""
+    folder = core.runs.runs_root()
+    return _saved_runs(str(folder), None, _folder_signature(folder))
+
+
+def require_runs(runs: list[Run], dataset) -> None:
+    if not runs:
+        st.info(f"No training run on {dataset.name} yet: train one on the Train page first.")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/science:")
+        st.stop()
+
+
+def remember_run(folder: str | Path) -> None:
+    """Make ``folder`` the run every page shows first."""
+    st.session_state[SELECTED_RUN] = str(folder)
+
+
+def run_selector(runs: list[Run], *, key: str = "run_select", label: str = "Run",
+                 help: str | None = "Runs trained on the active dataset, newest first.") -> Run:
+    """A menu of ``runs`` that opens on the run last chosen on any page and remembers the choice."""
+    by_folder = {str(run.folder): run for run in runs}
+    if st.session_state.get(key) not in by_folder:
+        remembered = st.session_state.get(SELECTED_RUN)
+        st.session_state[key] = remembered if remembered in by_folder else next(iter(by_folder))
+    folder = st.selectbox(label, list(by_folder), key=key, help=help,
+                          format_func=lambda option: by_folder[option].label())
+    remember_run(folder)
+    return by_folder[folder]
+
+
+def random_run_warning(run: Run, consequence: str = "its numbers say nothing about posters") -> None:
+    if run.metrics.get("random_weights"):
+        st.warning(f"⚠️ This run was trained on features from RANDOM VGG16 weights: {consequence}.")
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+def fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def metric_with_prior(target, label: str, metrics: dict, name: str) -> None:
+    """A headline metric, its difference to the frequency prior, and both 95% bootstrap intervals."""
+    value, prior = metrics.get(name), metrics.get(f"prior_{name}")
+    delta = None if value is None or prior is None else f"{value - prior:+.3f} vs prior"
+    target.metric(label, fmt(value), delta=delta)
+    target.caption(f"95% bootstrap interval {fmt(metrics.get(f'{name}_low'))}–{fmt(metrics.get(f'{name}_high'))}"
+                   f"  \nfrequency prior {fmt(prior)} ({fmt(metrics.get(f'prior_{name}_low'))}–"
+                   f"{fmt(metrics.get(f'prior_{name}_high'))})")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _per_genre(folder: str, created: str, _run: Run) -> pd.DataFrame | None:
+    try:
+        table = _run.per_genre()
+    except (OSError, ValueError):
+        return None
+    return table if list(table.get("genre", [])) == list(_run.vocabulary.genres) else None
+
+
+def per_genre_table(run: Run) -> pd.DataFrame | None:
+    """The run's saved per-genre report, or None when ``per_genre.csv`` is missing or does not match."""
+    return _per_genre(str(run.folder), run.info.get("created", ""), run)
+
+
+def show_per_genre(table: pd.DataFrame, k: int, key: str = "per_genre_table") -> None:
+    st.dataframe(table, hide_index=True, key=key, column_config={
+        "genre": "Genre",
+        "support": st.column_config.NumberColumn("Support", help="test posters with this genre"),
+        "average_precision": st.column_config.NumberColumn("Average precision", format="%.3f"),
+        "precision_at_k": st.column_config.NumberColumn(f"Precision@{k}", format="%.3f"),
+        "recall_at_k": st.column_config.NumberColumn(f"Recall@{k}", format="%.3f"),
+        "predicted": st.column_config.NumberColumn(f"In top {k}", help="test posters predicting it"),
+    })
+
+
+# ---- pagination ---------------------------------------------------------------------------------
+
+def first_page(key: str) -> None:
+    st.session_state[key] = 1
+
+
+def page_number(n_items: int, page_size: int, key: str) -> int:
+    """A page number input (none for a single page), kept within the pages left after filtering."""
+    n_pages = max(1, math.ceil(n_items / page_size))
+    if st.session_state.get(key, 1) > n_pages:
+        st.session_state[key] = n_pages
+    if n_pages == 1:
+        return 1
+    return int(st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, step=1, key=key))

@@ -1,0 +1,79 @@
+"""The Home page (AppTest on the tiny random-weights dataset), and what every page script must avoid.
+
+Behaviours locked in:
+- Home runs without exception, warns about random weights, counts the cached features and the saved
+  runs of the active dataset (a run saved afterwards is counted on the next visit);
+- no page script holds a bare expression other than a call (a string placed after the first statement,
+  a name, a tuple...): Streamlit "magic" would write it onto the page.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE_SCRIPTS = [ROOT / "app.py", *sorted(path for path in (ROOT / "pages").glob("*.py")
+                                         if not path.name.startswith("_"))]
+DOCSTRING_HOLDERS = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)
+NOT_WRITTEN = (ast.Call, ast.Await, ast.Yield, ast.YieldFrom)
+
+
+def magic_writes(tree: ast.AST) -> list[int]:
+    """Line numbers of the expressions Streamlit magic would ``st.write`` (see streamlit's magic.py)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, None)
+            if not isinstance(statements, list):
+                continue
+            for index, child in enumerate(statements):
+                if not isinstance(child, ast.Expr) or isinstance(child.value, NOT_WRITTEN):
+                    continue
+                docstring = (index == 0 and field == "body" and isinstance(node, DOCSTRING_HOLDERS)
+                             and isinstance(child.value, ast.Constant) and isinstance(child.value.value, str))
+                if not docstring:
+                    lines.append(child.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("script", PAGE_SCRIPTS, ids=lambda path: path.name)
+def test_page_script_writes_nothing_by_magic(script):
+    assert magic_writes(ast.parse(script.read_text(), str(script))) == []
+
+
+def test_magic_check_finds_a_string_after_a_constant():
+    tree = ast.parse('"""Module docstring."""\nLIMIT = 3\n"""Not a docstring: shown on the page."""\n'
+                     'def f():\n    x = 1\n    "shown too"\n')
+    assert magic_writes(tree) == [3, 6]
+
+
+def test_home_counts_features_and_runs(tiny_features):
+    from core.experiment import run_experiment
+    from core.runs import delete_run, runs_for_dataset, save_run
+    from core.train import TrainConfig
+
+    dataset, features = tiny_features
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["settings"] = {"dataset": str(dataset.root), "weights": "none", "precision": "auto"}
+    at.run()
+    assert not at.exception
+    assert any("RANDOM" in warning.value for warning in at.warning)
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["Posters with cached features"] == f"{len(features.ids)} / {len(dataset)}"
+    before = int(metrics["Saved training runs on this dataset"])
+    assert before == len(runs_for_dataset(dataset.root))
+
+    result = run_experiment(dataset, features, TrainConfig(feature_view="avg", hidden=(8,), epochs=1, seed=7))
+    folder = save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name})
+    try:
+        at.switch_page("pages/data.py").run()
+        at.switch_page("pages/home.py").run()
+        counted = {metric.label: metric.value for metric in at.metric}["Saved training runs on this dataset"]
+        assert int(counted) == before + 1
+    finally:
+        delete_run(folder)
