@@ -3,7 +3,8 @@ in headless Chromium.
 
 Locks in: each page finishes running without an exception block, shows its title and app.py's
 navigation and sidebar (even when the first request of a fresh server is a deep link), and the
-random-weights warning appears where features are shown; a screenshot of each page is kept in
+random-weights warning appears where features are shown; one session can browse while another
+trains; a screenshot of each page is kept in
 ``artifacts/screenshots/`` (override with ARTIFACTS_DIR). Needs Debian's chromium and
 chromium-driver (`.ci/run` installs them); outside CI the test skips, saying so, when they are absent.
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {"train": "Train", "": "Poster Genre Explorer", "data": "Data", "clusters": "Clusters",
@@ -90,6 +92,12 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
 
 @pytest.fixture(scope="module")
 def browser():
+    driver = _chromium()
+    yield driver
+    driver.quit()
+
+
+def _chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -103,13 +111,11 @@ def browser():
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    return driver
 
 
 def _wait_until_done(driver, timeout: float = 150) -> None:
     """Wait until the page has a title and Streamlit's 'running' indicator has stayed away."""
-    from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout
     quiet = 0
@@ -125,7 +131,6 @@ def _wait_until_done(driver, timeout: float = 150) -> None:
 def _running(driver) -> bool:
     """Streamlit's status widget shows 'Running…' and a Stop button while the script runs."""
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
 
     try:
         return any(word in element.text
@@ -143,7 +148,6 @@ def _artifacts() -> Path:
 
 @pytest.mark.parametrize("path", list(PAGES))
 def test_page_renders_in_chromium_without_exception(server, browser, path):
-    from selenium.webdriver.common.by import By
 
     browser.get(f"{server}/{path}")
     _wait_until_done(browser)
@@ -158,3 +162,43 @@ def test_page_renders_in_chromium_without_exception(server, browser, path):
     if path in ("train", "clusters", "predictions"):
         body = browser.find_element(By.TAG_NAME, "body").text
         assert "RANDOM" in body, f"/{path} shows features from random weights without the warning"
+
+
+def test_one_session_trains_while_another_browses_then_stops(server, browser):
+    """Two sessions at once: a long training in one does not block the other, and Stop ends it
+    without saving a run."""
+    from selenium.webdriver.common.keys import Keys
+
+    from core.runs import list_runs
+
+    before = len(list_runs())
+    browser.get(f"{server}/train")
+    _wait_until_done(browser)
+    epochs = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Epochs"]')
+    epochs.send_keys(Keys.CONTROL, "a")
+    epochs.send_keys("5000", Keys.ENTER)
+    _wait_until_done(browser)
+    _button(browser, "Train").click()
+    other = _chromium()
+    try:
+        deadline = time.monotonic() + 60
+        while not _running(browser) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _running(browser), "training did not start"
+        for path in ("data", "predictions"):
+            other.get(f"{server}/{path}")
+            _wait_until_done(other)
+            assert not other.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+        assert _running(browser), "the other session only finished after training ended"
+    finally:
+        other.quit()
+    _button(browser, "Stop").click()
+    _wait_until_done(browser, timeout=120)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "stopped" in body and "not saved" in body
+    assert len(list_runs()) == before
+
+
+def _button(driver, label: str):
+    return next(button for button in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
+                if button.text.strip() == label)
