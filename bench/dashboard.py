@@ -1,7 +1,8 @@
 """Dashboard responsiveness on the real dev set, in headless Chromium against `streamlit run app.py`.
 
-Prints, for each page, the time until it has finished running on first visit and on a revisit,
-beside a trivial one-line Streamlit app served the same way (the baseline: ratios, not seconds);
+Prints, for each page, the time until it has finished running on the first load of a cold server,
+on a reload, and on a switch from another page through the sidebar (what a user does), beside a
+trivial one-line Streamlit app served the same way (the baseline: ratios, not seconds);
 UMAP of the flattened features uncached and cached; and the server's memory with one and with two
 browser sessions open.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import _common
 
 PAGES = ["", "data", "train", "clusters", "predictions"]
+LABELS = {"": "Home", "data": "Data", "train": "Train", "clusters": "Clusters", "predictions": "Predictions"}
 
 
 def start_server(script: Path, port: int, env: dict) -> subprocess.Popen:
@@ -58,11 +60,27 @@ def browser():
 
 
 def time_page(driver, url: str, timeout: float = 600) -> float:
-    """Seconds from navigation until the page shows a title and Streamlit stops 'running'."""
-    from selenium.webdriver.common.by import By
-
+    """Seconds from loading ``url`` until the page shows a title and Streamlit stops 'running'."""
     started = time.perf_counter()
     driver.get(url)
+    return _wait_done(driver, started, timeout)
+
+
+def time_switch(driver, label: str, timeout: float = 600) -> float:
+    """Seconds from clicking the sidebar link ``label`` (no reload, as a user switches pages)."""
+    from selenium.webdriver.common.by import By
+
+    link = next(a for a in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] a')
+                if a.text.splitlines()[-1] == label)
+    started = time.perf_counter()
+    link.click()
+    time.sleep(0.05)
+    return _wait_done(driver, started, timeout)
+
+
+def _wait_done(driver, started: float, timeout: float) -> float:
+    from selenium.webdriver.common.by import By
+
     quiet_since = None
     while time.perf_counter() - started < timeout:
         done = driver.find_elements(By.CSS_SELECTOR, "h1") and not is_running(driver)
@@ -112,7 +130,7 @@ def link_user_cache(cache: Path) -> None:
     from platformdirs import user_cache_dir
 
     user = Path(os.environ.get("POSTER_GENRE_CACHE") or Path(user_cache_dir("poster-genre-explorer")) / "v1")
-    for name in ("features", "views"):
+    for name in ("features", "views", "runs", "umap", "knn"):
         if (user / name).exists():
             (cache / name).symlink_to(user / name)
 
@@ -154,12 +172,15 @@ def main() -> None:
     try:
         baseline = min(time_page(first_driver, f"http://127.0.0.1:{args.port + 1}/") for _ in range(3))
         print(f"baseline (one-line app) first paint: {baseline:.2f}s")
-        print(f"{'page':12s} {'first visit':>12s} {'revisit':>9s} {'revisit/baseline':>17s}")
+        print(f"{'page':12s} {'first load':>11s} {'reload':>8s} {'switch':>8s} {'switch/baseline':>16s}")
         for page in PAGES:
             url = f"http://127.0.0.1:{args.port}/{page}"
             first = time_page(first_driver, url)
             again = time_page(first_driver, url)
-            print(f"{page or 'home':12s} {first:11.2f}s {again:8.2f}s {again / baseline:16.1f}x", flush=True)
+            time_page(first_driver, f"http://127.0.0.1:{args.port}/{'data' if page != 'data' else ''}")
+            switch = time_switch(first_driver, LABELS[page])
+            print(f"{page or 'home':12s} {first:10.2f}s {again:7.2f}s {switch:7.2f}s {switch / baseline:15.1f}x",
+                  flush=True)
         one = rss_mb(server.pid)
         for page in PAGES:
             time_page(second_driver, f"http://127.0.0.1:{args.port}/{page}")
