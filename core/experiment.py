@@ -11,7 +11,7 @@ from core.datasets import Dataset, GenreVocabulary
 from core.errors import TrainingError
 from core.features import FeatureSet
 from core.metrics import Evaluation, evaluate
-from core.train import EpochFn, EpochLog, GenreClassifier, Split, StopFn, TrainConfig, make_split
+from core.train import BatchFn, EpochFn, EpochLog, GenreClassifier, Split, StopFn, TrainConfig, make_split
 
 RUN_VERSION = 1
 
@@ -48,7 +48,8 @@ def run_key(features: FeatureSet, config: TrainConfig) -> str:
 
 
 def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, *,
-                   on_epoch: EpochFn | None = None, should_stop: StopFn | None = None) -> ExperimentResult:
+                   on_epoch: EpochFn | None = None, should_stop: StopFn | None = None,
+                   on_batch: BatchFn | None = None) -> ExperimentResult:
     started = time.perf_counter()
     labels = labels_for(dataset, features.ids)
     vocabulary = GenreVocabulary.from_labels(labels)
@@ -62,7 +63,7 @@ def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, 
     split = make_split(len(Y), config)
     validation = (_rows(X, split.validation), Y[split.validation]) if len(split.validation) else None
     classifier = GenreClassifier(config).fit(_rows(X, split.train), Y[split.train], validation=validation,
-                                             on_epoch=on_epoch, should_stop=should_stop)
+                                             on_epoch=on_epoch, should_stop=should_stop, on_batch=on_batch)
     scores = classifier.predict_proba(_rows(X, split.test))
     evaluation = evaluate(Y[split.test], scores, Y[split.train], vocabulary.genres, k=config.k,
                           threshold=config.threshold, seed=config.seed)

@@ -72,7 +72,18 @@ class EpochLog:
     member: int = 1
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """Where training is inside an epoch, so a UI can move before the first epoch ends."""
+
+    member: int
+    epoch: int
+    batch: int
+    batches: int
+
+
 EpochFn = Callable[[EpochLog], None]
+BatchFn = Callable[[BatchProgress], None]
 StopFn = Callable[[], bool]
 
 
@@ -191,7 +202,8 @@ class GenreClassifier:
         self.config = config
 
     def fit(self, X: np.ndarray, Y: np.ndarray, *, validation: tuple[np.ndarray, np.ndarray] | None = None,
-            on_epoch: EpochFn | None = None, should_stop: StopFn | None = None) -> "GenreClassifier":
+            on_epoch: EpochFn | None = None, should_stop: StopFn | None = None,
+            on_batch: BatchFn | None = None) -> "GenreClassifier":
         """Train one network, or ``config.ensemble`` networks each validated on its own fold of ``X``."""
         import keras
 
@@ -209,7 +221,8 @@ class GenreClassifier:
             data = (X[fit_rows], Y[fit_rows])
             member_validation = (X[val_rows], Y[val_rows]) if val_rows is not None else validation
             name = "genre_mlp" if config.ensemble == 1 else f"member_{member}"
-            members.append(self._fit_member(data, member_validation, name, member, on_epoch, should_stop))
+            reporter = _Reporter(on_epoch, should_stop, member, on_batch)
+            members.append(self._fit_member(data, member_validation, name, reporter))
             if self.stopped_by_user_:
                 break
         self.model_ = members[0] if config.ensemble == 1 else average_models(members, X.shape[1])
@@ -218,7 +231,7 @@ class GenreClassifier:
         self.n_features_in_ = X.shape[1]
         return self
 
-    def _fit_member(self, data, validation, name: str, member: int, on_epoch, should_stop):
+    def _fit_member(self, data, validation, name: str, reporter):
         import keras
 
         config = self.config
@@ -226,7 +239,6 @@ class GenreClassifier:
         inputs = signed_sqrt(X) if config.power_normalize else X
         mean, variance = _moments(inputs) if config.standardize else (None, None)
         model = build_model(X.shape[1], Y.shape[1], config, mean, variance, name=name)
-        reporter = _Reporter(on_epoch, should_stop, member)
         callbacks = [reporter]
         if config.early_stopping and validation is not None:
             callbacks.append(keras.callbacks.EarlyStopping(
@@ -243,8 +255,6 @@ class GenreClassifier:
 
     def hidden_representation(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Activations of the last hidden layer: what the classifier 'sees' (for UMAP of a run)."""
-        import keras
-
         probe = hidden_model(self._fitted(), self.config)
         return np.asarray(probe.predict(np.asarray(X, dtype=np.float32), batch_size=batch_size, verbose=0))
 
@@ -273,7 +283,8 @@ def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Reporter:
     """A Keras callback that forwards epoch losses and honours a stop request."""
 
-    def __new__(cls, on_epoch: EpochFn | None, should_stop: StopFn | None, member: int = 1):
+    def __new__(cls, on_epoch: EpochFn | None, should_stop: StopFn | None, member: int = 1,
+                on_batch: BatchFn | None = None):
         import keras
 
         class Reporter(keras.callbacks.Callback):
@@ -285,6 +296,7 @@ class _Reporter:
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._started = time.perf_counter()
+                self._epoch = epoch + 1
 
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
@@ -299,6 +311,8 @@ class _Reporter:
                     self.model.stop_training = True
 
             def on_train_batch_end(self, batch, logs=None):
+                if on_batch:
+                    on_batch(BatchProgress(member, self._epoch, batch + 1, self.params.get("steps") or 0))
                 if should_stop and should_stop():
                     self.stopped = True
                     self.model.stop_training = True

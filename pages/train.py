@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from core.errors import PosterGenreError, TrainingError
 from core.experiment import ExperimentResult, run_experiment
 from core.features import FEATURE_VIEWS, FeatureSet
 from core.runs import Run, delete_run, find_run, save_run
-from core.train import OPTIMIZERS, PRESET_NOTES, PRESETS, EpochLog, TrainConfig, check_config
+from core.train import OPTIMIZERS, BatchProgress, PRESET_NOTES, PRESETS, EpochLog, TrainConfig, check_config
 from pages._shared import active_dataset, require_features, route_through_app
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)
@@ -225,7 +226,18 @@ def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict)
         chart.plotly_chart(loss_figure(history, config.ensemble, "Live loss"),
                            key=f"live_loss_{entry.member}_{entry.epoch}")
 
-    result = run_experiment(dataset, features, config, on_epoch=on_epoch)
+    shown = {"at": 0.0}
+
+    def on_batch(step: BatchProgress) -> None:
+        if time.monotonic() - shown["at"] < 0.25:
+            return
+        shown["at"] = time.monotonic()
+        member = f"member {step.member}/{config.ensemble} · " if config.ensemble > 1 else ""
+        within = (step.epoch - 1 + step.batch / max(step.batches, 1)) / config.epochs
+        progress.progress(min((step.member - 1 + within) / config.ensemble, 1.0),
+                          text=f"{member}epoch {step.epoch}/{config.epochs} · batch {step.batch}/{step.batches}")
+
+    result = run_experiment(dataset, features, config, on_epoch=on_epoch, on_batch=on_batch)
     progress.progress(1.0, text=f"done: {epochs_text(result.history, config)} epochs in {result.seconds:.1f} s")
     return result
 

@@ -173,7 +173,7 @@ def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monk
 
     calls = []
 
-    def interrupted_training(dataset, features, config, *, on_epoch=None, should_stop=None):
+    def interrupted_training(dataset, features, config, *, on_epoch=None, should_stop=None, on_batch=None):
         calls.append(config)
         if len(calls) > 1:
             raise AssertionError("the run after Stop must not train again")

@@ -10,7 +10,8 @@
   ``(n, n_genres)`` probabilities in [0, 1]; ``on_epoch`` is called once per epoch with finite
   losses; ``should_stop`` stops after the current epoch; early stopping on a validation set stops
   before the epoch budget; ``standardize`` adds a Normalization layer holding the training moments;
-  ``hidden_representation`` is ``(n, last hidden size)``; mismatched inputs are refused.
+  ``hidden_representation`` is ``(n, last hidden size)``; mismatched inputs are refused; ``on_batch``
+  reports every batch of every epoch (so a UI moves before the first epoch ends).
 - The tutorial preset is Dense 1024 relu → 256 relu → n sigmoid, RMSprop lr 1e-4, batch 64,
   60 epochs, binary cross-entropy, flattened features.
 - ``ensemble=K`` trains K members, each validated on its own fold (the folds partition the training
@@ -250,3 +251,11 @@ def test_ensemble_needs_no_validation_split_for_early_stopping():
     with pytest.raises(TrainingError, match="ensemble size must be ≥ 1"):
         check_config(dataclasses.replace(FAST, ensemble=0))
     assert len(make_split(100, dataclasses.replace(FAST, ensemble=5, validation_split=0.2)).validation) == 0
+
+
+def test_on_batch_reports_progress_inside_each_epoch(data):
+    X, Y = data
+    steps = []
+    GenreClassifier(dataclasses.replace(FAST, epochs=2, batch_size=40)).fit(X, Y, on_batch=steps.append)
+    assert [(s.epoch, s.batch, s.batches) for s in steps] == [(1, 1, 3), (1, 2, 3), (1, 3, 3),
+                                                              (2, 1, 3), (2, 2, 3), (2, 3, 3)]
