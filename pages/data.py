@@ -265,8 +265,8 @@ def feature_status(_dataset: Dataset, root: str, version: tuple,
                    config: FeatureConfig) -> tuple[int, int, list[Skipped]]:
     """``(cached, total, undecodable posters)``; the failures are known only once the rest is cached.
 
-    Cached briefly (and cleared after an extraction here): counting hashes every poster and the
-    weights file, and an extraction by the CLI or another session only shows up after the TTL.
+    Cached briefly and cleared after an extraction here; an extraction by the CLI or another session
+    shows up once the TTL has passed.
     """
     cached, total = cache_status(_dataset, config)
     features = cached_features(_dataset, config) if 0 < cached < total else None
