@@ -91,7 +91,7 @@ def _wait_done(driver, started: float, timeout: float) -> float:
         if quiet_since and time.perf_counter() - quiet_since > 0.5:
             return quiet_since - started
         time.sleep(0.05)
-    raise RuntimeError(f"{url} did not finish within {timeout}s")
+    raise RuntimeError(f"{driver.current_url} did not finish within {timeout}s")
 
 
 def is_running(driver) -> bool:

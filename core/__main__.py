@@ -65,10 +65,11 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
+    from core.features import FEATURE_VIEWS
     from core.train import OPTIMIZERS, PRESETS
 
     parser.add_argument("--preset", choices=sorted(PRESETS), default="recommended")
-    parser.add_argument("--feature-view", choices=("flatten", "avg", "max"), default=None)
+    parser.add_argument("--feature-view", choices=list(FEATURE_VIEWS), default=None)
     parser.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 1024,256")
     parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)

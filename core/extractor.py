@@ -1,4 +1,11 @@
-"""The VGG16 convolutional base as a compiled feature extractor."""
+"""The VGG16 convolutional base as a compiled feature extractor.
+
+One forward pass gives each poster a feature row of ``ROW_DIM`` floats:
+
+- ``[:FEATURE_DIM]``: block5_pool (7x7x512) flattened, exactly the tutorial's 25,088-d vector;
+- ``[FEATURE_DIM:]``: block4_pool (14x14x512) averaged over its positions, 512 mid-level features
+  (textures, lettering, faces at poster scale) that the top block has already pooled away.
+"""
 from __future__ import annotations
 
 import functools
@@ -14,6 +21,8 @@ from core.weights import RANDOM_SEED, Weights
 
 FEATURE_SHAPE = (7, 7, 512)
 FEATURE_DIM = 7 * 7 * 512
+BLOCK4_DIM = 512
+ROW_DIM = FEATURE_DIM + BLOCK4_DIM
 PRECISIONS = ("auto", "float32", "bfloat16")
 _BUILD_LOCK = threading.Lock()
 
@@ -39,7 +48,7 @@ def resolve_precision(precision: str) -> str:
 
 @dataclass
 class Extractor:
-    """``__call__`` maps a uint8/float batch (n, size, size, 3) RGB 0-255 to float32 (n, 25088)."""
+    """``__call__`` maps a uint8/float batch (n, size, size, 3) RGB 0-255 to float32 rows (n, ROW_DIM)."""
 
     weights: Weights
     precision: str
@@ -49,8 +58,7 @@ class Extractor:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        output = self.function(tf.convert_to_tensor(preprocess(batch)))
-        return np.asarray(tf.cast(output, tf.float32)).reshape(len(batch), -1)
+        return np.asarray(self.function(tf.convert_to_tensor(preprocess(batch))))
 
 
 def preprocess(batch: np.ndarray) -> np.ndarray:
@@ -66,6 +74,7 @@ def preprocess(batch: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 224) -> Extractor:
     """Build (once per process) VGG16 without its top, load the weights and compile the forward pass."""
+    import keras
     import tensorflow as tf
 
     precision = resolve_precision(precision)
@@ -74,7 +83,14 @@ def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 2
         if precision == "bfloat16":
             base = _cast_model(base, "bfloat16")
     base.trainable = False
-    function = tf.function(lambda x: base(x, training=False), reduce_retracing=True,
+    both = keras.Model(base.inputs, [base.output, base.get_layer("block4_pool").output])
+
+    def rows(x):
+        top, block4 = both(x, training=False)
+        top = tf.reshape(tf.cast(top, tf.float32), [tf.shape(x)[0], -1])
+        return tf.concat([top, tf.reduce_mean(tf.cast(block4, tf.float32), axis=[1, 2])], axis=1)
+
+    function = tf.function(rows, reduce_retracing=True,
                            input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
     return Extractor(weights=weights, precision=precision, image_size=image_size, function=function)
 

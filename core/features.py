@@ -12,7 +12,7 @@ import numpy as np
 from core.cache import atomic_save_npy, file_sha256, load_npy, stable_hash
 from core.datasets import Dataset, Skipped
 from core.errors import CacheError, ImageError
-from core.extractor import FEATURE_DIM, FEATURE_SHAPE, get_extractor, resolve_precision
+from core.extractor import BLOCK4_DIM, FEATURE_DIM, FEATURE_SHAPE, ROW_DIM, get_extractor, resolve_precision
 from core.feature_store import FeatureStore
 from core.images import RESAMPLING, load_pixels
 from core.weights import Weights, resolve_weights
@@ -21,8 +21,11 @@ FEATURE_VIEWS = {
     "flatten": "VGG16 block5_pool flattened (25,088-d, as the tutorial)",
     "avg": "global average pooling of the same 7x7x512 map (512-d)",
     "max": "global max pooling of the same 7x7x512 map (512-d)",
+    "avg45": "global average pooling of block4_pool and block5_pool, side by side (1,024-d)",
 }
-PIPELINE_VERSION = "vgg16-block5pool-flatten-1"
+CHANNELS = FEATURE_SHAPE[-1]
+VIEW_DIMS = {"flatten": FEATURE_DIM, "avg": CHANNELS, "max": CHANNELS, "avg45": BLOCK4_DIM + CHANNELS}
+PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-2"
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,9 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass
 class FeatureSet:
-    """Features of a dataset's usable posters, row ``i`` belonging to ``ids[i]``."""
+    """Feature rows (see ``core.extractor``) of a dataset's usable posters, row ``i`` of ``ids[i]``."""
 
-    features: np.ndarray
+    rows: np.ndarray
     ids: list[str]
     keys: list[str]
     weights: Weights
@@ -67,8 +70,13 @@ class FeatureSet:
     n_cached: int = 0
     seconds: float = 0.0
 
+    @property
+    def features(self) -> np.ndarray:
+        """The tutorial's flattened 25,088-d vectors (a view of ``rows``, nothing copied)."""
+        return self.rows[:, :FEATURE_DIM]
+
     def view(self, name: str = "flatten") -> np.ndarray:
-        return feature_view(self.features, name, cache_key=self.key)
+        return feature_view(self.rows, name, cache_key=self.key)
 
     def view_key(self, name: str) -> str:
         return f"{self.key}-{name}"
@@ -104,7 +112,7 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
         "keras": keras.__version__,
         "pipeline": PIPELINE_VERSION,
     }
-    return FeatureStore(stable_hash(description), FEATURE_DIM, description), weights, precision
+    return FeatureStore(stable_hash(description), ROW_DIM, description), weights, precision
 
 
 def cached_features(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -> FeatureSet | None:
@@ -160,7 +168,7 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
                 raise
     posters = dataset.posters
     return FeatureSet(
-        features=matrix, ids=[posters[i].id for i in kept], keys=kept_keys, weights=weights,
+        rows=matrix, ids=[posters[i].id for i in kept], keys=kept_keys, weights=weights,
         precision=precision, config=config, key=store.matrix_key(kept_keys),
         failed=[Skipped(p.id, failed[k], str(p.path)) for p, k in zip(posters, keys) if k in failed],
         n_computed=n_computed, n_cached=len(set(kept_keys)) - n_computed,
@@ -215,41 +223,47 @@ def _decode_batch(batch: list[tuple[Path, str]], config: FeatureConfig):
     return keys, pixels, errors
 
 
-def feature_view(features: np.ndarray, name: str, *, cache_key: str | None = None) -> np.ndarray:
-    """The tutorial's flattened vector, or a 512-d pooling of the same 7x7x512 map.
+def feature_view(rows: np.ndarray, name: str, *, cache_key: str | None = None) -> np.ndarray:
+    """The tutorial's flattened vector, or a pooling of the same forward pass's maps.
 
-    Pooled views are derived from the cached flattened features (Keras flattens channels last, so
-    row ``i`` reshapes to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is given.
+    Pooled views are derived from the cached rows (Keras flattens channels last, so the first
+    25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is given.
     """
     if name not in FEATURE_VIEWS:
         raise ValueError(f"unknown feature view {name!r}; choose from {', '.join(FEATURE_VIEWS)}")
     if name == "flatten":
-        return features
+        return rows[:, :FEATURE_DIM]
     from core.cache import cache_root
 
     path = cache_root() / "views" / f"{cache_key}-{name}.npy" if cache_key else None
     if path is not None and path.exists():
         try:
-            return load_npy(path, shape=(len(features), FEATURE_SHAPE[-1]), dtype="float32", mmap=False)
+            return load_npy(path, shape=(len(rows), VIEW_DIMS[name]), dtype="float32", mmap=False)
         except CacheError:
             pass
-    pooled = pool_features(features, name)
+    pooled = pool_features(rows, name)
     if path is not None:
         atomic_save_npy(path, pooled)
     return pooled
 
 
-def pool_features(features: np.ndarray, name: str, chunk: int = 1024) -> np.ndarray:
-    """Global average or max pooling of flattened 7x7x512 rows, in chunks (works on a memmap)."""
-    out = np.empty((len(features), FEATURE_SHAPE[-1]), dtype=np.float32)
-    for start in range(0, len(features), chunk):
-        block = np.asarray(features[start:start + chunk]).reshape(-1, 49, FEATURE_SHAPE[-1])
-        out[start:start + chunk] = block.mean(axis=1) if name == "avg" else block.max(axis=1)
+def pool_features(rows: np.ndarray, name: str, chunk: int = 1024) -> np.ndarray:
+    """A pooled view of feature rows, computed in chunks (works on a memmap)."""
+    out = np.empty((len(rows), VIEW_DIMS[name]), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        block = np.asarray(rows[start:start + chunk])
+        top = block[:, :FEATURE_DIM].reshape(len(block), -1, CHANNELS)
+        if name == "avg":
+            out[start:start + chunk] = top.mean(axis=1)
+        elif name == "max":
+            out[start:start + chunk] = top.max(axis=1)
+        else:
+            out[start:start + chunk] = np.hstack([block[:, FEATURE_DIM:], top.mean(axis=1)])
     return out
 
 
 def extract_one(source, config: FeatureConfig = FeatureConfig(), weights: Weights | None = None) -> np.ndarray:
-    """Features of one image (an upload), shape ``(25088,)``; not cached."""
+    """The feature row of one image (an upload), shape ``(ROW_DIM,)``; not cached."""
     weights = weights or resolve_weights(config.weights)
     extractor = get_extractor(weights, resolve_precision(config.precision), config.image_size)
     pixels = load_pixels(source, config.image_size, config.resize)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import ImageError, RunError, WeightsError
-from core.features import FeatureConfig, extract_one, pool_features
+from core.features import FeatureConfig, extract_one, feature_view
 from core.runs import Run, load_run
 from core.weights import resolve_weights
 
@@ -41,9 +41,9 @@ class Predictor:
                                             image_size=info["image_size"], resize=info["resize"])
         self.model = run.model()
 
-    def predict_features(self, flattened: np.ndarray) -> np.ndarray:
-        """Probabilities for rows of flattened 25,088-d features, in the run's vocabulary order."""
-        X = view_rows(np.atleast_2d(flattened), self.run.config.feature_view)
+    def predict_features(self, rows: np.ndarray) -> np.ndarray:
+        """Probabilities for feature rows (``core.extractor``), in the run's vocabulary order."""
+        X = feature_view(np.atleast_2d(rows), self.run.config.feature_view)
         return np.asarray(self.model.predict(X.astype(np.float32), verbose=0))
 
     def predict_image(self, source, name: str, k: int | None = None) -> PosterPrediction:
@@ -58,10 +58,6 @@ class Predictor:
         return PosterPrediction(
             name=name, top=[(genres[i], float(probabilities[i])) for i in order],
             probabilities={g: float(p) for g, p in zip(genres, probabilities)}, features=features)
-
-
-def view_rows(flattened: np.ndarray, view: str) -> np.ndarray:
-    return flattened if view == "flatten" else pool_features(flattened, view)
 
 
 def predict_images(run_dir: str | Path, images: Sequence[Path], *, k: int | None = None,

@@ -19,7 +19,7 @@ from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy,
 from core.datasets import GenreVocabulary
 from core.errors import CacheError, DatasetError, RunError
 from core.experiment import ExperimentResult, RUN_VERSION, run_key
-from core.features import FEATURE_VIEWS, FeatureSet
+from core.features import FeatureSet
 from core.train import EpochLog, TrainConfig
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
@@ -228,10 +228,3 @@ def delete_run(folder: Path) -> None:
         raise RunError(f"{folder} is not a run folder; refusing to delete it")
     shutil.rmtree(folder)
 
-
-def run_view(features: np.ndarray, view: str) -> np.ndarray:
-    if view not in FEATURE_VIEWS:
-        raise RunError(f"run uses unknown feature view {view!r}")
-    from core.features import feature_view
-
-    return feature_view(features, view)

@@ -95,7 +95,7 @@ def neighbour_index_ready(source: MapSource) -> bool:
     if seconds <= AUTO_NEIGHBOUR_SECONDS or cached_knn_indices(source.key, k=K_MAX, n=n) is not None:
         return True
     st.info(f"Finding the {K_MAX} nearest neighbours of all {n:,} posters in {d:,} dimensions takes about "
-            f"{seconds:.0f} s (once: the result is cached on disk; the 512-d pooled views take seconds).")
+            f"{seconds:.0f} s (once: the result is cached on disk; the pooled views take seconds).")
     return st.button("Compute neighbour statistics", key="compute_agreement")
 
 

@@ -13,10 +13,10 @@ from core.datasets import Dataset
 from core.embeddings import nearest_to_vector
 from core.errors import ImageError, PosterGenreError
 from core.experiment import labels_for
-from core.features import FeatureSet
+from core.features import FeatureSet, feature_view
 from core.images import check_image_bytes
 from core.metrics import per_genre_report, top_k_indices
-from core.predict import PosterPrediction, Predictor, view_rows
+from core.predict import PosterPrediction, Predictor
 from core.runs import Run
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
@@ -230,7 +230,7 @@ def nearest_train_posters(features_key: str, view: str, folder: str, digest: str
                           _train_ids: list[str], _vector: np.ndarray) -> list[tuple[str, float]]:
     """Cosine over all rows of the view, then the best training posters (no copy of a 25,088-d matrix)."""
     X = view_matrix(_features, view)
-    order, similarities = nearest_to_vector(X, view_rows(_vector[None], view)[0], n=X.shape[0])
+    order, similarities = nearest_to_vector(X, feature_view(_vector[None], view)[0], n=X.shape[0])
     train = set(_train_ids)
     ids = _features.ids
     found = [(ids[i], float(s)) for i, s in zip(order, similarities) if ids[i] in train]

@@ -89,8 +89,8 @@ def train_controls() -> None:
     with features_col:
         st.markdown("**Features**")
         st.radio("Feature view", list(FEATURE_VIEWS), key="view", captions=list(FEATURE_VIEWS.values()))
-        st.caption("The 512-d pooled views (avg, max) come from the same cache and train much faster "
-                   "than the 25,088-d flattened one.")
+        st.caption("The pooled views come from the same cache as the tutorial's flattened vector and train "
+                   "much faster than its 25,088 dimensions.")
         st.checkbox("Square-root features", key="power_normalize",
                     help="sign(x)·√|x| of each feature, inside the model and before standardising: damps the "
                          "few very large activations of pooled CNN features.")
@@ -111,7 +111,7 @@ def train_controls() -> None:
     with fitting_col:
         st.markdown("**Split, ensemble and stopping**")
         st.slider("Test fraction", 0.05, 0.9, step=0.05, key="test_size")
-        members = st.number_input("Ensemble (networks averaged)", min_value=1, max_value=10, step=1,
+        members = st.number_input("Ensemble (networks averaged)", min_value=1, max_value=20, step=1,
                                   key="ensemble", help=ENSEMBLE_HELP)
         st.slider("Validation fraction (of the rest)", 0.0, 0.9, step=0.05, key="validation_split",
                   disabled=members > 1)

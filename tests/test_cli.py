@@ -104,7 +104,7 @@ def test_flags_override_the_preset(tiny_features, tiny_dataset, tmp_path):
                                             "batch_size", "test_size", "k", "seed")} == {
         "hidden": [32, 16], "dropout": 0.2, "learning_rate": 0.001, "optimizer": "adam", "epochs": 1,
         "batch_size": 8, "test_size": 0.25, "k": 2, "seed": 5}
-    assert config["feature_view"] == "avg" and config["standardize"] is True
+    assert config["feature_view"] == "avg45" and config["standardize"] is True
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["k"] == 2 and metrics["n_test"] == 10
 

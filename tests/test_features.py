@@ -1,8 +1,9 @@
 """Behaviours locked in for feature extraction (``core.features``, ``core.feature_store``,
 ``core.extractor``, ``core.weights``), with random VGG16 weights on a 12-poster demo set.
 
-- A cold extraction gives a float32 ``(n, 25088)`` memmap, row ``i`` being the extractor's output for
-  poster ``ids[i]``, with progress reported after every batch.
+- A cold extraction gives a float32 ``(n, 25600)`` memmap of rows, row ``i`` being the extractor's
+  output for poster ``ids[i]``, with progress reported after every batch; ``features`` is its first
+  25,088 columns (the tutorial's vector) without a copy.
 - Re-running computes nothing and returns identical values; adding 3 posters computes exactly 3.
 - An extraction interrupted after its first batch resumes with only the rest, and ends equal to a
   cold full extraction.
@@ -13,8 +14,10 @@
 - Different precision, weights or image size → a different store folder; batch size does not matter.
 - A poster that fails to decode (truncated JPEG, non-image) is reported in ``failed`` by id with its
   reason and excluded from ids; duplicate images under two ids both get (identical) rows.
-- ``feature_view`` avg/max are ``(n, 512)`` and equal manual numpy pooling of the ``(7, 7, 512)`` rows.
-- The random-weights extractor equals a plain Keras ``VGG16(weights=None)`` built with the same seed;
+- ``feature_view`` avg/max are ``(n, 512)`` and equal manual numpy pooling of the ``(7, 7, 512)`` rows;
+  avg45 is ``(n, 1024)``: the row's block4 part, then the avg view.
+- The random-weights extractor equals a plain Keras ``VGG16(weights=None)`` built with the same seed
+  (block5_pool flattened, then block4_pool averaged over positions);
   bfloat16 agrees with float32 within a loose tolerance; ``preprocess`` never modifies its input.
 - ``resolve_weights`` handles imagenet / none / a missing file / an existing file (sha256 identity)
   and the ``POSTER_GENRE_WEIGHTS`` default; a file that is not VGG16 weights and a failing ImageNet
@@ -33,7 +36,7 @@ from core.cache import file_sha256
 from core.datasets import load_dataset, write_labels
 from core.demo import DemoConfig, make_demo_dataset
 from core.errors import WeightsError
-from core.extractor import FEATURE_DIM, get_extractor, preprocess, resolve_precision
+from core.extractor import FEATURE_DIM, ROW_DIM, get_extractor, preprocess, resolve_precision
 from core.features import (FeatureConfig, cache_status, cached_features, extract_features, feature_view,
                            pool_features, store_for)
 from core.images import load_pixels
@@ -47,7 +50,7 @@ class Reference:
         self.cache = cache
         self.root = root
         self.set = features
-        self.values = np.array(features.features)
+        self.values = np.array(features.rows)
         self.progress = progress
 
     def rows(self, ids) -> np.ndarray:
@@ -138,7 +141,7 @@ def test_rerun_computes_nothing_and_returns_identical_values(reference, warm_cac
     dataset, _ = load_dataset(reference.root)
     again = extract_features(dataset, CONFIG)
     assert (again.n_computed, again.n_cached) == (0, 12)
-    np.testing.assert_array_equal(np.asarray(again.features), reference.values)
+    np.testing.assert_array_equal(np.asarray(again.rows), reference.values)
     assert again.key == reference.set.key
 
 
@@ -154,7 +157,7 @@ def test_adding_three_posters_computes_exactly_three(reference, warm_cache, tmp_
     features = extract_features(dataset, CONFIG)
     assert (features.n_computed, features.n_cached) == (3, 12)
     assert features.features.shape == (15, FEATURE_DIM)
-    np.testing.assert_array_equal(np.asarray(features.features[:12]), reference.values)
+    np.testing.assert_array_equal(np.asarray(features.rows[:12]), reference.values)
 
 
 def test_interrupted_extraction_resumes_with_only_the_rest(reference, cold_cache):
@@ -169,7 +172,7 @@ def test_interrupted_extraction_resumes_with_only_the_rest(reference, cold_cache
     assert cache_status(dataset, CONFIG) == (4, 12)
     resumed = extract_features(dataset, CONFIG)
     assert (resumed.n_computed, resumed.n_cached) == (8, 4)
-    np.testing.assert_allclose(np.asarray(resumed.features), reference.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(resumed.rows), reference.values, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -188,7 +191,7 @@ def test_corrupt_shard_is_detected_removed_and_recomputed(reference, warm_cache,
     assert features.n_computed == 4
     assert not shard.exists()
     assert len(list(folder.glob("shard-*.npy"))) == 3
-    np.testing.assert_allclose(np.asarray(features.features), reference.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
 
 
 def test_shard_without_sidecar_is_recomputed(reference, warm_cache):
@@ -198,7 +201,7 @@ def test_shard_without_sidecar_is_recomputed(reference, warm_cache):
     dataset, _ = load_dataset(reference.root)
     features = extract_features(dataset, CONFIG)
     assert features.n_computed == 4
-    np.testing.assert_allclose(np.asarray(features.features), reference.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
 
 
 def test_damaged_matrix_is_rebuilt_without_recomputing(reference, warm_cache):
@@ -209,7 +212,7 @@ def test_damaged_matrix_is_rebuilt_without_recomputing(reference, warm_cache):
     features = extract_features(dataset, CONFIG)
     assert features.n_computed == 0
     assert matrix.stat().st_size == size
-    np.testing.assert_array_equal(np.asarray(features.features), reference.values)
+    np.testing.assert_array_equal(np.asarray(features.rows), reference.values)
 
 
 def test_cached_features_and_status_compute_nothing(reference, warm_cache, tmp_path):
@@ -252,7 +255,7 @@ def test_corrupt_posters_are_reported_and_excluded(reference, warm_cache, tmp_pa
     kept = [id_ for id_ in reference.set.ids if id_ not in reasons]
     assert features.ids == kept and features.features.shape == (10, FEATURE_DIM)
     assert features.n_computed == 0
-    np.testing.assert_array_equal(np.asarray(features.features), reference.rows(kept))
+    np.testing.assert_array_equal(np.asarray(features.rows), reference.rows(kept))
 
 
 def test_duplicate_images_under_two_ids_both_get_rows(reference, warm_cache, tmp_path):
@@ -263,18 +266,32 @@ def test_duplicate_images_under_two_ids_both_get_rows(reference, warm_cache, tmp
     features = extract_features(dataset, CONFIG)
     assert features.ids[-1] == "copy-of-1" and features.features.shape == (13, FEATURE_DIM)
     assert features.n_computed == 0 and not features.failed
-    np.testing.assert_array_equal(features.features[-1], features.features[0])
+    np.testing.assert_array_equal(features.rows[-1], features.rows[0])
 
 
 @pytest.mark.parametrize("name, pool", [("avg", np.mean), ("max", np.max)])
 def test_pooled_views_equal_manual_numpy_pooling(reference, name, pool):
-    manual = pool(reference.values.reshape(12, 7, 7, 512), axis=(1, 2))
+    manual = pool(reference.values[:, :FEATURE_DIM].reshape(12, 7, 7, 512), axis=(1, 2))
     for _ in range(2):
         view = reference.set.view(name)
         assert view.shape == (12, 512) and view.dtype == np.float32
         np.testing.assert_allclose(view, manual, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(pool_features(reference.values, name, chunk=5), manual, rtol=1e-6, atol=1e-6)
-    assert feature_view(reference.values, "flatten") is reference.values
+
+
+def test_avg45_view_is_block4_part_then_avg_view(reference):
+    view = reference.set.view("avg45")
+    assert view.shape == (12, 1024) and view.dtype == np.float32
+    np.testing.assert_array_equal(view[:, :512], reference.values[:, FEATURE_DIM:])
+    np.testing.assert_allclose(view[:, 512:], reference.set.view("avg"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pool_features(reference.values, "avg45", chunk=5), view, rtol=1e-6, atol=1e-6)
+
+
+def test_flatten_view_is_the_first_25088_columns_without_a_copy(reference):
+    assert reference.set.rows.shape == (12, ROW_DIM) == (12, 25600)
+    flat = reference.set.view("flatten")
+    assert flat.shape == (12, FEATURE_DIM) and np.shares_memory(flat, reference.set.rows)
+    np.testing.assert_array_equal(feature_view(reference.values, "flatten"), reference.values[:, :FEATURE_DIM])
 
 
 def test_unknown_view_raises(reference):
@@ -291,7 +308,10 @@ def test_random_extractor_equals_plain_keras_vgg16_with_same_seed(reference):
     keras.utils.set_random_seed(RANDOM_SEED)
     plain = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
     batch = keras.applications.vgg16.preprocess_input(pixels.astype(np.float32))
-    theirs = np.asarray(plain.predict(batch, verbose=0)).reshape(2, -1)
+    probe = keras.Model(plain.inputs, [plain.output, plain.get_layer("block4_pool").output])
+    top, block4 = (np.asarray(out) for out in probe.predict(batch, verbose=0))
+    theirs = np.hstack([top.reshape(2, -1), block4.mean(axis=(1, 2))])
+    assert ours.shape == theirs.shape == (2, ROW_DIM)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
     half = get_extractor(resolve_weights("none"), "bfloat16")(pixels)
     assert half.dtype == np.float32

@@ -24,6 +24,8 @@ import streamlit as st
 from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState
 from streamlit.testing.v1 import AppTest
 
+from core.features import FEATURE_VIEWS
+
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
@@ -70,7 +72,7 @@ def page(tiny_features, tiny_dataset) -> AppTest:
 def test_page_runs_with_its_controls_and_the_random_weights_warning(page):
     assert any("RANDOM" in warning.value for warning in page.warning)
     assert page.radio(key="map_source").value == "features"
-    assert len(page.selectbox(key="map_view").options) == 3
+    assert len(page.selectbox(key="map_view").options) == len(FEATURE_VIEWS) == 4
     for key in ("umap_neighbors", "umap_min_dist", "umap_pca", "n_similar", "agreement_k"):
         page.slider(key=key)
     assert page.selectbox(key="umap_metric").options == ["cosine", "euclidean", "correlation"]

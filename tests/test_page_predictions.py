@@ -185,13 +185,14 @@ def png_bytes() -> bytes:
 def test_uploaded_poster_gets_every_genre_probability_and_its_nearest_training_posters(
         tiny_dataset, tiny_features, saved_run):
     from core.embeddings import nearest_to_vector
-    from core.predict import Predictor, view_rows
+    from core.features import feature_view
+    from core.predict import Predictor
 
     dataset, features = tiny_features
     expected = Predictor(saved_run).predict_image(png_bytes(), "poster.png")
     train_rows = [features.ids.index(id_) for id_ in saved_run.split["train"]]
     X_train = features.view("avg")[train_rows]
-    order, _ = nearest_to_vector(X_train, view_rows(expected.features[None], "avg")[0], n=8)
+    order, _ = nearest_to_vector(X_train, feature_view(expected.features[None], "avg")[0], n=8)
     titles = {poster.id: poster.title for poster in dataset.posters}
     nearest_titles = [titles[saved_run.split["train"][i]] for i in order]
 

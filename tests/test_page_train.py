@@ -2,8 +2,8 @@
 
 Locks in:
 - the page runs without exception and every control exists by key;
-- switching the preset resets the controls to that preset's values (recommended: a 5-network ensemble on
-  square-rooted avg features), and the form survives a page switch;
+- switching the preset resets the controls to that preset's values (recommended: a 10-network ensemble on
+  square-rooted avg45 features), and the form survives a page switch;
 - an invalid combination (early stopping with validation 0 and a single network) shows core's
   TrainingError message; with an ensemble the validation fraction is disabled and the error goes away;
 - a 2-epoch training on the avg view is saved, listed in the experiment table and its metrics are
@@ -89,17 +89,17 @@ def test_preset_switch_resets_the_controls(train_page):
     at.selectbox(key="preset").set_value("recommended").run()
     assert not at.exception
     shown = (widget(at, "view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
-    assert shown == ("avg", "adam", "1024")
+    assert shown == ("avg45", "adam", "512")
     assert widget(at, "learning_rate").value == pytest.approx(1e-3)
     assert widget(at, "dropout").value == pytest.approx(0.7)
     assert widget(at, "early_stopping").value is True
     assert widget(at, "power_normalize").value is True and widget(at, "standardize").value is True
-    assert widget(at, "ensemble").value == 5
+    assert widget(at, "ensemble").value == 10
     assert widget(at, "validation_split").disabled
     assert not at.error and "Changed from" not in texts(at.caption)
     at.switch_page("pages/home.py").run()
     at.switch_page("pages/train.py").run()
-    assert widget(at, "view").value == "avg" and at.selectbox(key="preset").value == "recommended"
+    assert widget(at, "view").value == "avg45" and at.selectbox(key="preset").value == "recommended"
     at.selectbox(key="preset").set_value("tutorial").run()
     assert widget(at, "view").value == "flatten" and widget(at, "early_stopping").value is False
     assert widget(at, "ensemble").value == 1 and widget(at, "power_normalize").value is False

@@ -1,11 +1,11 @@
 """Behaviours locked in for ``core.predict``, genre predictions with a saved run.
 
-- ``Predictor.predict_features`` on flattened rows gives ``(n, n_genres)`` probabilities in [0, 1],
+- ``Predictor.predict_features`` on feature rows gives ``(n, n_genres)`` probabilities in [0, 1],
   equal to the run's model on the run's feature view.
 - ``predict_image`` on a poster file gives every genre's probability in vocabulary order, a top-k
-  sorted by probability, and features matching the cached features of that poster.
+  sorted by probability, and a feature row matching the cached row of that poster.
 - ``predict_image`` on non-image bytes returns a prediction with the error text, it does not raise.
-- ``view_rows`` equals ``feature_view`` pooling; ``predict_images`` handles a mixed list.
+- ``predict_images`` handles a mixed list.
 - A run whose weights file is gone or differs is refused with ``RunError``.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 
 from core.errors import RunError
 from core.experiment import run_experiment
-from core.features import feature_view
-from core.predict import Predictor, predict_images, view_rows
+from core.extractor import ROW_DIM
+from core.predict import Predictor, predict_images
 from core.runs import load_run, save_run
 from core.train import TrainConfig
 
-CONFIG = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
+CONFIG = TrainConfig(feature_view="avg45", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
                      batch_size=8, k=3, seed=2)
 
 
@@ -41,11 +41,11 @@ def predictor(run_dir) -> Predictor:
 
 def test_predict_features_gives_probabilities_per_genre(predictor, tiny_features):
     _, features = tiny_features
-    rows = np.asarray(features.features[:5])
+    rows = np.asarray(features.rows[:5])
     probabilities = predictor.predict_features(rows)
     assert probabilities.shape == (5, len(predictor.run.vocabulary))
     assert probabilities.min() >= 0 and probabilities.max() <= 1
-    expected = predictor.run.model().predict(features.view("avg")[:5], verbose=0)
+    expected = predictor.run.model().predict(features.view("avg45")[:5], verbose=0)
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(predictor.predict_features(rows[0]), probabilities[:1], rtol=1e-5, atol=1e-6)
 
@@ -59,8 +59,8 @@ def test_predict_image_ranks_genres_in_vocabulary_order(predictor, tiny_features
     probabilities = [p for _, p in prediction.top]
     assert len(prediction.top) == 3 and probabilities == sorted(probabilities, reverse=True)
     assert max(prediction.probabilities.values()) == probabilities[0]
-    assert prediction.features.shape == (25088,)
-    np.testing.assert_allclose(prediction.features, features.features[0], rtol=1e-3, atol=1e-3)
+    assert prediction.features.shape == (ROW_DIM,)
+    np.testing.assert_allclose(prediction.features, features.rows[0], rtol=1e-3, atol=1e-3)
 
 
 def test_predict_image_defaults_to_the_run_k(predictor, tiny_features):
@@ -72,14 +72,6 @@ def test_predict_image_on_non_image_bytes_returns_error_text(predictor):
     prediction = predictor.predict_image(b"<html>404</html>", "page.jpg")
     assert prediction.error and "not an image" in prediction.error
     assert prediction.top == [] and prediction.features is None
-
-
-def test_view_rows_equals_feature_view_pooling(tiny_features):
-    _, features = tiny_features
-    rows = np.asarray(features.features[:6])
-    for view in ("avg", "max"):
-        np.testing.assert_array_equal(view_rows(rows, view), feature_view(rows, view))
-    assert view_rows(rows, "flatten") is rows
 
 
 def test_predict_images_handles_a_mixed_list(run_dir, tiny_features, tmp_path):
