@@ -71,7 +71,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="recommended")
     parser.add_argument("--feature-view", choices=list(FEATURE_VIEWS), default=None)
     parser.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 1024,256")
-    parser.add_argument("--dropout", type=float, default=None)
+    parser.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer")
+    parser.add_argument("--input-dropout", type=float, default=None, help="dropout on the input features")
     parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
@@ -142,7 +143,7 @@ def train_config_from_args(args: argparse.Namespace):
             raise PosterGenreError(f"--hidden {args.hidden!r} is not a list of sizes", "e.g. --hidden 1024,256") from err
     return with_overrides(
         PRESETS[args.preset], feature_view=args.feature_view, hidden=hidden, dropout=args.dropout,
-        standardize=args.standardize, learning_rate=args.lr, optimizer=args.optimizer, epochs=args.epochs,
+        input_dropout=args.input_dropout, standardize=args.standardize, learning_rate=args.lr, optimizer=args.optimizer, epochs=args.epochs,
         batch_size=args.batch_size, test_size=args.test_size, validation_split=args.validation_split,
         early_stopping=args.early_stopping, patience=args.patience, k=args.k, threshold=args.threshold,
         seed=args.seed)

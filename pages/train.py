@@ -21,12 +21,12 @@ from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, 
                             random_run_warning, remember_run, run_selector, show_per_genre)
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
-CONTROL_KEYS = ("view", "power_normalize", "standardize", "hidden", "dropout", "learning_rate", "optimizer",
-                "epochs", "batch_size", "seed", "test_size", "ensemble", "validation_split", "early_stopping",
-                "patience", "k", "threshold")
+CONTROL_KEYS = ("view", "power_normalize", "standardize", "input_dropout", "hidden", "dropout", "learning_rate",
+                "optimizer", "epochs", "batch_size", "seed", "test_size", "ensemble", "validation_split",
+                "early_stopping", "patience", "k", "threshold")
 FORM_MEMORY = "train_form"
-X_CHOICES = ("learning rate", "dropout", "hidden", "view", "optimizer", "power normalize", "standardize",
-             "ensemble", "epochs run", "batch", "seed", "test fraction", "train seconds")
+X_CHOICES = ("learning rate", "dropout", "input dropout", "hidden", "view", "optimizer", "power normalize",
+             "standardize", "ensemble", "epochs run", "batch", "seed", "test fraction", "train seconds")
 Y_CHOICES = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
 MEMBER_COLOURS = px.colors.qualitative.Plotly
 ENSEMBLE_HELP = ("K networks, each trained on (K−1)/K of the training posters and early-stopped on the "
@@ -96,6 +96,9 @@ def train_controls() -> None:
                          "few very large activations of pooled CNN features.")
         st.checkbox("Standardize features", key="standardize",
                     help="Mean 0, variance 1 per feature, measured on the training split.")
+        st.slider("Dropout on the input features", 0.0, 0.9, step=0.05, key="input_dropout",
+                  help="Drops a random share of the (standardised) features at each training step, so no "
+                       "network leans on a few of them.")
         st.markdown("**Network**")
         st.text_input("Hidden layer sizes", key="hidden", help="Comma-separated, e.g. 1024,256 (the tutorial) or 512")
         st.slider("Dropout after each hidden layer", 0.0, 0.95, step=0.05, key="dropout")
@@ -131,7 +134,8 @@ def config_from_controls(n_genres: int) -> TrainConfig:
     ensemble = int(state.ensemble)
     config = TrainConfig(
         feature_view=state.view, hidden=parse_hidden(state.hidden), dropout=round(state.dropout, 4),
-        power_normalize=bool(state.power_normalize), standardize=bool(state.standardize),
+        input_dropout=round(state.input_dropout, 4), power_normalize=bool(state.power_normalize),
+        standardize=bool(state.standardize),
         learning_rate=float(state.learning_rate), optimizer=state.optimizer, epochs=int(state.epochs),
         batch_size=int(state.batch_size), seed=int(state.seed), test_size=round(state.test_size, 4),
         ensemble=ensemble, validation_split=round(state.validation_split, 4) if ensemble == 1 else 0.0,
@@ -300,8 +304,9 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         per_member = epochs_per_member(run.history)
         rows.append({
             "created": created_label(run), "view": config.feature_view, "hidden": hidden_label(config),
-            "dropout": config.dropout, "power normalize": config.power_normalize,
-            "standardize": config.standardize, "learning rate": config.learning_rate,
+            "dropout": config.dropout, "input dropout": config.input_dropout,
+            "power normalize": config.power_normalize, "standardize": config.standardize,
+            "learning rate": config.learning_rate,
             "optimizer": config.optimizer, "ensemble": config.ensemble,
             "epochs": epochs_text(run.history, config, metrics.get("epochs_run")),
             "epochs run": sum(per_member) / len(per_member) if per_member else metrics.get("epochs_run"),
@@ -316,9 +321,9 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-TABLE_COLUMNS = ("created", "view", "power normalize", "standardize", "hidden", "dropout", "learning rate",
-                 "optimizer", "ensemble", "epochs", "batch", "seed", "k", "precision@k", "prior", "recall@k",
-                 "micro F1", "macro F1", "train seconds", "weights")
+TABLE_COLUMNS = ("created", "view", "power normalize", "standardize", "input dropout", "hidden", "dropout",
+                 "learning rate", "optimizer", "ensemble", "epochs", "batch", "seed", "k", "precision@k", "prior",
+                 "recall@k", "micro F1", "macro F1", "train seconds", "weights")
 
 
 def show_table(table: pd.DataFrame) -> None:
@@ -350,7 +355,9 @@ def run_summary(run: Run) -> str:
         split = (f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / "
                  f"{metrics.get('n_test')} test posters")
     parts = [f"{config.feature_view} features", "signed square root" if config.power_normalize else None,
-             "standardized" if config.standardize else None, f"hidden {hidden_label(config)}",
+             "standardized" if config.standardize else None,
+             f"input dropout {config.input_dropout}" if config.input_dropout else None,
+             f"hidden {hidden_label(config)}",
              f"dropout {config.dropout}", f"{config.optimizer} {config.learning_rate:.0e}",
              f"ensemble of {config.ensemble}" if config.ensemble > 1 else None,
              f"{epochs_text(run.history, config, metrics.get('epochs_run'))} epochs",

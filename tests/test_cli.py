@@ -96,14 +96,15 @@ def test_train_prints_skipped_posters_by_name_with_reason(tiny_features, tiny_da
 
 def test_flags_override_the_preset(tiny_features, tiny_dataset, tmp_path):
     code, _, err = _run(["train", "--dataset", tiny_dataset, "--out", tmp_path / "run",
-                         "--hidden", "32,16", "--dropout", "0.2", "--lr", "0.001", "--optimizer", "adam",
-                         "--epochs", "1", "--batch-size", "8", "--test-size", "0.25", "--k", "2", "--seed", "5"])
+                         "--hidden", "32,16", "--dropout", "0.2", "--input-dropout", "0.3", "--lr", "0.001",
+                         "--optimizer", "adam", "--epochs", "1", "--batch-size", "8", "--test-size", "0.25", "--k", "2", "--seed", "5"])
     assert code == 0, err
     config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
-    assert {name: config[name] for name in ("hidden", "dropout", "learning_rate", "optimizer", "epochs",
-                                            "batch_size", "test_size", "k", "seed")} == {
-        "hidden": [32, 16], "dropout": 0.2, "learning_rate": 0.001, "optimizer": "adam", "epochs": 1,
-        "batch_size": 8, "test_size": 0.25, "k": 2, "seed": 5}
+    names = ("hidden", "dropout", "input_dropout", "learning_rate", "optimizer", "epochs", "batch_size", "test_size",
+             "k", "seed")
+    assert {name: config[name] for name in names} == {
+        "hidden": [32, 16], "dropout": 0.2, "input_dropout": 0.3, "learning_rate": 0.001, "optimizer": "adam",
+        "epochs": 1, "batch_size": 8, "test_size": 0.25, "k": 2, "seed": 5}
     assert config["feature_view"] == "avg45" and config["standardize"] is True
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["k"] == 2 and metrics["n_test"] == 10

@@ -27,9 +27,9 @@ from streamlit.testing.v1 import AppTest
 from core.runs import load_run, runs_root
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-CONTROL_KEYS = ("view", "hidden", "dropout", "power_normalize", "standardize", "learning_rate", "optimizer",
-                "epochs", "batch_size", "test_size", "ensemble", "validation_split", "early_stopping", "patience",
-                "seed", "k", "threshold")
+CONTROL_KEYS = ("view", "hidden", "dropout", "input_dropout", "power_normalize", "standardize", "learning_rate",
+                "optimizer", "epochs", "batch_size", "test_size", "ensemble", "validation_split", "early_stopping",
+                "patience", "seed", "k", "threshold")
 
 
 @pytest.fixture
@@ -90,8 +90,8 @@ def test_preset_switch_resets_the_controls(train_page):
     assert not at.exception
     shown = (widget(at, "view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
     assert shown == ("avg45", "adam", "512")
-    assert widget(at, "learning_rate").value == pytest.approx(1e-3)
-    assert widget(at, "dropout").value == pytest.approx(0.7)
+    assert widget(at, "learning_rate").value == pytest.approx(2e-3)
+    assert widget(at, "dropout").value == pytest.approx(0.7) and widget(at, "input_dropout").value == pytest.approx(0.5)
     assert widget(at, "early_stopping").value is True
     assert widget(at, "power_normalize").value is True and widget(at, "standardize").value is True
     assert widget(at, "ensemble").value == 10

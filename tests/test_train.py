@@ -11,7 +11,9 @@
   losses; ``should_stop`` stops after the current epoch; early stopping on a validation set stops
   before the epoch budget; ``standardize`` adds a Normalization layer holding the training moments;
   ``hidden_representation`` is ``(n, last hidden size)``; mismatched inputs are refused; ``on_batch``
-  reports every batch of every epoch (so a UI moves before the first epoch ends).
+  reports progress inside every epoch (so a UI moves before the first epoch ends): every batch when an
+  epoch has under 8, else every compiled call of about a quarter epoch; ``input_dropout`` puts a
+  Dropout between the standardisation and the first hidden layer.
 - The tutorial preset is Dense 1024 relu → 256 relu → n sigmoid, RMSprop lr 1e-4, batch 64,
   60 epochs, binary cross-entropy, flattened features.
 - ``ensemble=K`` trains K members, each validated on its own fold (the folds partition the training
@@ -56,6 +58,7 @@ BAD_FIELDS = [
     ("hidden", (32, 0), "hidden sizes must be positive, got [32, 0]"),
     ("dropout", 1.0, "dropout must be in [0, 1), got 1.0"),
     ("dropout", -0.1, "dropout must be in [0, 1), got -0.1"),
+    ("input_dropout", 1.0, "input dropout must be in [0, 1), got 1.0"),
     ("optimizer", "nadam", "optimizer must be one of rmsprop, adam, adamw, sgd, got 'nadam'"),
     ("learning_rate", 0.0, "learning rate must be positive, got 0.0"),
     ("epochs", 0, "got 0 and 64"),
@@ -185,6 +188,16 @@ def test_dropout_layers_follow_each_hidden_layer():
     assert model.get_layer("dropout_1").rate == pytest.approx(0.3)
 
 
+def test_input_dropout_sits_between_the_standardisation_and_the_first_hidden_layer():
+    config = dataclasses.replace(FAST, hidden=(8,), standardize=True, power_normalize=True, input_dropout=0.4)
+    model = build_model(10, 3, config, mean=np.zeros(10), variance=np.ones(10))
+    assert [layer.name for layer in model.layers[1:]] == [
+        "signed_sqrt", "standardize", "input_dropout", "hidden_1", "genres"]
+    assert model.get_layer("input_dropout").rate == pytest.approx(0.4)
+    X = np.ones((2, 10), np.float32)
+    np.testing.assert_allclose(model(X, training=False), model(X, training=False))
+
+
 def test_tutorial_preset_architecture():
     import keras
 
@@ -251,6 +264,13 @@ def test_ensemble_needs_no_validation_split_for_early_stopping():
     with pytest.raises(TrainingError, match="ensemble size must be ≥ 1"):
         check_config(dataclasses.replace(FAST, ensemble=0))
     assert len(make_split(100, dataclasses.replace(FAST, ensemble=5, validation_split=0.2)).validation) == 0
+
+
+def test_batches_run_a_quarter_epoch_per_compiled_call_and_still_report_progress(data):
+    X, Y = data
+    steps = []
+    GenreClassifier(dataclasses.replace(FAST, epochs=1, batch_size=8)).fit(X, Y, on_batch=steps.append)
+    assert [(s.batch, s.batches) for s in steps] == [(3, 15), (6, 15), (9, 15), (12, 15), (15, 15)]
 
 
 def test_on_batch_reports_progress_inside_each_epoch(data):
