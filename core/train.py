@@ -54,14 +54,14 @@ PRESETS: dict[str, TrainConfig] = {
     "recommended": TrainConfig(
         feature_view="avg45", hidden=(512,), dropout=0.7, input_dropout=0.5, power_normalize=True,
         standardize=True, learning_rate=2e-3, optimizer="adam", epochs=100, batch_size=256, validation_split=0.0,
-        early_stopping=True, patience=8, ensemble=10),
+        early_stopping=True, patience=8, ensemble=8),
 }
 PRESET_NOTES = {
     "tutorial": "exactly the tutorial: 25,088-d flattened features, 1024→256, RMSprop 1e-4, 60 epochs",
     "recommended": "measured best on real posters (bench/quality.py): block4 and block5 average-pooled "
                    "(1,024-d), square-rooted, standardised and half dropped out in training, one hidden layer "
-                   "of 512 with strong dropout, Adam, and an average of 10 networks, each early-stopped on its "
-                   "own tenth of the training posters",
+                   "of 512 with strong dropout, Adam, and an average of 8 networks, each early-stopped on its "
+                   "own eighth of the training posters",
 }
 
 

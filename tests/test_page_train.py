@@ -2,7 +2,7 @@
 
 Locks in:
 - the page runs without exception and every control exists by key;
-- switching the preset resets the controls to that preset's values (recommended: a 10-network ensemble on
+- switching the preset resets the controls to that preset's values (recommended: an 8-network ensemble on
   square-rooted avg45 features), and the form survives a page switch;
 - an invalid combination (early stopping with validation 0 and a single network) shows core's
   TrainingError message; with an ensemble the validation fraction is disabled and the error goes away;
@@ -94,7 +94,7 @@ def test_preset_switch_resets_the_controls(train_page):
     assert widget(at, "dropout").value == pytest.approx(0.7) and widget(at, "input_dropout").value == pytest.approx(0.5)
     assert widget(at, "early_stopping").value is True
     assert widget(at, "power_normalize").value is True and widget(at, "standardize").value is True
-    assert widget(at, "ensemble").value == 10
+    assert widget(at, "ensemble").value == 8
     assert widget(at, "validation_split").disabled
     assert not at.error and "Changed from" not in texts(at.caption)
     at.switch_page("pages/home.py").run()
