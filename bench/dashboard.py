@@ -127,9 +127,9 @@ def _children(pid: int) -> list[int]:
 
 
 def link_user_cache(cache: Path) -> None:
-    from platformdirs import user_cache_dir
+    from core.cache import cache_root
 
-    user = Path(os.environ.get("POSTER_GENRE_CACHE") or Path(user_cache_dir("poster-genre-explorer")) / "v1")
+    user = cache_root()
     for name in ("features", "views", "runs", "umap", "knn"):
         if (user / name).exists():
             (cache / name).symlink_to(user / name)

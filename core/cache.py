@@ -117,6 +117,18 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_SHA256_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def memo_file_sha256(path: Path) -> str:
+    """``file_sha256`` remembered per process by (path, size, mtime), so an unchanged file is read once."""
+    stat = Path(path).stat()
+    memo = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _SHA256_MEMO:
+        _SHA256_MEMO[memo] = file_sha256(path)
+    return _SHA256_MEMO[memo]
+
+
 def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.cache import atomic_save_npy, file_sha256, load_npy, stable_hash
+from core.cache import atomic_save_npy, load_npy, memo_file_sha256, stable_hash
 from core.datasets import Dataset, Skipped
 from core.errors import CacheError, ImageError
 from core.extractor import BLOCK4_DIM, FEATURE_DIM, FEATURE_SHAPE, ROW_DIM, get_extractor, resolve_precision
@@ -82,19 +82,9 @@ class FeatureSet:
         return f"{self.key}-{name}"
 
 
-_KEY_MEMO: dict[tuple[str, int, int], str] = {}
-
-
 def content_keys(paths: Sequence[Path]) -> list[str]:
-    """sha256 of each file's bytes, memoised per process by (path, size, mtime)."""
-    keys = []
-    for path in paths:
-        stat = Path(path).stat()
-        memo = (str(path), stat.st_size, stat.st_mtime_ns)
-        if memo not in _KEY_MEMO:
-            _KEY_MEMO[memo] = file_sha256(path)
-        keys.append(_KEY_MEMO[memo])
-    return keys
+    """sha256 of each file's bytes (memoised per process, so unchanged posters are read once)."""
+    return [memo_file_sha256(path) for path in paths]
 
 
 def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[FeatureStore, Weights, str]:

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cache import file_sha256
+from core.cache import memo_file_sha256
 from core.errors import WeightsError
 
 WEIGHTS_ENV = "POSTER_GENRE_WEIGHTS"
@@ -35,18 +35,6 @@ class Weights:
         return str(self.path) if self.kind == "file" else self.kind
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _digest(path: Path) -> str:
-    """sha256 of a weights file, memoised per process by (path, size, mtime): 58 MB is hashed once."""
-    stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _DIGESTS:
-        _DIGESTS[memo] = file_sha256(path)
-    return _DIGESTS[memo]
-
-
 def default_weights_spec() -> str:
     return os.environ.get(WEIGHTS_ENV, "").strip() or "imagenet"
 
@@ -64,6 +52,6 @@ def resolve_weights(spec: str | None = None) -> Weights:
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist",
                            "use imagenet, none, or the path of a VGG16 include_top=False weights file (.h5)")
-    digest = _digest(path)
+    digest = memo_file_sha256(path.resolve())
     return Weights("file", f"file:sha256:{digest}", f"local weights file {path.name} (sha256 {digest[:12]})",
                    path.resolve())

@@ -13,10 +13,10 @@ import keras  # noqa: F401  (imported before the freeze below)
 import streamlit as st
 
 from core.cache import atomic_write_json, cache_root
-from core.datasets import Dataset, LoadReport, load_dataset
+from core.datasets import Dataset, LoadReport, Skipped, load_dataset
 from core.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
-from core.features import FeatureConfig, FeatureSet, cached_features
+from core.features import FeatureConfig, FeatureSet, cache_status, cached_features
 from core.weights import Weights, default_weights_spec, resolve_weights
 
 # After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
@@ -189,3 +189,19 @@ def sidebar() -> None:
             st.warning("RANDOM weights — not ImageNet", icon=":material/warning:")
         else:
             st.caption(weights.label)
+
+
+STATUS_TTL_S = 30
+
+
+@st.cache_data(show_spinner="Checking the feature cache…", ttl=STATUS_TTL_S, max_entries=16)
+def feature_status(_dataset: Dataset, root: str, version: tuple,
+                   config: FeatureConfig) -> tuple[int, int, list[Skipped]]:
+    """``(cached, total, undecodable posters)``; the failures are known only once the rest is cached.
+
+    Cached briefly and cleared after an extraction on the Data page; an extraction by the CLI or another session
+    shows up once the TTL has passed.
+    """
+    cached, total = cache_status(_dataset, config)
+    features = cached_features(_dataset, config) if 0 < cached < total else None
+    return cached, total, features.failed if features is not None else []

@@ -15,13 +15,13 @@ from core.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Skipped
 from core.demo import demo_dataset_dir
 from core.errors import AuthError, PosterGenreError, WeightsError
 from core.extractor import PRECISIONS, resolve_precision
-from core.features import FeatureConfig, Progress, cache_status, cached_features, extract_features
+from core.features import FeatureConfig, Progress, extract_features
 from core.tmdb import LISTS, TmdbConfig, download_tmdb, load_credentials, parse_years
 from core.tutorial_import import import_tutorial
 from core.url_download import AcquireResult, UrlTableConfig, download_url_table, safe_id
 from core.weights import Weights
-from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO, feature_config, fingerprint,
-                           get_dataset, get_weights, load_settings, route_through_app, save_settings,
+from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO, feature_config, feature_status,
+                           fingerprint, get_dataset, get_weights, load_settings, route_through_app, save_settings,
                            weights_notice)
 from pages._widgets import first_page, page_number, show_poster
 
@@ -32,7 +32,6 @@ WEIGHT_KINDS = {"imagenet": "ImageNet (Keras download)", "file": "Local weights 
                 "none": "None: random weights (testing only)"}
 POSTER_SIZES = ("w92", "w154", "w185", "w342", "w500", "w780", "original")
 AUTO_LIST = "auto"
-STATUS_TTL_S = 30
 
 
 def datasets_dir() -> Path:
@@ -258,19 +257,6 @@ def extraction_section(dataset: Dataset) -> None:
         show_extraction(last)
     else:
         show_failures(feature_status(dataset, str(dataset.root), fingerprint(dataset.root), config)[2])
-
-
-@st.cache_data(show_spinner="Checking the feature cache…", ttl=STATUS_TTL_S, max_entries=16)
-def feature_status(_dataset: Dataset, root: str, version: tuple,
-                   config: FeatureConfig) -> tuple[int, int, list[Skipped]]:
-    """``(cached, total, undecodable posters)``; the failures are known only once the rest is cached.
-
-    Cached briefly and cleared after an extraction here; an extraction by the CLI or another session
-    shows up once the TTL has passed.
-    """
-    cached, total = cache_status(_dataset, config)
-    features = cached_features(_dataset, config) if 0 < cached < total else None
-    return cached, total, features.failed if features is not None else []
 
 
 def show_cache_status(box, dataset: Dataset, config: FeatureConfig) -> None:

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.features import cache_status
-from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, route_through_app,
-                           weights_notice)
+from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, feature_status,
+                           fingerprint, route_through_app, weights_notice)
 from pages._widgets import dataset_runs
 
 route_through_app()
@@ -23,7 +22,7 @@ if report.skipped:
 weights = active_weights()
 if weights is not None:
     weights_notice(weights)
-    cached, total = cache_status(dataset, feature_config())
+    cached, total, _ = feature_status(dataset, str(dataset.root), fingerprint(dataset.root), feature_config())
     st.metric("Posters with cached features", f"{cached:,} / {total:,}")
     if cached < total:
         st.page_link("pages/data.py", label="Extract the missing features on the Data page",
