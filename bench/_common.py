@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DEV_SET = SHARED / "datasets" / "imdb-posters-dev"
 IMAGENET_FILE = SHARED / "weights" / "vgg16_imagenet_notop.weights.h5"
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -29,7 +27,7 @@ def print_machine() -> None:
     import numpy
     import tensorflow as tf
 
-    from core.extractor import cpu_has_bf16
+    from core.features.extractor import cpu_has_bf16
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, bf16={'yes' if cpu_has_bf16() else 'no'}, "
           f"{platform.system()} {platform.machine()}")

@@ -6,7 +6,7 @@ trivial one-line Streamlit app served the same way (the baseline: ratios, not se
 UMAP of the flattened features uncached and cached; and the server's memory with one and with two
 browser sessions open.
 
-    python bench/dashboard.py [--dataset DIR] [--weights PATH]
+    python -m bench.dashboard [--dataset DIR] [--weights PATH]
 
 Features must be extracted already (python -m core extract --dataset DIR --weights PATH): the
 benchmark links the user's cached features into a temporary cache so it starts from a cold server
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common
+from bench import _common
 
 PAGES = ["", "data", "train", "clusters", "predictions"]
 LABELS = {"": "Home", "data": "Data", "train": "Train", "clusters": "Clusters", "predictions": "Predictions"}
@@ -136,9 +136,9 @@ def link_user_cache(cache: Path) -> None:
 
 
 def umap_timing(dataset_dir: Path, weights: str) -> tuple[float, float]:
-    from core.datasets import load_dataset
-    from core.embeddings import UmapConfig, compute_umap
-    from core.features import FeatureConfig, cached_features
+    from core.data.datasets import load_dataset
+    from core.analysis.embeddings import UmapConfig, compute_umap
+    from core.features.pipeline import FeatureConfig, cached_features
 
     dataset, _ = load_dataset(dataset_dir)
     features = cached_features(dataset, FeatureConfig(weights=weights))

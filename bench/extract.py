@@ -3,7 +3,7 @@
 All three run in this process on the same posters, so the ratios compare like with like:
 product / model-alone (target ≥ 0.85) and product / tutorial loop (target ≥ 4x).
 
-    python bench/extract.py [--dataset DIR] [--weights PATH|imagenet] [--n 320] [--precision auto]
+    python -m bench.extract [--dataset DIR] [--weights PATH|imagenet] [--n 320] [--precision auto]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (sets sys.path)
+from bench import _common
 import numpy as np
 
 
@@ -36,9 +36,9 @@ def tutorial_loop(paths: list[Path], weights: str) -> float:
 
 def model_alone(paths: list[Path], weights: str, precision: str, batch_size: int) -> float:
     """The product's compiled VGG16 on pre-decoded tensors: the ceiling for extraction from files."""
-    from core.extractor import get_extractor
-    from core.images import load_pixels
-    from core.weights import resolve_weights
+    from core.features.extractor import get_extractor
+    from core.data.images import load_pixels
+    from core.features.weights import resolve_weights
 
     extractor = get_extractor(resolve_weights(weights), precision)
     pixels = np.stack([load_pixels(path) for path in paths])
@@ -51,7 +51,7 @@ def model_alone(paths: list[Path], weights: str, precision: str, batch_size: int
 
 def product(dataset, weights: str, precision: str, batch_size: int) -> tuple[float, int]:
     """``extract_features`` from files into an empty cache (decode, hash, infer, write shards + matrix)."""
-    from core.features import FeatureConfig, extract_features
+    from core.features.pipeline import FeatureConfig, extract_features
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["POSTER_GENRE_CACHE"] = cache
@@ -72,9 +72,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from core.datasets import Dataset, load_dataset
-    from core.extractor import resolve_precision
-    from core.features import FeatureConfig  # noqa: F401  (import TF before timing)
+    from core.data.datasets import Dataset, load_dataset
+    from core.features.extractor import resolve_precision
+    from core.features.pipeline import FeatureConfig  # noqa: F401  (import TF before timing)
 
     _common.print_machine()
     full, _ = load_dataset(args.dataset)

@@ -1,7 +1,7 @@
 """Quality of both presets on the real IMDb dev posters: top-3 precision/recall against the frequency
 prior, over 3 random 80/20 splits, with training times.
 
-    python bench/quality.py [--dataset DIR] [--weights PATH] [--seeds 0,1,2] [--presets tutorial,recommended]
+    python -m bench.quality [--dataset DIR] [--weights PATH] [--seeds 0,1,2] [--presets tutorial,recommended]
 
 Runs are saved in the product's run store, so a repeated benchmark reads finished runs from disk
 (their recorded training time is reported) unless --retrain is given.
@@ -12,7 +12,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import _common  # noqa: F401  (sets sys.path)
+from bench import _common
 import numpy as np
 
 
@@ -25,11 +25,11 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="ignore runs already saved")
     args = parser.parse_args()
 
-    from core.datasets import load_dataset
-    from core.experiment import run_experiment
-    from core.features import FeatureConfig, extract_features
-    from core.runs import find_run, load_run, save_run
-    from core.train import PRESETS
+    from core.data.datasets import load_dataset
+    from core.model.experiment import run_experiment
+    from core.features.pipeline import FeatureConfig, extract_features
+    from core.model.runs import find_run, load_run, save_run
+    from core.model.config import PRESETS
 
     _common.print_machine()
     dataset, _ = load_dataset(args.dataset)

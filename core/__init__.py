@@ -1,10 +1,9 @@
 """Everything of Poster Genre Explorer that is not UI (never imports streamlit).
 
-One module per stage: ``datasets`` (folders, labels, genre vocabulary), ``images`` (decoding any
-poster file), ``weights`` / ``extractor`` / ``features`` / ``feature_store`` (cached VGG16 features),
-``train`` / ``experiment`` / ``runs`` / ``predict`` (the MLP, its runs on disk, predictions),
-``metrics`` (top-k precision/recall, the frequency prior, bootstrap intervals), ``embeddings`` (UMAP,
-neighbours), ``demo`` (the synthetic set), ``tmdb`` / ``url_download`` / ``tutorial_import`` /
-``safe_pickle`` / ``http`` (getting real posters), ``cache`` and ``errors``; ``python -m core`` is the
-command line. Submodules are imported where used, so ``python -m core --help`` stays instant.
+Subpackages by job: ``data`` (dataset folders, image decoding, the synthetic demo), ``sources``
+(TMDB, poster-URL tables, the tutorial's pickles), ``features`` (VGG16 weights, extraction, the
+feature store, feature views), ``model`` (training options, the classifier, experiments, saved runs,
+predictions), ``analysis`` (metrics, UMAP maps, neighbours) and ``cli`` (``python -m core``). Shared
+by all: ``cache`` (the cache folder, atomic writes, hashes), ``progress`` and ``errors``. Submodules
+are imported where used, so ``python -m core --help`` stays instant.
 """

@@ -13,11 +13,11 @@ import keras  # noqa: F401  (imported before the freeze below)
 import streamlit as st
 
 from core.cache import atomic_write_json, cache_root
-from core.datasets import Dataset, LoadReport, Skipped, load_dataset
-from core.demo import ensure_demo_dataset
+from core.data.datasets import Dataset, LoadReport, Skipped, load_dataset
+from core.data.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
-from core.features import FeatureConfig, FeatureSet, cache_status, cached_features
-from core.weights import Weights, default_weights_spec, resolve_weights
+from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
+from core.features.weights import Weights, default_weights_spec, resolve_weights
 
 # After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
 # garbage-collector pass over TensorFlow's hundreds of thousands of objects (~0.3 s apiece here).

@@ -16,11 +16,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-import core.runs
+import core.model.runs
 from core.errors import ImageError
-from core.features import FeatureSet
-from core.images import thumbnail
-from core.runs import Run
+from core.features.pipeline import FeatureSet
+from core.data.images import thumbnail
+from core.model.runs import Run
 
 THUMBNAIL_SIDE = 256
 SELECTED_RUN = "selected_run"
@@ -100,19 +100,19 @@ def _folder_signature(folder: Path) -> tuple:
 def _saved_runs(runs_folder: str, dataset_root: str | None, signature: tuple) -> list[Run]:
     folder = Path(runs_folder)
     if dataset_root is None:
-        return core.runs.list_runs(folder)
-    return core.runs.runs_for_dataset(Path(dataset_root), folder)
+        return core.model.runs.list_runs(folder)
+    return core.model.runs.runs_for_dataset(Path(dataset_root), folder)
 
 
 def dataset_runs(dataset) -> list[Run]:
     """Saved runs trained on ``dataset``, newest first; re-read only when the runs folder changes."""
-    folder = core.runs.runs_root()
+    folder = core.model.runs.runs_root()
     return _saved_runs(str(folder), str(dataset.root), _folder_signature(folder))
 
 
 def all_runs() -> list[Run]:
     """Every saved run, newest first."""
-    folder = core.runs.runs_root()
+    folder = core.model.runs.runs_root()
     return _saved_runs(str(folder), None, _folder_signature(folder))
 
 

@@ -8,14 +8,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.datasets import GenreVocabulary
-from core.embeddings import (METRICS, Embedding, UmapConfig, cached_knn_indices, cached_umap, compute_umap,
+from core.data.datasets import GenreVocabulary
+from core.analysis.embeddings import (METRICS, Embedding, UmapConfig, cached_knn_indices, cached_umap, compute_umap,
                              genre_membership, knn_genre_agreement, knn_indices, nearest_neighbors,
                              primary_genre)
 from core.errors import PosterGenreError
-from core.experiment import labels_for
-from core.features import FEATURE_VIEWS
-from core.runs import Run
+from core.model.experiment import labels_for
+from core.features.views import FEATURE_VIEWS
+from core.model.runs import Run
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import all_runs, dataset_runs, require_runs, run_selector, thumbnails, view_matrix
 

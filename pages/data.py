@@ -11,15 +11,15 @@ import plotly.express as px
 import streamlit as st
 
 from core.cache import cache_root
-from core.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Skipped
-from core.demo import demo_dataset_dir
+from core.data.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Skipped
+from core.data.demo import demo_dataset_dir
 from core.errors import AuthError, PosterGenreError, WeightsError
-from core.extractor import PRECISIONS, resolve_precision
-from core.features import FeatureConfig, Progress, extract_features
-from core.tmdb import LISTS, TmdbConfig, download_tmdb, load_credentials, parse_years
-from core.tutorial_import import import_tutorial
-from core.url_download import AcquireResult, UrlTableConfig, download_url_table, safe_id
-from core.weights import Weights
+from core.features.extractor import PRECISIONS, resolve_precision
+from core.features.pipeline import FeatureConfig, Progress, extract_features
+from core.sources.tmdb import LISTS, TmdbConfig, download_tmdb, load_credentials, parse_years
+from core.sources.tutorial import import_tutorial
+from core.sources.url_table import AcquireResult, UrlTableConfig, download_url_table, safe_id
+from core.features.weights import Weights
 from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO, feature_config, feature_status,
                            fingerprint, get_dataset, get_weights, load_settings, route_through_app, save_settings,
                            weights_notice)

@@ -9,15 +9,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.datasets import Dataset
-from core.embeddings import nearest_to_vector
+from core.data.datasets import Dataset
+from core.analysis.embeddings import nearest_to_vector
 from core.errors import ImageError, PosterGenreError
-from core.experiment import labels_for
-from core.features import FeatureSet, feature_view
-from core.images import check_image_bytes
-from core.metrics import per_genre_report, top_k_indices
-from core.predict import PosterPrediction, Predictor
-from core.runs import Run
+from core.model.experiment import labels_for
+from core.features.pipeline import FeatureSet
+from core.features.views import feature_view
+from core.data.images import check_image_bytes
+from core.analysis.metrics import per_genre_report, top_k_indices
+from core.model.predict import PosterPrediction, Predictor
+from core.model.runs import Run
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
                             random_run_warning, require_runs, run_selector, show_per_genre, show_poster,

@@ -12,10 +12,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import PosterGenreError, TrainingError
-from core.experiment import ExperimentResult, run_experiment
-from core.features import FEATURE_VIEWS, FeatureSet
-from core.runs import Run, delete_run, find_run, save_run
-from core.train import OPTIMIZERS, BatchProgress, PRESET_NOTES, PRESETS, EpochLog, TrainConfig, check_config
+from core.model.experiment import ExperimentResult, run_experiment
+from core.features.views import FEATURE_VIEWS
+from core.features.pipeline import FeatureSet
+from core.model.runs import Run, delete_run, find_run, save_run
+from core.model.config import OPTIMIZERS, PRESET_NOTES, PRESETS, TrainConfig, check_config
+from core.model.classifier import BatchProgress, EpochLog
 from pages._shared import active_dataset, require_features, route_through_app
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)

@@ -29,7 +29,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """40 synthetic posters over the 8 demo genres (generated, seeded)."""
-    from core.demo import DemoConfig, make_demo_dataset
+    from core.data.demo import DemoConfig, make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("tiny") / "tiny", DemoConfig(n_posters=40, seed=3))
 
@@ -37,8 +37,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_features(tiny_dataset):
     """Features of ``tiny_dataset`` with random weights, cached in the session cache."""
-    from core.datasets import load_dataset
-    from core.features import FeatureConfig, extract_features
+    from core.data.datasets import load_dataset
+    from core.features.pipeline import FeatureConfig, extract_features
 
     dataset, _ = load_dataset(tiny_dataset)
     return dataset, extract_features(dataset, FeatureConfig(weights="none"))

@@ -50,9 +50,9 @@ def _free_port() -> int:
 def server(tiny_features):
     """A real Streamlit server on the tiny dataset with one saved run."""
     from core.cache import atomic_write_json, cache_root
-    from core.experiment import run_experiment
-    from core.runs import save_run
-    from core.train import TrainConfig
+    from core.model.experiment import run_experiment
+    from core.model.runs import save_run
+    from core.model.config import TrainConfig
 
     dataset, features = tiny_features
     result = run_experiment(dataset, features, TrainConfig(feature_view="avg", hidden=(16,), epochs=2))
@@ -169,7 +169,7 @@ def test_one_session_trains_while_another_browses_then_stops(server, browser):
     without saving a run."""
     from selenium.webdriver.common.keys import Keys
 
-    from core.runs import list_runs
+    from core.model.runs import list_runs
 
     before = len(list_runs())
     browser.get(f"{server}/train")

@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``python -m core`` (``core.__main__.main``).
+"""Behaviours locked in for ``python -m core`` (``core.cli.main.main``).
 
 - ``demo`` writes a loadable dataset and reports progress.
 - ``extract`` prints a progress line and "computed N"; a second run computes nothing.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from core.__main__ import main
-from core.datasets import load_dataset
+from core.cli.main import main
+from core.data.datasets import load_dataset
 
 REQUIRED_METRICS = ("k", "precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k",
                     "micro_f1", "macro_f1", "n_train", "n_test", "genres", "weights")

@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.datasets``, labelled poster folders.
+"""Behaviours locked in for ``core.data.datasets``, labelled poster folders.
 
 - ``load_dataset`` keeps the usable posters in labels.csv order and reports, each by id with its
   reason: rows without an image, images without a row, duplicate ids (the first row is kept), empty
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.datasets import GenreVocabulary, load_dataset, split_genres, write_info, write_labels
+from core.data.datasets import GenreVocabulary, load_dataset, split_genres, write_info, write_labels
 from core.errors import DatasetError
 
 

@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.demo``, the generated default dataset.
+"""Behaviours locked in for ``core.data.demo``, the generated default dataset.
 
 - The same config gives byte-identical files; another seed gives other posters; no two posters match.
 - The folder loads with ``load_dataset`` with nothing skipped, and dataset.json says it is synthetic.
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.datasets import load_dataset, read_info
-from core.demo import (
+from core.data.datasets import load_dataset, read_info
+from core.data.demo import (
     DEMO_GENRES,
     GENERATOR_VERSION,
     DemoConfig,

@@ -1,4 +1,4 @@
-"""core.embeddings: the UMAP map and the cosine-neighbour statistics behind the Clusters page.
+"""core.analysis.embeddings: the UMAP map and the cosine-neighbour statistics behind the Clusters page.
 
 Behaviours locked in:
 - compute_umap returns finite (n, 2) float32 coordinates in which well-separated blobs stay separated;
@@ -23,7 +23,7 @@ import pytest
 
 from core import embeddings
 from core.cache import load_npy
-from core.embeddings import (
+from core.analysis.embeddings import (
     NO_GENRE,
     OVERALL,
     UmapConfig,

@@ -1,5 +1,5 @@
-"""Behaviours locked in for feature extraction (``core.features``, ``core.feature_store``,
-``core.extractor``, ``core.weights``), with random VGG16 weights on a 12-poster demo set.
+"""Behaviours locked in for feature extraction (``core.features.pipeline``, ``core.features.store``,
+``core.features.extractor``, ``core.features.weights``), with random VGG16 weights on a 12-poster demo set.
 
 - A cold extraction gives a float32 ``(n, 25600)`` memmap of rows, row ``i`` being the extractor's
   output for poster ``ids[i]``, with progress reported after every batch; ``features`` is its first
@@ -33,14 +33,14 @@ import numpy as np
 import pytest
 
 from core.cache import file_sha256
-from core.datasets import load_dataset, write_labels
-from core.demo import DemoConfig, make_demo_dataset
+from core.data.datasets import load_dataset, write_labels
+from core.data.demo import DemoConfig, make_demo_dataset
 from core.errors import WeightsError
-from core.extractor import FEATURE_DIM, ROW_DIM, get_extractor, preprocess, resolve_precision
-from core.features import (FeatureConfig, cache_status, cached_features, extract_features, feature_view,
-                           pool_features, store_for)
-from core.images import load_pixels
-from core.weights import IMAGENET_IDENTITY, RANDOM_SEED, default_weights_spec, resolve_weights
+from core.features.extractor import FEATURE_DIM, ROW_DIM, get_extractor, preprocess, resolve_precision
+from core.features.pipeline import FeatureConfig, cache_status, cached_features, extract_features, store_for
+from core.features.views import feature_view, pool_features
+from core.data.images import load_pixels
+from core.features.weights import IMAGENET_IDENTITY, RANDOM_SEED, default_weights_spec, resolve_weights
 
 CONFIG = FeatureConfig(weights="none", batch_size=4)
 

@@ -1,4 +1,4 @@
-"""core.http against real HTTP on 127.0.0.1 (the fake TMDB server).
+"""core.sources.http against real HTTP on 127.0.0.1 (the fake TMDB server).
 
 Locks in: 429 waits for Retry-After (measured) and is capped; repeated 429 gives RateLimitError;
 5xx, timeouts, refused connections and invalid JSON are retried with backoff, then a clear
@@ -17,7 +17,7 @@ from email.utils import format_datetime
 import pytest
 
 from core.errors import AuthError, DownloadError, RateLimitError
-from core.http import (HttpClient, HttpConfig, HttpStatusError, RateLimiter, describe_url,
+from core.sources.http import (HttpClient, HttpConfig, HttpStatusError, RateLimiter, describe_url,
                        parse_retry_after, redact)
 from tests.fake_tmdb import API_KEY, INVALID_JSON, SLOW, fake_tmdb, status  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.images``, decoding posters whatever the file holds.
+"""Behaviours locked in for ``core.data.images``, decoding posters whatever the file holds.
 
 - Greyscale, palette, palette with transparency, RGBA, LA, CMYK JPEG, 16-bit PNG (I;16) and 1-bit
   images all become RGB uint8 ``(size, size, 3)`` with sensible values: 16-bit white is 255, 16-bit
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import core.images
+import core.data.images
 from core.errors import ImageError
-from core.images import check_image_bytes, load_pixels, open_rgb
+from core.data.images import check_image_bytes, load_pixels, open_rgb
 
 
 def _save(image: Image.Image, path: Path, fmt: str, **params) -> Path:
@@ -137,7 +137,7 @@ def test_missing_file_raises_image_error(tmp_path):
 
 
 def test_image_above_max_pixels_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(core.images, "MAX_PIXELS", 100)
+    monkeypatch.setattr(core.data.images, "MAX_PIXELS", 100)
     path = _save(Image.new("RGB", (20, 20)), tmp_path / "big.png", "PNG")
     with pytest.raises(ImageError, match=r"big\.png: 20x20 pixels is too large") as caught:
         open_rgb(path)

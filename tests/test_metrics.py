@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.metrics``:
+"""Behaviours locked in for ``core.analysis.metrics``:
 
 - top-k picks the highest scores first and breaks ties by the lower column index;
 - hits, precision@k (hits / k) and recall@k (hits / |true|) match hand-computed values for k = 1, 2, 3;
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.metrics import (
+from core.analysis.metrics import (
     Evaluation,
     Interval,
     bootstrap_interval,

@@ -24,7 +24,7 @@ import streamlit as st
 from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState
 from streamlit.testing.v1 import AppTest
 
-from core.features import FEATURE_VIEWS
+from core.features.views import FEATURE_VIEWS
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
@@ -161,9 +161,9 @@ def test_a_single_clicked_point_becomes_the_picked_poster(page, monkeypatch, tin
 @pytest.fixture(scope="module")
 def trained_runs(tiny_features, tmp_path_factory) -> Path:
     """A 2-epoch run on the avg view (hidden 32 → 8) saved in a runs folder of its own."""
-    from core.experiment import run_experiment
-    from core.runs import save_run
-    from core.train import TrainConfig
+    from core.model.experiment import run_experiment
+    from core.model.runs import save_run
+    from core.model.config import TrainConfig
 
     dataset, features = tiny_features
     root = tmp_path_factory.mktemp("runs")
@@ -174,7 +174,7 @@ def trained_runs(tiny_features, tmp_path_factory) -> Path:
 
 
 def test_a_runs_last_hidden_layer_is_a_map_source(trained_runs, tiny_dataset, monkeypatch):
-    monkeypatch.setattr("core.runs.runs_root", lambda: trained_runs)
+    monkeypatch.setattr("core.model.runs.runs_root", lambda: trained_runs)
     at = open_page(tiny_dataset)
     at.radio(key="map_source").set_value("run").run()
     assert not at.exception and not at.error
@@ -191,7 +191,7 @@ def test_a_run_trained_on_other_posters_is_refused(trained_runs, tiny_dataset, m
     split = json.loads((runs / "other-run" / "split.json").read_text())
     split["test"].append("poster-from-elsewhere")
     (runs / "other-run" / "split.json").write_text(json.dumps(split))
-    monkeypatch.setattr("core.runs.runs_root", lambda: runs)
+    monkeypatch.setattr("core.model.runs.runs_root", lambda: runs)
     at = open_page(tiny_dataset)
     at.radio(key="map_source").set_value("run").run()
     assert not at.exception

@@ -23,8 +23,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.cache import cache_root
-from core.datasets import load_dataset
-from core.demo import DemoConfig, make_demo_dataset
+from core.data.datasets import load_dataset
+from core.data.demo import DemoConfig, make_demo_dataset
 from pages._shared import settings_path
 from tests.fake_tmdb import API_KEY, fake_tmdb  # noqa: F401 (fixture)
 

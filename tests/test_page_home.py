@@ -53,9 +53,9 @@ def test_magic_check_finds_a_string_after_a_constant():
 
 
 def test_home_counts_features_and_runs(tiny_features):
-    from core.experiment import run_experiment
-    from core.runs import delete_run, runs_for_dataset, save_run
-    from core.train import TrainConfig
+    from core.model.experiment import run_experiment
+    from core.model.runs import delete_run, runs_for_dataset, save_run
+    from core.model.config import TrainConfig
 
     dataset, features = tiny_features
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)

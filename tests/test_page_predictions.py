@@ -4,7 +4,7 @@ Behaviours locked in:
 - the page runs without exception and, with no run on the active dataset, says so and links to Train;
 - a run trained on other features is refused with the RunError message, not a traceback;
 - the grid shows every test poster of the run's split once, with its true genres;
-- the hit/miss filter keeps exactly the posters that core.metrics.top_k_hits says it should;
+- the hit/miss filter keeps exactly the posters that core.analysis.metrics.top_k_hits says it should;
 - the genre filter keeps posters whose true or predicted genres contain the genre; the confidence range
   filters on the top-1 probability, and an empty selection says so;
 - sorting by loss puts the poster with the highest binary cross-entropy first;
@@ -24,10 +24,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.experiment import labels_for, run_experiment
-from core.metrics import top_k_hits
-from core.runs import load_run, runs_root, save_run
-from core.train import TrainConfig
+from core.model.experiment import labels_for, run_experiment
+from core.analysis.metrics import top_k_hits
+from core.model.runs import load_run, runs_root, save_run
+from core.model.config import TrainConfig
 
 PAGE = "pages/predictions.py"
 
@@ -86,7 +86,7 @@ def test_newest_run_is_chosen_without_a_selection(tiny_dataset, saved_run):
 
 
 def test_no_run_on_the_dataset_says_so_and_stops(tmp_path):
-    from core.demo import DemoConfig, make_demo_dataset
+    from core.data.demo import DemoConfig, make_demo_dataset
 
     root = make_demo_dataset(tmp_path / "fresh", DemoConfig(n_posters=6, seed=1))
     at = open_page(root)
@@ -184,9 +184,9 @@ def png_bytes() -> bytes:
 
 def test_uploaded_poster_gets_every_genre_probability_and_its_nearest_training_posters(
         tiny_dataset, tiny_features, saved_run):
-    from core.embeddings import nearest_to_vector
-    from core.features import feature_view
-    from core.predict import Predictor
+    from core.analysis.embeddings import nearest_to_vector
+    from core.features.views import feature_view
+    from core.model.predict import Predictor
 
     dataset, features = tiny_features
     expected = Predictor(saved_run).predict_image(png_bytes(), "poster.png")
@@ -214,7 +214,7 @@ def test_a_text_file_named_jpg_is_refused_with_the_image_error(tiny_dataset, sav
 
 
 def test_predictor_refuses_bytes_that_are_not_an_image(saved_run):
-    from core.predict import Predictor
+    from core.model.predict import Predictor
 
     refused = Predictor(saved_run).predict_image(b"not an image", "notes.jpg")
     assert refused.top == [] and "not an image" in refused.error

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs import load_run, runs_root
+from core.model.runs import load_run, runs_root
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 CONTROL_KEYS = ("view", "hidden", "dropout", "input_dropout", "power_normalize", "standardize", "learning_rate",
@@ -168,8 +168,8 @@ def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monk
     from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
     from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
-    import core.experiment
-    from core.train import EpochLog
+    import core.model.experiment
+    from core.model.classifier import EpochLog
 
     calls = []
 
@@ -187,7 +187,7 @@ def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monk
         on_epoch(EpochLog(2, 0.6, None, 0.1, member))
         raise AssertionError("Stop did not interrupt training")
 
-    monkeypatch.setattr(core.experiment, "run_experiment", interrupted_training)
+    monkeypatch.setattr(core.model.experiment, "run_experiment", interrupted_training)
     at = train_page
     at.number_input(key="ensemble").set_value(members).run()
     before = run_folders()

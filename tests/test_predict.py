@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.predict``, genre predictions with a saved run.
+"""Behaviours locked in for ``core.model.predict``, genre predictions with a saved run.
 
 - ``Predictor.predict_features`` on feature rows gives ``(n, n_genres)`` probabilities in [0, 1],
   equal to the run's model on the run's feature view.
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from core.errors import RunError
-from core.experiment import run_experiment
-from core.extractor import ROW_DIM
-from core.predict import Predictor, predict_images
-from core.runs import load_run, save_run
-from core.train import TrainConfig
+from core.model.experiment import run_experiment
+from core.features.extractor import ROW_DIM
+from core.model.predict import Predictor, predict_images
+from core.model.runs import load_run, save_run
+from core.model.config import TrainConfig
 
 CONFIG = TrainConfig(feature_view="avg45", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
                      batch_size=8, k=3, seed=2)

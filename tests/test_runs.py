@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.runs`` (and ``core.experiment``), saved training runs.
+"""Behaviours locked in for ``core.model.runs`` (and ``core.model.experiment``), saved training runs.
 
 - ``save_run`` / ``load_run`` round-trip the config, the vocabulary order, a disjoint and covering
   split of the feature ids, the history and ``metrics.json`` with its required keys (k,
@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 
 from core.errors import RunError
-from core.experiment import run_experiment, run_key
-from core.runs import RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root, save_run
-from core.train import TrainConfig
-from core.weights import resolve_weights
+from core.model.experiment import run_experiment, run_key
+from core.model.runs import RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root, save_run
+from core.model.config import TrainConfig
+from core.features.weights import resolve_weights
 
 CONFIG = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
                      batch_size=8, k=2, seed=4)
@@ -197,8 +197,8 @@ def test_delete_run_deletes_a_run_and_refuses_other_folders(copy, tmp_path):
 
 def test_run_key_ignores_fields_left_at_their_defaults(tiny_features):
     """Adding a TrainConfig field with a default must not orphan the runs saved before it existed."""
-    from core.experiment import run_key
-    from core.train import TrainConfig
+    from core.model.experiment import run_key
+    from core.model.config import TrainConfig
 
     _, features = tiny_features
     assert run_key(features, TrainConfig()) == run_key(features, TrainConfig(ensemble=1))
@@ -206,7 +206,7 @@ def test_run_key_ignores_fields_left_at_their_defaults(tiny_features):
 
 
 def test_runs_for_dataset_label_and_hidden_activations(result, tiny_features, tmp_path):
-    from core.runs import runs_for_dataset
+    from core.model.runs import runs_for_dataset
 
     dataset, features = tiny_features
     folder = save_run(result, tmp_path / "runs" / "r1", dataset_info={"root": str(dataset.root.resolve())})

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-from core.datasets import load_dataset
-from core.extractor import FEATURE_DIM, ROW_DIM, get_extractor
-from core.images import load_pixels
-from core.weights import resolve_weights
+from core.data.datasets import load_dataset
+from core.features.extractor import FEATURE_DIM, ROW_DIM, get_extractor
+from core.data.images import load_pixels
+from core.features.weights import resolve_weights
 
 IMAGENET_SHA256 = "a2f51117308129c3de9a523c91d35160eb75a6a9e5db1e2afb4f48e48dfb733a"
 

@@ -1,4 +1,4 @@
-"""core.tmdb against the fake TMDB server on 127.0.0.1.
+"""core.sources.tmdb against the fake TMDB server on 127.0.0.1.
 
 Locks in: the finished dataset is complete and correct (ids = TMDB ids, files named by id, titles,
 genre names, posters decode, metadata.csv and dataset.json) and loads with zero skipped items; bad
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from core.acquire_cli import add_commands
-from core.datasets import load_dataset
+from core.cli.acquire import add_commands
+from core.data.datasets import load_dataset
 from core.errors import AuthError, PosterGenreError
-from core.http import HttpConfig
-from core.images import open_rgb
-from core.tmdb import TmdbConfig, TmdbCredentials, download_tmdb, load_credentials, parse_years
+from core.sources.http import HttpConfig
+from core.data.images import open_rgb
+from core.sources.tmdb import TmdbConfig, TmdbCredentials, download_tmdb, load_credentials, parse_years
 from tests.fake_tmdb import (API_KEY, INVALID_JSON, READ_TOKEN, SLOW, FakeTmdb, make_movies,
                              status)
 
@@ -346,6 +346,6 @@ def test_cli_interrupt_says_how_to_resume(cli_env, tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("core.acquire_cli.download_tmdb", interrupted)
+    monkeypatch.setattr("core.cli.acquire.download_tmdb", interrupted)
     assert _cli(["download-tmdb", "--out", str(tmp_path / "cli"), "--max-movies", "5"]) == 130
     assert "run the same command again" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Behaviours locked in for ``core.train``, the genre classifier.
+"""Behaviours locked in for ``core.model.classifier``, the genre classifier.
 
 - ``check_config`` refuses each bad field (hidden sizes, dropout, optimizer, learning rate, epochs,
   batch size, test and validation fractions, early stopping without validation, k, feature view)
@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 
 from core.errors import TrainingError
-from core.metrics import top_k_precision_recall
-from core.train import (PRESETS, GenreClassifier, TrainConfig, build_model, check_config, make_split,
-                        with_overrides)
+from core.analysis.metrics import top_k_precision_recall
+from core.model.config import PRESETS, TrainConfig, check_config, with_overrides
+from core.model.classifier import GenreClassifier, build_model, make_split
 
 FAST = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=3,
                    batch_size=16)
@@ -238,7 +238,7 @@ def test_ensemble_trains_each_member_on_its_own_fold_and_averages(data):
 
 
 def test_ensemble_folds_partition_the_training_rows():
-    from core.train import _member_rows
+    from core.model.classifier import _member_rows
 
     parts = list(_member_rows(10, dataclasses.replace(FAST, ensemble=3)))
     validation = np.concatenate([val for _, val in parts])

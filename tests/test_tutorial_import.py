@@ -1,4 +1,4 @@
-"""core.tutorial_import on tutorial-shaped pickles and a folder of title-named posters.
+"""core.sources.tutorial on tutorial-shaped pickles and a folder of title-named posters.
 
 Locks in: the import writes the standard layout (posters copied byte for byte, verified, named by
 TMDB id; labels with genre names; metadata.csv; dataset.json with source "tutorial") that loads
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.acquire_cli import add_commands
-from core.datasets import load_dataset
+from core.cli.acquire import add_commands
+from core.data.datasets import load_dataset
 from core.errors import DatasetError, UnsafePickleError
-from core.tutorial_import import ascii_key, import_tutorial, title_key
+from core.sources.tutorial import ascii_key, import_tutorial, title_key
 
 GENRES = {28: "Action", 12: "Adventure", 35: "Comedy", 18: "Drama", 27: "Horror", 878: "Science Fiction"}
 

@@ -1,4 +1,4 @@
-"""core.url_download: poster-URL tables into dataset folders, against real HTTP on 127.0.0.1.
+"""core.sources.url_table: poster-URL tables into dataset folders, against real HTTP on 127.0.0.1.
 
 Locks in: the "Movie Genre from its Poster" table (latin-1, ``imdbId,...,Genre,Poster``) works
 without options and loads with zero skipped items; common column names are found case-insensitively
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.acquire_cli import add_commands
-from core.datasets import load_dataset
+from core.cli.acquire import add_commands
+from core.data.datasets import load_dataset
 from core.errors import DatasetError
-from core.http import HttpConfig
-from core.url_download import UrlTableConfig, download_url_table, poster_bytes, safe_id
+from core.sources.http import HttpConfig
+from core.sources.url_table import UrlTableConfig, download_url_table, poster_bytes, safe_id
 from tests.fake_tmdb import FakeTmdb
 
 FAST = HttpConfig(requests_per_second=1000, timeout=0.3, max_retries=1, backoff_base=0.01)
@@ -166,7 +166,7 @@ def test_odd_image_formats_are_saved_as_png():
 
 
 def test_cli_download_urls_prints_every_failure(fake, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("core.url_download.HttpConfig",
+    monkeypatch.setattr("core.sources.url_table.HttpConfig",
                         lambda requests_per_second: FAST)
     table = _write_table(tmp_path / "MovieGenre.csv", _good_rows(fake) + _bad_rows(fake))
     parser = argparse.ArgumentParser()

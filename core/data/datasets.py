@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.cache import atomic_write_json, atomic_write_text
 from core.errors import DatasetError
-from core.images import IMAGE_EXTENSIONS
+from core.data.images import IMAGE_EXTENSIONS
 
 LABELS_FILE = "labels.csv"
 POSTERS_DIR = "posters"

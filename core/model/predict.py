@@ -8,9 +8,10 @@ from typing import Sequence
 import numpy as np
 
 from core.errors import ImageError, RunError, WeightsError
-from core.features import FeatureConfig, extract_one, feature_view
-from core.runs import Run, load_run
-from core.weights import resolve_weights
+from core.features.pipeline import FeatureConfig, extract_one
+from core.features.views import feature_view
+from core.model.runs import Run, load_run
+from core.features.weights import resolve_weights
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Predictor:
         self.model = run.model()
 
     def predict_features(self, rows: np.ndarray) -> np.ndarray:
-        """Probabilities for feature rows (``core.extractor``), in the run's vocabulary order."""
+        """Probabilities for feature rows (``core.features.extractor``), in the run's vocabulary order."""
         X = feature_view(np.atleast_2d(rows), self.run.config.feature_view)
         return np.asarray(self.model.predict(X.astype(np.float32), verbose=0))
 

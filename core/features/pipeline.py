@@ -9,22 +9,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.cache import atomic_save_npy, load_npy, memo_file_sha256, stable_hash
-from core.datasets import Dataset, Skipped
+from core.cache import memo_file_sha256, stable_hash
+from core.data.datasets import Dataset, Skipped
 from core.errors import CacheError, ImageError
-from core.extractor import BLOCK4_DIM, FEATURE_DIM, FEATURE_SHAPE, ROW_DIM, get_extractor, resolve_precision
-from core.feature_store import FeatureStore
-from core.images import RESAMPLING, load_pixels
-from core.weights import Weights, resolve_weights
+from core.features.extractor import FEATURE_DIM, ROW_DIM, get_extractor, resolve_precision
+from core.features.store import FeatureStore
+from core.features.views import feature_view
+from core.data.images import RESAMPLING, load_pixels
+from core.features.weights import Weights, resolve_weights
 
-FEATURE_VIEWS = {
-    "flatten": "VGG16 block5_pool flattened (25,088-d, as the tutorial)",
-    "avg": "global average pooling of the same 7x7x512 map (512-d)",
-    "max": "global max pooling of the same 7x7x512 map (512-d)",
-    "avg45": "global average pooling of block4_pool and block5_pool, side by side (1,024-d)",
-}
-CHANNELS = FEATURE_SHAPE[-1]
-VIEW_DIMS = {"flatten": FEATURE_DIM, "avg": CHANNELS, "max": CHANNELS, "avg45": BLOCK4_DIM + CHANNELS}
 PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-2"
 
 
@@ -56,7 +49,7 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass
 class FeatureSet:
-    """Feature rows (see ``core.extractor``) of a dataset's usable posters, row ``i`` of ``ids[i]``."""
+    """Feature rows (see ``core.features.extractor``) of a dataset's usable posters, row ``i`` of ``ids[i]``."""
 
     rows: np.ndarray
     ids: list[str]
@@ -211,45 +204,6 @@ def _decode_batch(batch: list[tuple[Path, str]], config: FeatureConfig):
             errors.append((key, str(err)))
     pixels = np.stack(arrays) if arrays else np.empty((0, config.image_size, config.image_size, 3), np.uint8)
     return keys, pixels, errors
-
-
-def feature_view(rows: np.ndarray, name: str, *, cache_key: str | None = None) -> np.ndarray:
-    """The tutorial's flattened vector, or a pooling of the same forward pass's maps.
-
-    Pooled views are derived from the cached rows (Keras flattens channels last, so the first
-    25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is given.
-    """
-    if name not in FEATURE_VIEWS:
-        raise ValueError(f"unknown feature view {name!r}; choose from {', '.join(FEATURE_VIEWS)}")
-    if name == "flatten":
-        return rows[:, :FEATURE_DIM]
-    from core.cache import cache_root
-
-    path = cache_root() / "views" / f"{cache_key}-{name}.npy" if cache_key else None
-    if path is not None and path.exists():
-        try:
-            return load_npy(path, shape=(len(rows), VIEW_DIMS[name]), dtype="float32", mmap=False)
-        except CacheError:
-            pass
-    pooled = pool_features(rows, name)
-    if path is not None:
-        atomic_save_npy(path, pooled)
-    return pooled
-
-
-def pool_features(rows: np.ndarray, name: str, chunk: int = 1024) -> np.ndarray:
-    """A pooled view of feature rows, computed in chunks (works on a memmap)."""
-    out = np.empty((len(rows), VIEW_DIMS[name]), dtype=np.float32)
-    for start in range(0, len(rows), chunk):
-        block = np.asarray(rows[start:start + chunk])
-        top = block[:, :FEATURE_DIM].reshape(len(block), -1, CHANNELS)
-        if name == "avg":
-            out[start:start + chunk] = top.mean(axis=1)
-        elif name == "max":
-            out[start:start + chunk] = top.max(axis=1)
-        else:
-            out[start:start + chunk] = np.hstack([block[:, FEATURE_DIM:], top.mean(axis=1)])
-    return out
 
 
 def extract_one(source, config: FeatureConfig = FeatureConfig(), weights: Weights | None = None) -> np.ndarray:

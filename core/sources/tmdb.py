@@ -2,7 +2,7 @@
 
 ``download_tmdb`` pages through a movie list (popular, top rated or discover), names genres from
 ``/genre/movie/list`` (ids TMDB no longer lists, such as the retired 10769, are kept under a clear
-name and reported), and hands the movies to ``core.url_download.build_dataset``, which saves the
+name and reported), and hands the movies to ``core.sources.url_table.build_dataset``, which saves the
 verified posters by TMDB id and resumes an interrupted run. The fetched list is kept in
 ``progress.json`` so a rerun with the same arguments makes no API calls for it.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.cache import atomic_write_json, read_json
-from core.datasets import Skipped
+from core.data.datasets import Skipped
 from core.errors import AuthError, CacheError, DownloadError, PosterGenreError
-from core.http import HttpClient, HttpConfig, redact
-from core.url_download import AcquireResult, PosterItem, Progress, build_dataset
+from core.sources.http import HttpClient, HttpConfig, redact
+from core.sources.url_table import AcquireResult, PosterItem, Progress, build_dataset
 
 API_BASE_ENV = "TMDB_API_BASE"
 IMAGE_BASE_ENV = "TMDB_IMAGE_BASE"

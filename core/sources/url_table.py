@@ -19,11 +19,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from core.cache import atomic_write_bytes, atomic_write_text
-from core.datasets import (GENRE_SEPARATOR, METADATA_FILE, POSTERS_DIR, Skipped, read_info,
+from core.data.datasets import (GENRE_SEPARATOR, METADATA_FILE, POSTERS_DIR, Skipped, read_info,
                            write_info, write_labels)
 from core.errors import DatasetError, ImageError, PosterGenreError
-from core.http import HttpClient, HttpConfig
-from core.images import IMAGE_EXTENSIONS, check_image_bytes, open_rgb
+from core.sources.http import HttpClient, HttpConfig
+from core.data.images import IMAGE_EXTENSIONS, check_image_bytes, open_rgb
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``, called from the caller's thread."""

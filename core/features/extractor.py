@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import WeightsError
-from core.weights import RANDOM_SEED, Weights
+from core.features.weights import RANDOM_SEED, Weights
 
 FEATURE_SHAPE = (7, 7, 512)
 FEATURE_DIM = 7 * 7 * 512

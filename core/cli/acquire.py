@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from core.errors import DownloadError
-from core.progress_line import ProgressLine
-from core.tmdb import LISTS, TmdbConfig, download_tmdb, parse_years
-from core.tutorial_import import import_tutorial
-from core.url_download import AcquireResult, UrlTableConfig, download_url_table
+from core.progress import ProgressLine
+from core.sources.tmdb import LISTS, TmdbConfig, download_tmdb, parse_years
+from core.sources.tutorial import import_tutorial
+from core.sources.url_table import AcquireResult, UrlTableConfig, download_url_table
 
 INTERRUPTED_EXIT = 130
 

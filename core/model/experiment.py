@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.cache import stable_hash
-from core.datasets import Dataset, GenreVocabulary
+from core.data.datasets import Dataset, GenreVocabulary
 from core.errors import TrainingError
-from core.features import FeatureSet
-from core.metrics import Evaluation, evaluate
-from core.train import BatchFn, EpochFn, EpochLog, GenreClassifier, Split, StopFn, TrainConfig, make_split
+from core.features.pipeline import FeatureSet
+from core.analysis.metrics import Evaluation, evaluate
+from core.model.classifier import BatchFn, EpochFn, EpochLog, GenreClassifier, Split, StopFn, make_split
+from core.model.config import TrainConfig
 
 RUN_VERSION = 1
 

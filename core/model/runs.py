@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, read_json
-from core.datasets import GenreVocabulary
+from core.data.datasets import GenreVocabulary
 from core.errors import CacheError, DatasetError, RunError
-from core.experiment import ExperimentResult, RUN_VERSION, run_key
-from core.features import FeatureSet
-from core.train import EpochLog, TrainConfig
+from core.model.experiment import ExperimentResult, RUN_VERSION, run_key
+from core.features.pipeline import FeatureSet
+from core.model.classifier import EpochLog
+from core.model.config import TrainConfig
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 
@@ -120,7 +121,7 @@ class Run:
     def model(self):
         import keras
 
-        from core.train import custom_layers
+        from core.model.classifier import custom_layers
 
         custom_layers()
         try:
@@ -143,7 +144,7 @@ class Run:
 
     def hidden_activations(self, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Last hidden layer activations for rows of the run's feature view (first member of an ensemble)."""
-        from core.train import hidden_model
+        from core.model.classifier import hidden_model
 
         encoder = hidden_model(self.model(), self.config)
         blocks = [np.asarray(encoder.predict_on_batch(np.asarray(X[start:start + batch_size], dtype=np.float32)))

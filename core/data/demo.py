@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.cache import cache_root
-from core.datasets import INFO_FILE, LABELS_FILE, POSTERS_DIR, read_info, write_info, write_labels
+from core.data.datasets import INFO_FILE, LABELS_FILE, POSTERS_DIR, read_info, write_info, write_labels
 from core.errors import DatasetError
 
 GENERATOR_VERSION = 1

@@ -1,0 +1,1 @@
+"""``python -m core``: the pipeline commands (``main``) and the data-acquisition commands (``acquire``)."""

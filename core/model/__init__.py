@@ -1,0 +1,1 @@
+"""The genre classifier: options and presets (``config``), the network (``classifier``), one experiment end to end (``experiment``), saved runs (``runs``), predictions for new posters (``predict``)."""
