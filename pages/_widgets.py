@@ -17,6 +17,7 @@ import streamlit as st
 from PIL import Image
 
 import core.model.runs
+from core.analysis.metrics import Interval
 from core.errors import ImageError
 from core.features.pipeline import FeatureSet
 from core.data.images import thumbnail
@@ -142,28 +143,26 @@ def run_selector(runs: list[Run], *, key: str = "run_select", label: str = "Run"
 
 
 def random_run_warning(run: Run, consequence: str = "its numbers say nothing about posters") -> None:
-    if run.metrics.get("random_weights"):
+    if run.weights.is_random:
         st.warning(f"⚠️ This run was trained on features from RANDOM VGG16 weights: {consequence}.")
 
 
 # ---- metrics ------------------------------------------------------------------------------------
 
-def fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def metric_with_prior(target, label: str, metrics: dict, name: str) -> None:
+def metric_with_prior(target, label: str, model: Interval, prior: Interval) -> None:
     """A headline metric, its difference to the frequency prior, and both 95% bootstrap intervals."""
-    value, prior = metrics.get(name), metrics.get(f"prior_{name}")
-    delta = None if value is None or prior is None else f"{value - prior:+.3f} vs prior"
-    target.metric(label, fmt(value), delta=delta)
-    target.caption(f"95% bootstrap interval {fmt(metrics.get(f'{name}_low'))}–{fmt(metrics.get(f'{name}_high'))}"
-                   f"  \nfrequency prior {fmt(prior)} ({fmt(metrics.get(f'prior_{name}_low'))}–"
-                   f"{fmt(metrics.get(f'prior_{name}_high'))})")
+    delta = f"{model.value - prior.value:+.3f} vs prior"
+    target.metric(label, fmt(model.value), delta=None if math.isnan(model.value - prior.value) else delta)
+    target.caption(f"95% bootstrap interval {fmt(model.low)}–{fmt(model.high)}"
+                   f"  \nfrequency prior {fmt(prior.value)} ({fmt(prior.low)}–{fmt(prior.high)})")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _per_genre(folder: str, created: str, _run: Run) -> pd.DataFrame | None:
+def _per_genre(token: tuple, _run: Run) -> pd.DataFrame | None:
     try:
         table = _run.per_genre()
     except (OSError, ValueError):
@@ -173,7 +172,7 @@ def _per_genre(folder: str, created: str, _run: Run) -> pd.DataFrame | None:
 
 def per_genre_table(run: Run) -> pd.DataFrame | None:
     """The run's saved per-genre report, or None when ``per_genre.csv`` is missing or does not match."""
-    return _per_genre(str(run.folder), run.info.get("created", ""), run)
+    return _per_genre(run.cache_token, run)
 
 
 def show_per_genre(table: pd.DataFrame, k: int, key: str = "per_genre_table") -> None:

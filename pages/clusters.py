@@ -8,12 +8,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.data.datasets import GenreVocabulary
 from core.analysis.embeddings import (METRICS, Embedding, UmapConfig, cached_knn_indices, cached_umap, compute_umap,
                              genre_membership, knn_genre_agreement, knn_indices, nearest_neighbors,
                              primary_genre)
 from core.errors import PosterGenreError
-from core.model.experiment import labels_for
+from core.model.experiment import genre_labels
 from core.features.views import FEATURE_VIEWS
 from core.model.runs import Run
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
@@ -50,9 +49,8 @@ def poster_table(dataset, features) -> Posters:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _features):
-    labels = labels_for(_dataset, _features.ids)
-    genres = GenreVocabulary.from_labels(labels).genres
-    Y = GenreVocabulary(genres).encode(labels)
+    truth = genre_labels(_dataset, _features.ids)
+    labels, genres, Y = truth.labels, truth.vocabulary.genres, truth.Y
     path_of = {poster.id: str(poster.path) for poster in _dataset.posters}
     title_of = {poster.id: poster.title for poster in _dataset.posters}
     frame = pd.DataFrame({
@@ -67,7 +65,7 @@ def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _feature
 
 
 @st.cache_resource(show_spinner="Computing the run's hidden-layer activations…", max_entries=4)
-def hidden_activations(run_key: str, created: str, features_key: str, _run: Run, _features) -> np.ndarray:
+def hidden_activations(run_token: tuple, features_key: str, _run: Run, _features) -> np.ndarray:
     """The last hidden layer of the run's MLP (its first network, for an ensemble) for every poster."""
     return _run.hidden_activations(view_matrix(_features, _run.config.feature_view))
 
@@ -128,10 +126,9 @@ def source_controls(dataset, features) -> MapSource:
     runs = map_runs(dataset, features)
     require_runs(runs, dataset)
     run = run_selector(runs, key="map_run", help="Runs on this dataset's features, newest first.")
-    created = run.info.get("created", "")
     try:
         run.check_features(features)
-        X = hidden_activations(run.key, created, features.key, run, features)
+        X = hidden_activations(run.cache_token, features.key, run, features)
     except PosterGenreError as err:
         st.error(str(err))
         st.stop()
@@ -139,9 +136,9 @@ def source_controls(dataset, features) -> MapSource:
                "the map shows what the model learned, not what the posters share on their own."
                + (f" An ensemble's map shows the first of its {run.config.ensemble} networks."
                   if run.config.ensemble > 1 else ""))
-    # ``created`` keeps a retrained run (same key, new weights) from reusing the old map on disk.
+    # ``Run.created`` keeps a retrained run (same key, new weights) from reusing the old map on disk.
     return MapSource(f"hidden layer {len(run.config.hidden)} ({X.shape[1]}-d) of run {run.key[:8]}",
-                     f"{features.key}-run-{run.key}-{created}", X)
+                     f"{features.key}-run-{run.key}-{run.created}", X)
 
 
 def umap_controls() -> UmapConfig:

@@ -12,12 +12,11 @@ import streamlit as st
 from core.data.datasets import Dataset
 from core.analysis.embeddings import nearest_to_vector
 from core.errors import ImageError, PosterGenreError
-from core.model.experiment import labels_for
 from core.features.pipeline import FeatureSet
 from core.features.views import feature_view
 from core.data.images import check_image_bytes
-from core.analysis.metrics import per_genre_report, top_k_indices
-from core.model.predict import PosterPrediction, Predictor
+from core.analysis.metrics import per_genre_report
+from core.model.predict import PosterPrediction, Predictor, ScoredPosters, score_test_posters
 from core.model.runs import Run
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
@@ -40,7 +39,6 @@ SORTS = {
     "test split order": ("order", True),
 }
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
-_EPSILON = 1e-7
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|$~])")
 
 
@@ -57,41 +55,10 @@ def escape(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
-def poster_table(run: Run, dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """One row per test poster (``run.split['test']`` order) with its hits, loss and confidence."""
-    ids = list(run.split["test"])
-    true_genres = labels_for(dataset, ids)
-    Y = run.vocabulary.encode(true_genres)
-    scores = run.test_scores()
-    k = run.config.k
-    top = top_k_indices(scores, k=k)
-    hits = np.take_along_axis(Y, top, axis=1).sum(axis=1).astype(int)
-    n_true = Y.sum(axis=1).astype(int)
-    clipped = np.clip(scores, _EPSILON, 1 - _EPSILON)
-    loss = -(Y * np.log(clipped) + (1 - Y) * np.log(1 - clipped)).mean(axis=1)
-    genres = run.vocabulary.genres
-    posters = {poster.id: poster for poster in dataset.posters}
-    frame = pd.DataFrame({
-        "id": ids,
-        "title": [posters[id_].title for id_ in ids],
-        "path": [str(posters[id_].path) for id_ in ids],
-        "true": true_genres,
-        "predicted": [tuple((genres[j], float(scores[i, j])) for j in row) for i, row in enumerate(top)],
-        "hits": hits,
-        "n_true": n_true,
-        "precision": hits / k,
-        "recall": np.divide(hits, n_true, out=np.zeros(len(ids)), where=n_true > 0),
-        "loss": loss,
-        "confidence": scores.max(axis=1),
-        "order": np.arange(len(ids)),
-    })
-    return frame, Y, scores
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
-def cached_poster_table(folder: str, created: str, root: str, dataset_fingerprint: tuple, _run: Run,
-                        _dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    return poster_table(_run, _dataset)
+def scored_posters(run_token: tuple, root: str, dataset_fingerprint: tuple, _run: Run,
+                   _dataset: Dataset) -> ScoredPosters:
+    return score_test_posters(_run, _dataset)
 
 
 def outcome_mask(table: pd.DataFrame, outcome: str, k: int) -> pd.Series:
@@ -194,12 +161,12 @@ def draw_detail(row, probabilities: np.ndarray, genres: tuple[str, ...], k: int)
 
 
 def draw_headline(run: Run) -> None:
-    metrics, k = run.metrics, run.config.k
+    evaluation, k = run.evaluation, run.config.k
     precision_cell, recall_cell, ap_cell, count_cell = st.columns(4)
-    metric_with_prior(precision_cell, f"Precision@{k}", metrics, "precision_at_k")
-    metric_with_prior(recall_cell, f"Recall@{k}", metrics, "recall_at_k")
-    ap_cell.metric("Mean average precision", fmt(metrics.get("mean_average_precision")))
-    count_cell.metric("Test posters", f"{metrics.get('n_test', len(run.split['test'])):,}")
+    metric_with_prior(precision_cell, f"Precision@{k}", evaluation.precision_at_k, evaluation.prior_precision_at_k)
+    metric_with_prior(recall_cell, f"Recall@{k}", evaluation.recall_at_k, evaluation.prior_recall_at_k)
+    ap_cell.metric("Mean average precision", fmt(evaluation.mean_average_precision))
+    count_cell.metric("Test posters", f"{evaluation.n_test:,}")
     if run.config.ensemble > 1:
         count_cell.caption(f"probabilities averaged over {run.config.ensemble} networks")
 
@@ -216,18 +183,18 @@ def draw_per_genre(run: Run, Y: np.ndarray, scores: np.ndarray) -> None:
 
 
 @st.cache_resource(show_spinner="Loading the run's model and VGG16…", max_entries=2)
-def get_predictor(folder: str, created: str, _run: Run) -> Predictor:
+def get_predictor(run_token: tuple, _run: Run) -> Predictor:
     return Predictor(_run)
 
 
 @st.cache_data(show_spinner="Predicting…", max_entries=16)
-def predict_upload(folder: str, created: str, digest: str, name: str, _run: Run, _data: bytes) -> PosterPrediction:
+def predict_upload(run_token: tuple, digest: str, name: str, _run: Run, _data: bytes) -> PosterPrediction:
     """Prediction for uploaded bytes, cached by content so reruns do not recompute VGG16."""
-    return get_predictor(folder, created, _run).predict_image(_data, name)
+    return get_predictor(run_token, _run).predict_image(_data, name)
 
 
 @st.cache_data(show_spinner="Finding the nearest training posters…", max_entries=16)
-def nearest_train_posters(features_key: str, view: str, folder: str, digest: str, _features: FeatureSet,
+def nearest_train_posters(features_key: str, view: str, run_token: tuple, digest: str, _features: FeatureSet,
                           _train_ids: list[str], _vector: np.ndarray) -> list[tuple[str, float]]:
     """Cosine over all rows of the view, then the best training posters (no copy of a 25,088-d matrix)."""
     X = view_matrix(_features, view)
@@ -266,10 +233,9 @@ def draw_upload(run: Run, features: FeatureSet, dataset: Dataset) -> None:
     except ImageError as err:
         st.error(str(err))
         return
-    folder, created = str(run.folder), run.info.get("created", "")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        prediction = predict_upload(folder, created, digest, uploaded.name, run, data)
+        prediction = predict_upload(run.cache_token, digest, uploaded.name, run, data)
     except PosterGenreError as err:
         st.error(str(err))
         return
@@ -281,7 +247,7 @@ def draw_upload(run: Run, features: FeatureSet, dataset: Dataset) -> None:
     with prediction_col:
         draw_upload_prediction(prediction, run.vocabulary.genres)
     view = run.config.feature_view
-    neighbours = nearest_train_posters(features.key, view, folder, digest, features, run.split["train"],
+    neighbours = nearest_train_posters(features.key, view, run.cache_token, digest, features, run.split["train"],
                                        prediction.features)
     draw_neighbours(neighbours, dataset)
 
@@ -297,13 +263,12 @@ run = run_selector(runs)
 features = require_features(dataset)
 try:
     run.check_features(features)
-    table, Y, scores = cached_poster_table(str(run.folder), run.info.get("created", ""), str(dataset.root),
-                                           fingerprint(dataset.root), run, dataset)
+    scored = scored_posters(run.cache_token, str(dataset.root), fingerprint(dataset.root), run, dataset)
 except PosterGenreError as err:
     st.error(str(err))
     st.stop()
 random_run_warning(run, "its predictions test the pipeline and say nothing about posters")
-k = run.config.k
+table, k = scored.table, run.config.k
 draw_headline(run)
 
 posters_tab, genres_tab, upload_tab = st.tabs(["Test posters", "Per genre", "Upload a poster"])
@@ -313,7 +278,7 @@ with posters_tab:
     st.markdown("#### Poster detail")
     detail_id = detail_controls(shown, table)
     detail_index = int(np.flatnonzero(table["id"].to_numpy() == detail_id)[0])
-    draw_detail(next(table.iloc[[detail_index]].itertuples(index=False)), scores[detail_index],
+    draw_detail(next(table.iloc[[detail_index]].itertuples(index=False)), scored.scores[detail_index],
                 run.vocabulary.genres, k)
     st.divider()
     if shown.empty:
@@ -324,6 +289,6 @@ with posters_tab:
                    f"({len(table)} in the test split)")
         draw_grid(shown.iloc[first:first + PAGE_SIZE])
 with genres_tab:
-    draw_per_genre(run, Y, scores)
+    draw_per_genre(run, scored.Y, scored.scores)
 with upload_tab:
     draw_upload(run, features, dataset)

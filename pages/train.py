@@ -1,9 +1,7 @@
 """Train: hyperparameter experiments on the cached features, compared against the frequency prior."""
 from __future__ import annotations
 
-import datetime as dt
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -12,41 +10,28 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import PosterGenreError, TrainingError
-from core.model.experiment import ExperimentResult, run_experiment
-from core.features.views import FEATURE_VIEWS
 from core.features.pipeline import FeatureSet
-from core.model.runs import Run, delete_run, find_run, save_run
-from core.model.config import OPTIMIZERS, PRESET_NOTES, PRESETS, TrainConfig, check_config
 from core.model.classifier import BatchProgress, EpochLog
+from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESETS, TRAIN_OPTIONS, TrainConfig, TrainOption,
+                               check_config, config_from_values, config_values)
+from core.model.experiment import ExperimentResult, run_experiment
+from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, epochs_text, find_run,
+                             runs_table, save_run)
 from pages._shared import active_dataset, require_features, route_through_app
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)
 
-LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
-CONTROL_KEYS = ("view", "power_normalize", "standardize", "input_dropout", "hidden", "dropout", "learning_rate",
-                "optimizer", "epochs", "batch_size", "seed", "test_size", "ensemble", "validation_split",
-                "early_stopping", "patience", "k", "threshold")
+CONTROL_KEYS = tuple(option.name for option in TRAIN_OPTIONS)
+CONTROL_COLUMNS = (("Features", "Network"), ("Optimisation",), ("Split, ensemble and stopping", "Evaluation"))
 FORM_MEMORY = "train_form"
-X_CHOICES = ("learning rate", "dropout", "input dropout", "hidden", "view", "optimizer", "power normalize",
-             "standardize", "ensemble", "epochs run", "batch", "seed", "test fraction", "train seconds")
-Y_CHOICES = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
+HIDDEN_TABLE_COLUMNS = ("run", "epochs run", "precision@k − prior", "mean AP")
 MEMBER_COLOURS = px.colors.qualitative.Plotly
-ENSEMBLE_HELP = ("K networks, each trained on (K−1)/K of the training posters and early-stopped on the "
-                 "remaining fold; their genre probabilities are averaged. Steadier than one network, "
-                 "K times the training time. With K > 1 the validation fraction is not used.")
 
 
 # ---- controls ---------------------------------------------------------------------------------
 
-def control_values(config: TrainConfig) -> dict:
-    """Widget values (by session-state key) that show ``config``."""
-    values = {"view" if name == "feature_view" else name: value for name, value in vars(config).items()}
-    values["hidden"] = ",".join(str(size) for size in config.hidden)
-    return values
-
-
 def set_controls(config: TrainConfig) -> None:
-    for key, value in control_values(config).items():
+    for key, value in config_values(config).items():
         st.session_state[key] = value
 
 
@@ -58,24 +43,13 @@ def init_controls() -> None:
     """Restore the form after a page switch (Streamlit drops widget state of pages not shown)."""
     memory = st.session_state.get(FORM_MEMORY, {})
     st.session_state.setdefault("preset", memory.get("preset", "tutorial"))
-    defaults = {**control_values(PRESETS[st.session_state.preset]), **memory}
+    defaults = {**config_values(PRESETS[st.session_state.preset]), **memory}
     for key in CONTROL_KEYS:
         st.session_state.setdefault(key, defaults[key])
 
 
 def remember_controls() -> None:
     st.session_state[FORM_MEMORY] = {key: st.session_state[key] for key in ("preset", *CONTROL_KEYS)}
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        sizes = ()
-    if not sizes or any(size < 1 for size in sizes):
-        raise TrainingError(f"hidden layer sizes {text!r} are not a list of positive integers",
-                            "write them comma-separated, e.g. 1024,256 or 512")
-    return sizes
 
 
 def preset_controls() -> str:
@@ -85,68 +59,45 @@ def preset_controls() -> str:
     return preset
 
 
+def option_widget(option: TrainOption) -> None:
+    """The widget of one training option, keyed by its field name, with the option's label, help and range."""
+    key, help_text = option.name, option.help or None
+    low, high = option.widget_bounds()
+    if option.kind == "bool":
+        st.checkbox(option.label, key=key, help=help_text)
+    elif option.kind == "choice" and option.choice_notes:
+        st.radio(option.label, option.choices, key=key, captions=list(option.choice_notes), help=help_text)
+    elif option.kind == "choice":
+        st.selectbox(option.label, option.choices, key=key, help=help_text)
+    elif option.kind == "int_list":
+        st.text_input(option.label, key=key, help=help_text)
+    elif option.grid:
+        values = sorted({*option.grid, float(st.session_state[key])})
+        st.select_slider(f"{option.label} (log scale)", values, key=key, help=help_text,
+                         format_func=lambda value: f"{value:.0e}")
+    elif option.kind == "float":
+        unused = key == "validation_split" and st.session_state.ensemble > 1
+        st.slider(option.label, low, high, step=option.step, key=key, help=help_text, disabled=unused)
+        if unused:
+            st.caption("Validation fraction unused: each of the networks validates on its own fold.")
+    else:
+        st.number_input(option.label, min_value=low, max_value=high, step=option.step, key=key, help=help_text)
+
 
 def train_controls() -> None:
-    features_col, network_col, fitting_col = st.columns(3)
-    with features_col:
-        st.markdown("**Features**")
-        st.radio("Feature view", list(FEATURE_VIEWS), key="view", captions=list(FEATURE_VIEWS.values()))
-        st.caption("The pooled views come from the same cache as the tutorial's flattened vector and train "
-                   "much faster than its 25,088 dimensions.")
-        st.checkbox("Square-root features", key="power_normalize",
-                    help="sign(x)·√|x| of each feature, inside the model and before standardising: damps the "
-                         "few very large activations of pooled CNN features.")
-        st.checkbox("Standardize features", key="standardize",
-                    help="Mean 0, variance 1 per feature, measured on the training split.")
-        st.slider("Dropout on the input features", 0.0, 0.9, step=0.05, key="input_dropout",
-                  help="Drops a random share of the (standardised) features at each training step, so no "
-                       "network leans on a few of them.")
-        st.markdown("**Network**")
-        st.text_input("Hidden layer sizes", key="hidden", help="Comma-separated, e.g. 1024,256 (the tutorial) or 512")
-        st.slider("Dropout after each hidden layer", 0.0, 0.95, step=0.05, key="dropout")
-    with network_col:
-        st.markdown("**Optimisation**")
-        st.selectbox("Optimizer", OPTIMIZERS, key="optimizer")
-        rates = sorted({*LEARNING_RATES, float(st.session_state.learning_rate)})
-        st.select_slider("Learning rate (log scale)", rates, key="learning_rate",
-                         format_func=lambda rate: f"{rate:.0e}")
-        st.number_input("Epochs", min_value=1, max_value=2000, step=1, key="epochs")
-        st.number_input("Batch size", min_value=1, max_value=8192, step=16, key="batch_size")
-        st.number_input("Seed (split, initialisation, bootstrap)", min_value=0, step=1, key="seed")
-    with fitting_col:
-        st.markdown("**Split, ensemble and stopping**")
-        st.slider("Test fraction", 0.05, 0.9, step=0.05, key="test_size")
-        members = st.number_input("Ensemble (networks averaged)", min_value=1, max_value=20, step=1,
-                                  key="ensemble", help=ENSEMBLE_HELP)
-        st.slider("Validation fraction (of the rest)", 0.0, 0.9, step=0.05, key="validation_split",
-                  disabled=members > 1)
-        if members > 1:
-            st.caption("Validation fraction unused: each of the networks validates on its own fold.")
-        st.checkbox("Early stopping on validation loss", key="early_stopping",
-                    help="With an ensemble, each network stops on the loss of its own held-out fold.")
-        st.number_input("Patience (epochs)", min_value=1, max_value=500, step=1, key="patience")
-        st.markdown("**Evaluation**")
-        st.number_input("k (top-k genres per poster)", min_value=1, max_value=50, step=1, key="k")
-        st.slider("Threshold for F1", 0.05, 0.95, step=0.05, key="threshold")
+    for column, groups in zip(st.columns(len(CONTROL_COLUMNS)), CONTROL_COLUMNS):
+        with column:
+            for group in groups:
+                st.markdown(f"**{group}**")
+                for option in TRAIN_OPTIONS:
+                    if option.group == group:
+                        option_widget(option)
 
 
 def config_from_controls(n_genres: int) -> TrainConfig:
     """The controls as a checked ``TrainConfig``; raises ``TrainingError`` for invalid combinations."""
-    state = st.session_state
-    ensemble = int(state.ensemble)
-    config = TrainConfig(
-        feature_view=state.view, hidden=parse_hidden(state.hidden), dropout=round(state.dropout, 4),
-        input_dropout=round(state.input_dropout, 4), power_normalize=bool(state.power_normalize),
-        standardize=bool(state.standardize),
-        learning_rate=float(state.learning_rate), optimizer=state.optimizer, epochs=int(state.epochs),
-        batch_size=int(state.batch_size), seed=int(state.seed), test_size=round(state.test_size, 4),
-        ensemble=ensemble, validation_split=round(state.validation_split, 4) if ensemble == 1 else 0.0,
-        early_stopping=bool(state.early_stopping), patience=int(state.patience), k=int(state.k),
-        threshold=round(state.threshold, 4))
-    check_config(config)
-    if config.k > n_genres:
-        raise TrainingError(f"k={config.k} but the dataset has only {n_genres} genres",
-                            f"choose k between 1 and {n_genres}")
+    config = config_from_values({key: st.session_state[key] for key in CONTROL_KEYS})
+    check_config(config, n_genres=n_genres)
     return config
 
 
@@ -201,18 +152,6 @@ def epoch_text(entry: EpochLog, config: TrainConfig) -> str:
             f"· {entry.seconds:.1f} s/epoch")
 
 
-def epochs_per_member(history: list[EpochLog]) -> list[int]:
-    counts = Counter(entry.member for entry in history)
-    return [counts[member] for member in sorted(counts)]
-
-
-def epochs_text(history: list[EpochLog], config: TrainConfig, fallback=None) -> str:
-    """``12/60``, or ``9–14/60 ×5`` for an ensemble whose members stopped at different epochs."""
-    counts = epochs_per_member(history) or [fallback if fallback is not None else "?"]
-    ran = f"{min(counts)}–{max(counts)}" if len(set(counts)) > 1 else str(counts[0])
-    return f"{ran}/{config.epochs}" + (f" ×{len(counts)}" if len(counts) > 1 else "")
-
-
 def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict) -> ExperimentResult:
     """Train with a progress bar and live loss curves; Stop makes Streamlit interrupt the script at the
     next st call in ``on_epoch``. ``record`` (a dict held in session_state) outlives that interruption."""
@@ -249,8 +188,7 @@ def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict)
 
 
 def save_trained(dataset, result: ExperimentResult, record: dict) -> Path:
-    folder = save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name,
-                                            "synthetic": dataset.synthetic, "n_posters": len(dataset)})
+    folder = save_run(result)
     record["saved"] = str(folder)
     st.session_state.training_in_progress = False
     return folder
@@ -287,100 +225,42 @@ def select_run(folder: Path) -> None:
     st.session_state.run_select = str(folder)
 
 
-def created_label(run: Run) -> str:
-    try:
-        return dt.datetime.fromisoformat(run.info["created"]).astimezone().strftime("%Y-%m-%d %H:%M")
-    except (KeyError, ValueError):
-        return "?"
-
-
-def hidden_label(config: TrainConfig) -> str:
-    return "→".join(str(size) for size in config.hidden)
-
-
-def runs_table(runs: list[Run]) -> pd.DataFrame:
-    rows = []
-    for run in runs:
-        config, metrics = run.config, run.metrics
-        precision, prior = metrics.get("precision_at_k"), metrics.get("prior_precision_at_k")
-        per_member = epochs_per_member(run.history)
-        rows.append({
-            "created": created_label(run), "view": config.feature_view, "hidden": hidden_label(config),
-            "dropout": config.dropout, "input dropout": config.input_dropout,
-            "power normalize": config.power_normalize, "standardize": config.standardize,
-            "learning rate": config.learning_rate,
-            "optimizer": config.optimizer, "ensemble": config.ensemble,
-            "epochs": epochs_text(run.history, config, metrics.get("epochs_run")),
-            "epochs run": sum(per_member) / len(per_member) if per_member else metrics.get("epochs_run"),
-            "batch": config.batch_size, "seed": config.seed, "test fraction": config.test_size, "k": config.k,
-            "precision@k": precision, "prior": prior,
-            "precision@k − prior": None if precision is None or prior is None else precision - prior,
-            "recall@k": metrics.get("recall_at_k"), "micro F1": metrics.get("micro_f1"),
-            "macro F1": metrics.get("macro_f1"), "mean AP": metrics.get("mean_average_precision"),
-            "train seconds": metrics.get("train_seconds"), "weights": metrics.get("weights"),
-            "run": run.label(),
-        })
-    return pd.DataFrame(rows)
-
-
-TABLE_COLUMNS = ("created", "view", "power normalize", "standardize", "input dropout", "hidden", "dropout",
-                 "learning rate", "optimizer", "ensemble", "epochs", "batch", "seed", "k", "precision@k", "prior",
-                 "recall@k", "micro F1", "macro F1", "train seconds", "weights")
-
-
 def show_table(table: pd.DataFrame) -> None:
     number = {name: st.column_config.NumberColumn(format="%.3f")
               for name in ("precision@k", "prior", "recall@k", "micro F1", "macro F1")}
-    st.dataframe(table[list(TABLE_COLUMNS)], hide_index=True, key="runs_table", column_config={
-        **number, "learning rate": st.column_config.NumberColumn(format="%.0e"),
-        "power normalize": st.column_config.CheckboxColumn("√ features"),
+    shown = [column for column in table.columns if column not in HIDDEN_TABLE_COLUMNS]
+    st.dataframe(table[shown], hide_index=True, key="runs_table", column_config={
+        **number, OPTIONS_BY_NAME["learning_rate"].column: st.column_config.NumberColumn(format="%.0e"),
+        OPTIONS_BY_NAME["power_normalize"].column: st.column_config.CheckboxColumn("√ features"),
         "train seconds": st.column_config.NumberColumn(format="%.1f")})
 
 
 def comparison_chart(table: pd.DataFrame) -> None:
     x_col, y_col = st.columns(2)
-    x = x_col.selectbox("Hyperparameter (x)", X_CHOICES, key="compare_x")
-    y = y_col.selectbox("Metric (y)", Y_CHOICES, key="compare_y")
-    figure = px.scatter(table, x=x, y=y, color="view", hover_name="run", log_x=x == "learning rate",
-                        hover_data={"created": True, "epochs": True, "prior": ":.3f"})
+    x = x_col.selectbox("Hyperparameter (x)", COMPARABLE_COLUMNS, key="compare_x",
+                        index=COMPARABLE_COLUMNS.index(OPTIONS_BY_NAME["learning_rate"].column))
+    y = y_col.selectbox("Metric (y)", METRIC_COLUMNS, key="compare_y")
+    log_scale = {option.column for option in TRAIN_OPTIONS if option.grid}
+    figure = px.scatter(table, x=x, y=y, color=OPTIONS_BY_NAME["feature_view"].column, hover_name="run",
+                        log_x=x in log_scale, hover_data={"created": True, "epochs": True, "prior": ":.3f"})
     figure.update_traces(marker_size=11)
     figure.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=10))
     st.plotly_chart(figure, key="compare_chart")
 
 
-def run_summary(run: Run) -> str:
-    config, metrics = run.config, run.metrics
-    if config.ensemble > 1:
-        split = (f"{metrics.get('n_train')} train posters in {config.ensemble} folds (each network validates on "
-                 f"one) / {metrics.get('n_test')} test posters")
-    else:
-        split = (f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / "
-                 f"{metrics.get('n_test')} test posters")
-    parts = [f"{config.feature_view} features", "signed square root" if config.power_normalize else None,
-             "standardized" if config.standardize else None,
-             f"input dropout {config.input_dropout}" if config.input_dropout else None,
-             f"hidden {hidden_label(config)}",
-             f"dropout {config.dropout}", f"{config.optimizer} {config.learning_rate:.0e}",
-             f"ensemble of {config.ensemble}" if config.ensemble > 1 else None,
-             f"{epochs_text(run.history, config, metrics.get('epochs_run'))} epochs",
-             f"batch {config.batch_size}", f"seed {config.seed}", split,
-             f"{fmt(metrics.get('train_seconds'), 1)} s", metrics.get("weights")]
-    return " · ".join(str(part) for part in parts if part is not None)
-
-
 def show_results(run: Run) -> None:
-    metrics, config = run.metrics, run.config
+    config, evaluation = run.config, run.evaluation
     random_run_warning(run)
-    st.caption(run_summary(run))
+    st.caption(run.summary())
     precision_col, recall_col, f1_col, ap_col = st.columns(4)
-    metric_with_prior(precision_col, f"Precision@{config.k}", metrics, "precision_at_k")
-    metric_with_prior(recall_col, f"Recall@{config.k}", metrics, "recall_at_k")
-    f1_col.metric("Micro / macro F1", f"{fmt(metrics.get('micro_f1'))} / {fmt(metrics.get('macro_f1'))}")
-    f1_col.caption(f"genres scored ≥ {metrics.get('threshold')} count as predicted")
-    ap_col.metric("Mean average precision", fmt(metrics.get("mean_average_precision")))
+    metric_with_prior(precision_col, f"Precision@{config.k}", evaluation.precision_at_k,
+                      evaluation.prior_precision_at_k)
+    metric_with_prior(recall_col, f"Recall@{config.k}", evaluation.recall_at_k, evaluation.prior_recall_at_k)
+    f1_col.metric("Micro / macro F1", f"{fmt(evaluation.micro_f1)} / {fmt(evaluation.macro_f1)}")
+    f1_col.caption(f"genres scored ≥ {evaluation.threshold:g} count as predicted")
+    ap_col.metric("Mean average precision", fmt(evaluation.mean_average_precision))
     ap_col.caption("mean over genres of the per-genre AP")
-    low, prior_high = metrics.get("precision_at_k_low"), metrics.get("prior_precision_at_k_high")
-    if low is not None and prior_high is not None and low <= prior_high:
+    if evaluation.overlaps_prior():
         st.info("The precision interval overlaps the prior's: on this test set the model is not clearly "
                 "better than always answering the most frequent genres.")
     curves, genres = st.columns(2)

@@ -8,7 +8,7 @@ depend on sort implementation details.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,6 +16,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score
 
 _BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000
+_EPSILON = 1e-7
+INTERVAL_METRICS = ("precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k")
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,10 @@ class Interval:
     high: float
 
 
-@dataclass
-class Evaluation:
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """The headline figures of an evaluation: what a saved run keeps in ``metrics.json``."""
+
     k: int
     n_test: int
     precision_at_k: Interval
@@ -36,20 +40,43 @@ class Evaluation:
     micro_f1: float
     macro_f1: float
     threshold: float
-    per_genre: pd.DataFrame
+    mean_average_precision: float
 
     def to_dict(self) -> dict[str, int | float | None]:
+        """Flat, strict JSON: each interval as ``name``, ``name_low`` and ``name_high``."""
         out: dict[str, int | float | None] = {"k": int(self.k), "n_test": int(self.n_test)}
-        for name in ("precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k"):
+        for name in INTERVAL_METRICS:
             interval: Interval = getattr(self, name)
             out[name] = _plain(interval.value)
             out[f"{name}_low"] = _plain(interval.low)
             out[f"{name}_high"] = _plain(interval.high)
-        out["micro_f1"] = _plain(self.micro_f1)
-        out["macro_f1"] = _plain(self.macro_f1)
-        out["threshold"] = _plain(self.threshold)
-        out["mean_average_precision"] = _plain(_nanmean(self.per_genre["average_precision"]))
+        for name in ("micro_f1", "macro_f1", "threshold", "mean_average_precision"):
+            out[name] = _plain(getattr(self, name))
         return out
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "EvaluationSummary":
+        """Read back ``to_dict``'s output; a missing figure is NaN."""
+        def number(name: str) -> float:
+            value = record.get(name)
+            return float("nan") if value is None else float(value)
+
+        intervals = {name: Interval(number(name), number(f"{name}_low"), number(f"{name}_high"))
+                     for name in INTERVAL_METRICS}
+        return cls(k=int(record["k"]), n_test=int(record["n_test"]), **intervals, micro_f1=number("micro_f1"),
+                   macro_f1=number("macro_f1"), threshold=number("threshold"),
+                   mean_average_precision=number("mean_average_precision"))
+
+    def overlaps_prior(self) -> bool:
+        """Whether the precision interval reaches the prior's: the model is not clearly better."""
+        return self.precision_at_k.low <= self.prior_precision_at_k.high
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation(EvaluationSummary):
+    """The summary plus the per-genre table."""
+
+    per_genre: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def per_genre_records(self) -> list[dict[str, Any]]:
         """One dict per genre with plain Python values; NaN becomes ``None`` (valid JSON)."""
@@ -88,6 +115,34 @@ def top_k_precision_recall(
 ) -> tuple[float, float]:
     precision, recall = top_k_precision_recall_per_poster(y_true, y_score, k=k)
     return float(precision.mean()), float(recall.mean())
+
+
+def binary_cross_entropy_per_poster(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """``(n,)`` the training loss of each poster: binary cross-entropy averaged over the genres, with
+    the scores clipped to [1e-7, 1 − 1e-7] as Keras clips them."""
+    labels, scores = _check_pair(y_true, y_score)
+    clipped = np.clip(scores, _EPSILON, 1 - _EPSILON)
+    return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean(axis=1)
+
+
+def per_poster_report(
+    y_true: np.ndarray, y_score: np.ndarray, genres: Sequence[str], *, k: int = 3
+) -> pd.DataFrame:
+    """One row per poster: its top-k ``(genre, score)`` pairs, hits, number of true genres, precision,
+    recall, loss and top-1 score ("confidence")."""
+    labels, scores = _check_pair(y_true, y_score)
+    _check_genres(genres, labels.shape[1])
+    top = top_k_indices(scores, k=k)
+    precision, recall = top_k_precision_recall_per_poster(labels, scores, k=k)
+    return pd.DataFrame({
+        "predicted": [tuple((genres[j], float(scores[i, j])) for j in row) for i, row in enumerate(top)],
+        "hits": top_k_hits(labels, scores, k=k).astype(np.int64),
+        "n_true": labels.sum(axis=1).astype(np.int64),
+        "precision": precision,
+        "recall": recall,
+        "loss": binary_cross_entropy_per_poster(labels, scores),
+        "confidence": scores.max(axis=1),
+    })
 
 
 def prior_scores(y_train: np.ndarray, n: int) -> np.ndarray:
@@ -180,6 +235,7 @@ def evaluate(
     prior_p, prior_r = top_k_precision_recall_per_poster(labels, prior, k=k)
     boot = {"n_boot": n_boot, "seed": seed}
     micro, macro = f1_at_threshold(labels, scores, threshold=threshold)
+    per_genre = per_genre_report(labels, scores, genres, k=k)
     return Evaluation(
         k=int(k),
         n_test=int(labels.shape[0]),
@@ -190,7 +246,8 @@ def evaluate(
         micro_f1=micro,
         macro_f1=macro,
         threshold=float(threshold),
-        per_genre=per_genre_report(labels, scores, genres, k=k),
+        mean_average_precision=_nanmean(per_genre["average_precision"]),
+        per_genre=per_genre,
     )
 
 

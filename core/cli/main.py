@@ -6,9 +6,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 from core.errors import PosterGenreError
-from core.progress import ProgressLine
 from core.features.weights import WEIGHTS_ENV
+from core.progress import ProgressLine
+
+if TYPE_CHECKING:
+    from core.analysis.metrics import EvaluationSummary
+    from core.features.weights import Weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,26 +71,19 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
-    from core.features.views import FEATURE_VIEWS
-    from core.model.config import OPTIMIZERS, PRESETS
+    """``--preset`` and one flag per training option (``core.model.config.TRAIN_OPTIONS``)."""
+    from core.model.config import PRESETS, TRAIN_OPTIONS
 
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="recommended")
-    parser.add_argument("--feature-view", choices=list(FEATURE_VIEWS), default=None)
-    parser.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 1024,256")
-    parser.add_argument("--dropout", type=float, default=None, help="dropout after each hidden layer")
-    parser.add_argument("--input-dropout", type=float, default=None, help="dropout on the input features")
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="learning rate")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--test-size", type=float, default=None)
-    parser.add_argument("--validation-split", type=float, default=None)
-    parser.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--patience", type=int, default=None)
-    parser.add_argument("--k", type=int, default=None, help="top-k for precision/recall (default 3)")
-    parser.add_argument("--threshold", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="recommended",
+                        help="the options every flag below starts from (default recommended)")
+    for option in TRAIN_OPTIONS:
+        kind = {"bool": {"action": argparse.BooleanOptionalAction},
+                "choice": {"choices": option.choices}}.get(option.kind, {"metavar": option.name.upper()})
+        help_text = " ".join(part for part in (option.help or option.label,
+                                               f"({option.range_text()})" if option.low is not None else "")
+                             if part)
+        parser.add_argument(*option.flags or (option.flag,), dest=option.name, default=None,
+                            help=help_text, **kind)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -133,26 +132,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from core.model.config import PRESETS, with_overrides
+    """The preset with every given flag applied; text values are parsed by their option."""
+    from core.model.config import PRESETS, TRAIN_OPTIONS, settled, with_overrides
 
-    hidden = None
-    if args.hidden:
-        try:
-            hidden = tuple(int(size) for size in args.hidden.split(",") if size.strip())
-        except ValueError as err:
-            raise PosterGenreError(f"--hidden {args.hidden!r} is not a list of sizes", "e.g. --hidden 1024,256") from err
-    return with_overrides(
-        PRESETS[args.preset], feature_view=args.feature_view, hidden=hidden, dropout=args.dropout,
-        input_dropout=args.input_dropout, standardize=args.standardize, learning_rate=args.lr, optimizer=args.optimizer, epochs=args.epochs,
-        batch_size=args.batch_size, test_size=args.test_size, validation_split=args.validation_split,
-        early_stopping=args.early_stopping, patience=args.patience, k=args.k, threshold=args.threshold,
-        seed=args.seed)
+    values = {}
+    for option in TRAIN_OPTIONS:
+        given = getattr(args, option.name)
+        parse = isinstance(given, str) and option.kind != "choice"
+        values[option.name] = option.parse(given, name=option.flag) if parse else given
+    return settled(with_overrides(PRESETS[args.preset], **values))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from core.model.config import check_config
     from core.model.experiment import run_experiment
     from core.model.runs import save_run
-    from core.model.config import check_config
 
     config = train_config_from_args(args)
     check_config(config)
@@ -165,18 +159,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         line.show(f"epoch {entry.epoch}/{config.epochs} loss {entry.loss:.4f}{val}", final=entry.epoch == config.epochs)
 
     result = run_experiment(dataset, features, config, on_epoch=on_epoch)
-    folder = save_run(result, args.out, dataset_info=_dataset_info(dataset))
+    folder = save_run(result, args.out)
     print(_summary(result.evaluation, features.weights))
     print(f"run saved to {folder} ({result.seconds:.1f}s, {len(result.history)} epochs)")
     return 0
 
 
-def _dataset_info(dataset) -> dict:
-    return {"root": str(dataset.root.resolve()), "name": dataset.name, "synthetic": dataset.synthetic,
-            "n_posters": len(dataset)}
-
-
-def _summary(evaluation, weights) -> str:
+def _summary(evaluation: "EvaluationSummary", weights: "Weights") -> str:
     e = evaluation
     warn = "  [RANDOM weights: not ImageNet features]" if weights.is_random else ""
     return "\n".join([
@@ -190,31 +179,25 @@ def _summary(evaluation, weights) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.data.datasets import load_dataset
+    from dataclasses import replace
+
     from core.analysis.metrics import evaluate
+    from core.data.datasets import load_dataset
+    from core.model.config import check_config
+    from core.model.experiment import genre_labels
     from core.model.runs import load_run
-    from core.features.weights import Weights
 
     run = load_run(args.run)
-    root = args.dataset or Path(run.info.get("dataset", {}).get("root", ""))
+    root = args.dataset or Path(run.dataset_info.root or "")
     dataset, _ = load_dataset(root)
-    genres_of = {poster.id: poster.genres for poster in dataset.posters}
-    missing = [id_ for id_ in run.split["test"] + run.split["train"] if id_ not in genres_of]
-    if missing:
-        raise PosterGenreError(f"{len(missing)} posters of run {args.run} are not in dataset {root}",
-                               "pass --dataset with the folder the run was trained on")
-    y_test = run.vocabulary.encode([genres_of[id_] for id_ in run.split["test"]])
-    y_train = run.vocabulary.encode([genres_of[id_] for id_ in run.split["train"]])
     k = args.k or run.config.k
-    if not 1 <= k <= len(run.vocabulary):
-        raise PosterGenreError(f"--k {k} is out of range for a run with {len(run.vocabulary)} genres",
-                               f"choose k between 1 and {len(run.vocabulary)}")
     threshold = run.config.threshold if args.threshold is None else args.threshold
+    check_config(replace(run.config, k=k, threshold=threshold), n_genres=len(run.vocabulary))
+    y_test = genre_labels(dataset, run.split["test"], run.vocabulary).Y
+    y_train = genre_labels(dataset, run.split["train"], run.vocabulary).Y
     evaluation = evaluate(y_test, run.test_scores(), y_train, run.vocabulary.genres, k=k, threshold=threshold,
                           seed=run.config.seed)
-    info = run.features_info
-    print(_summary(evaluation, Weights("none" if info["random_weights"] else "file", info["weights_identity"],
-                                       info["weights_label"])))
+    print(_summary(evaluation, run.weights))
     if args.per_genre:
         print(evaluation.per_genre.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -1,11 +1,31 @@
-"""Training options: ``TrainConfig``, its validation and the named presets."""
+"""Training options: ``TrainConfig``, the table that declares each of its options once, validation
+and the named presets.
+
+``TRAIN_OPTIONS`` is the single description of a training option (flag, label, help, kind, range,
+page group). The CLI's flags, the Train page's widgets, ``check_config`` and the run table are all
+generated from it, so a new option is added in two places: a ``TrainConfig`` field and its entry.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from core.errors import TrainingError
+from core.features.views import FEATURE_VIEWS, VIEW_DIMS
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+MAX_HIDDEN_UNITS = 8192
+MAX_HIDDEN_LAYERS = 8
+# Weights of every network of a run together (an ensemble keeps all of its members): 200 M float32
+# parameters are 0.8 GB, about 3.2 GB with Adam's moments and the gradients while training.
+MAX_PARAMETERS = 200_000_000
+KINDS = ("int", "float", "bool", "choice", "int_list")
+GROUPS = ("Features", "Network", "Optimisation", "Split, ensemble and stopping", "Evaluation")
+ENSEMBLE_HELP = ("K networks, each trained on (K−1)/K of the training posters and early-stopped on the "
+                 "remaining fold; their genre probabilities are averaged. Steadier than one network, "
+                 "K times the training time. With K > 1 the validation fraction is not used.")
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,188 @@ class TrainConfig:
         return cls(**known)
 
 
+@dataclass(frozen=True)
+class TrainOption:
+    """One ``TrainConfig`` field as the CLI, the Train page, validation and the run table see it.
+
+    ``low``/``high`` are the valid range (``None``: unbounded), open at an end when ``low_open`` /
+    ``high_open``; a slider's ends are the closed range moved in by one ``step``. ``grid`` lists the
+    values of a log-scale slider.
+    """
+
+    name: str
+    kind: str
+    label: str
+    column: str
+    group: str
+    help: str = ""
+    flags: tuple[str, ...] = ()
+    noun: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    step: float | None = None
+    choices: tuple[str, ...] = ()
+    choice_notes: tuple[str, ...] = ()
+    grid: tuple[float, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        """The main CLI flag (``--name-with-dashes`` unless declared)."""
+        return self.flags[0] if self.flags else "--" + self.name.replace("_", "-")
+
+    @property
+    def what(self) -> str:
+        """What messages call the option."""
+        return self.noun or self.column
+
+    def parse(self, text: str, name: str | None = None) -> Any:
+        """A value from its text form (CLI argument, page text box); syntax only, ranges are
+        ``check_config``'s. ``name`` is what the message calls the option (default: ``what``)."""
+        try:
+            if self.kind == "int_list":
+                return tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
+            if self.kind == "bool":
+                return {"true": True, "false": False}[str(text).strip().lower()]
+            return {"int": int, "float": float, "choice": str}[self.kind](text)
+        except (ValueError, KeyError) as err:
+            raise TrainingError(f"{name or self.what} {text!r} is not {self._expected()}",
+                                self._example()) from err
+
+    def format(self, value: Any, separator: str = ",") -> str:
+        """The text form ``parse`` reads back (``separator="→"`` for tables)."""
+        if self.kind == "int_list":
+            return separator.join(str(size) for size in value)
+        return f"{value:g}" if self.kind == "float" else str(value)
+
+    def coerce(self, value: Any) -> Any:
+        """A form value (text box, slider, number box) as the ``TrainConfig`` field's type; slider
+        floats are rounded to 6 significant digits so 0.1 + 0.2 steps read 0.3."""
+        if self.kind == "int_list" or (isinstance(value, str) and self.kind != "choice"):
+            return self.parse(value)
+        if self.kind == "float":
+            return float(f"{float(value):.6g}")
+        return {"int": int, "bool": bool, "choice": str}[self.kind](value)
+
+    def describe(self, value: Any) -> str | None:
+        """A phrase for a run summary: ``hidden 1024→256``; a bool option by its name when on."""
+        if self.kind == "bool":
+            return self.column if value else None
+        return f"{self.column} {self.format(value, '→')}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is invalid for this option, or ``None``."""
+        if self.kind == "choice":
+            return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        if self.kind == "int_list":
+            return self._sizes_problem(value)
+        if self.kind == "float" and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        return None if self._in_range(value) else f"must be {self.range_text()}, got {value}"
+
+    def range_text(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            if self.low == 0 and self.low_open:
+                return "positive"
+            return f"> {low}" if self.low_open else f"≥ {low}"
+        if self.low_open and self.high_open:
+            return f"between {low} and {high}"
+        if not self.low_open and not self.high_open and self.kind == "int":
+            return f"between {low} and {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def widget_bounds(self) -> tuple[float | None, float | None]:
+        """The closed range a widget offers: an open end moves in by one step."""
+        step = self.step or 0
+        low = None if self.low is None else self.low + (step if self.low_open else 0)
+        high = None if self.high is None else self.high - (step if self.high_open else 0)
+        return low, high
+
+    def _in_range(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def _sizes_problem(self, sizes: tuple[int, ...]) -> str | None:
+        if not sizes or any(size < 1 for size in sizes):
+            return f"must be positive, got {list(sizes)}"
+        if any(size > MAX_HIDDEN_UNITS for size in sizes):
+            return f"must be at most {MAX_HIDDEN_UNITS:,} units a layer, got {list(sizes)}"
+        if len(sizes) > MAX_HIDDEN_LAYERS:
+            return f"must list at most {MAX_HIDDEN_LAYERS} layers, got {len(sizes)}"
+        return None
+
+    def _expected(self) -> str:
+        return {"int": "a whole number", "float": "a number", "bool": "true or false", "choice": "a choice",
+                "int_list": "a list of positive integers"}[self.kind]
+
+    def _example(self) -> str | None:
+        return "write them comma-separated, e.g. 1024,256 or 512" if self.kind == "int_list" else None
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+TRAIN_OPTIONS: tuple[TrainOption, ...] = (
+    TrainOption("feature_view", "choice", "Feature view", "view", "Features", noun="feature view",
+                choices=tuple(FEATURE_VIEWS), choice_notes=tuple(FEATURE_VIEWS.values()),
+                help="Which VGG16 features the network reads; the pooled views come from the same cache as "
+                     "the tutorial's flattened vector and train much faster than its 25,088 dimensions."),
+    TrainOption("power_normalize", "bool", "Square-root features", "power normalize", "Features",
+                help="sign(x)·√|x| of each feature, inside the model and before standardising: damps the "
+                     "few very large activations of pooled CNN features."),
+    TrainOption("standardize", "bool", "Standardize features", "standardize", "Features",
+                help="Mean 0, variance 1 per feature, measured on the training split."),
+    TrainOption("input_dropout", "float", "Dropout on the input features", "input dropout", "Features",
+                low=0.0, high=1.0, high_open=True, step=0.05,
+                help="Drops a random share of the (standardised) features at each training step, so no "
+                     "network leans on a few of them."),
+    TrainOption("hidden", "int_list", "Hidden layer sizes", "hidden", "Network", noun="hidden sizes",
+                help="Comma-separated, e.g. 1024,256 (the tutorial) or 512."),
+    TrainOption("dropout", "float", "Dropout after each hidden layer", "dropout", "Network",
+                low=0.0, high=1.0, high_open=True, step=0.05,
+                help="Share of each hidden layer's units dropped at each training step."),
+    TrainOption("optimizer", "choice", "Optimizer", "optimizer", "Optimisation", choices=OPTIMIZERS,
+                help="The tutorial used RMSprop; Adam trains the pooled views faster."),
+    TrainOption("learning_rate", "float", "Learning rate", "learning rate", "Optimisation",
+                flags=("--lr", "--learning-rate"), low=0.0, low_open=True, grid=LEARNING_RATES,
+                help="Step size of the optimizer."),
+    TrainOption("epochs", "int", "Epochs", "max epochs", "Optimisation", noun="epochs", low=1, step=1,
+                help="Passes over the training posters (the most, with early stopping)."),
+    TrainOption("batch_size", "int", "Batch size", "batch", "Optimisation", noun="batch size", low=1, step=16,
+                help="Posters per gradient step."),
+    TrainOption("seed", "int", "Seed (split, initialisation, bootstrap)", "seed", "Optimisation",
+                low=0, high=2**32 - 1, step=1, help="Fixes the split, the initial weights and the bootstrap."),
+    TrainOption("test_size", "float", "Test fraction", "test fraction", "Split, ensemble and stopping",
+                low=0.0, high=1.0, low_open=True, high_open=True, step=0.05,
+                help="Share of the posters held out for the test metrics."),
+    TrainOption("ensemble", "int", "Ensemble (networks averaged)", "ensemble", "Split, ensemble and stopping",
+                noun="ensemble size", low=1, step=1, help=ENSEMBLE_HELP),
+    TrainOption("validation_split", "float", "Validation fraction (of the rest)", "validation fraction",
+                "Split, ensemble and stopping", low=0.0, high=1.0, high_open=True, step=0.05,
+                help="Share of the training posters that only measures the validation loss (one network)."),
+    TrainOption("early_stopping", "bool", "Early stopping on validation loss", "early stopping",
+                "Split, ensemble and stopping",
+                help="Stops a network once its validation loss has not improved for `patience` epochs and "
+                     "keeps its best weights; with an ensemble, each network stops on the loss of its own "
+                     "held-out fold."),
+    TrainOption("patience", "int", "Patience (epochs)", "patience", "Split, ensemble and stopping", low=1, step=1,
+                help="Epochs without a better validation loss before early stopping ends training."),
+    TrainOption("k", "int", "k (top-k genres per poster)", "k", "Evaluation", low=1, step=1,
+                help="Precision and recall count the k highest-scored genres of each poster."),
+    TrainOption("threshold", "float", "Threshold for F1", "threshold", "Evaluation",
+                low=0.0, high=1.0, low_open=True, high_open=True, step=0.05,
+                help="A genre scored at or above it counts as predicted for micro and macro F1."),
+)
+OPTIONS_BY_NAME = {option.name: option for option in TRAIN_OPTIONS}
+
 PRESETS: dict[str, TrainConfig] = {
     "tutorial": TrainConfig(),
     "recommended": TrainConfig(
@@ -56,41 +258,50 @@ PRESET_NOTES = {
 }
 
 
-def check_config(config: TrainConfig) -> None:
-    from core.features.views import FEATURE_VIEWS
+def n_parameters(config: TrainConfig, n_genres: int = 0) -> int:
+    """Weights and biases of all the run's networks (the genre layer counts when ``n_genres`` is known)."""
+    widths = [VIEW_DIMS.get(config.feature_view, 0), *config.hidden, n_genres]
+    per_network = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(widths, widths[1:]))
+    return per_network * max(config.ensemble, 1)
 
+
+def check_config(config: TrainConfig, n_genres: int | None = None) -> None:
+    """Raise ``TrainingError`` naming every invalid option; ``n_genres`` also bounds k when known."""
     problems = []
-    if config.feature_view not in FEATURE_VIEWS:
-        problems.append(f"feature view must be one of {', '.join(FEATURE_VIEWS)}, got {config.feature_view!r}")
-    if config.k < 1:
-        problems.append(f"k must be ≥ 1, got {config.k}")
-    if not 0 < config.threshold < 1:
-        problems.append(f"threshold must be between 0 and 1, got {config.threshold}")
-    if config.patience < 1:
-        problems.append(f"patience must be ≥ 1, got {config.patience}")
-    if not config.hidden or any(size < 1 for size in config.hidden):
-        problems.append(f"hidden sizes must be positive, got {list(config.hidden)}")
-    if not 0 <= config.dropout < 1:
-        problems.append(f"dropout must be in [0, 1), got {config.dropout}")
-    if not 0 <= config.input_dropout < 1:
-        problems.append(f"input dropout must be in [0, 1), got {config.input_dropout}")
-    if config.optimizer not in OPTIMIZERS:
-        problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
-    if not config.learning_rate > 0:
-        problems.append(f"learning rate must be positive, got {config.learning_rate}")
-    if config.epochs < 1 or config.batch_size < 1:
-        problems.append(f"epochs and batch size must be ≥ 1, got {config.epochs} and {config.batch_size}")
-    if not 0 < config.test_size < 1:
-        problems.append(f"test fraction must be between 0 and 1, got {config.test_size}")
-    if not 0 <= config.validation_split < 1:
-        problems.append(f"validation fraction must be in [0, 1), got {config.validation_split}")
-    if config.ensemble < 1:
-        problems.append(f"ensemble size must be ≥ 1, got {config.ensemble}")
+    for option in TRAIN_OPTIONS:
+        problem = option.problem(getattr(config, option.name))
+        if problem:
+            problems.append(f"{option.what} {problem}")
+    hint = None
+    if n_genres is not None and config.k > n_genres:
+        problems.append(f"k={config.k} but the dataset has only {n_genres} genres")
+        hint = f"choose k between 1 and {n_genres}"
     if config.early_stopping and config.validation_split <= 0 and config.ensemble < 2:
         problems.append("early stopping needs a validation split > 0 (or an ensemble, whose members "
                         "validate on their own folds)")
+    if not problems and n_parameters(config, n_genres or 0) > MAX_PARAMETERS:
+        problems.append(f"{n_parameters(config, n_genres or 0):,} network parameters exceed the limit of "
+                        f"{MAX_PARAMETERS:,} (they would not fit in memory)")
+        hint = "use fewer or smaller hidden layers, a pooled feature view or a smaller ensemble"
     if problems:
-        raise TrainingError("invalid training configuration: " + "; ".join(problems))
+        raise TrainingError("invalid training configuration: " + "; ".join(problems), hint)
+
+
+def settled(config: TrainConfig) -> TrainConfig:
+    """``config`` with the options it does not use at their defaults, so equal trainings get one run key:
+    an ensemble validates on its own folds, so its validation fraction is unused."""
+    return replace(config, validation_split=0.0) if config.ensemble > 1 else config
+
+
+def config_values(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as form values by field name (hidden sizes as text, "1024,256")."""
+    return {option.name: option.format(getattr(config, option.name)) if option.kind == "int_list"
+            else getattr(config, option.name) for option in TRAIN_OPTIONS}
+
+
+def config_from_values(values: dict[str, Any]) -> TrainConfig:
+    """The ``TrainConfig`` of form values by field name (the inverse of ``config_values``), settled."""
+    return settled(TrainConfig(**{option.name: option.coerce(values[option.name]) for option in TRAIN_OPTIONS}))
 
 
 def with_overrides(config: TrainConfig, **overrides) -> TrainConfig:

@@ -2,19 +2,55 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from core.cache import stable_hash
 from core.data.datasets import Dataset, GenreVocabulary
-from core.errors import TrainingError
+from core.errors import DatasetError, TrainingError
 from core.features.pipeline import FeatureSet
 from core.analysis.metrics import Evaluation, evaluate
 from core.model.classifier import BatchFn, EpochFn, EpochLog, GenreClassifier, Split, StopFn, make_split
-from core.model.config import TrainConfig
+from core.model.config import TrainConfig, check_config
 
 RUN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a saved run records about the dataset it was trained on (``run.json``'s ``dataset``)."""
+
+    root: str | None = None
+    name: str = ""
+    synthetic: bool = False
+    n_posters: int | None = None
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> "DatasetInfo":
+        return cls(root=str(Path(dataset.root).resolve()), name=dataset.name, synthetic=dataset.synthetic,
+                   n_posters=len(dataset))
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "DatasetInfo":
+        """Tolerates runs saved with fewer keys (older versions, imports)."""
+        known = {name: value for name, value in (data or {}).items() if name in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenreLabels:
+    """The genres of some posters, in a fixed order: their names and the multi-hot matrix."""
+
+    ids: list[str]
+    labels: list[tuple[str, ...]]
+    vocabulary: GenreVocabulary
+    Y: np.ndarray
 
 
 @dataclass
@@ -30,11 +66,24 @@ class ExperimentResult:
     seconds: float
     stopped_by_user: bool
     features: FeatureSet
+    dataset: DatasetInfo
 
 
-def labels_for(dataset: Dataset, ids: list[str]) -> list[tuple[str, ...]]:
+def labels_for(dataset: Dataset, ids: Sequence[str]) -> list[tuple[str, ...]]:
+    """The true genres of ``ids``; refuses ids the dataset does not have (another dataset's run)."""
     genres_of = {poster.id: poster.genres for poster in dataset.posters}
+    missing = [id_ for id_ in ids if id_ not in genres_of]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(ids)} posters are not in dataset {dataset.name} "
+                           f"(e.g. {', '.join(missing[:3])})", "use the dataset the run was trained on")
     return [genres_of[id_] for id_ in ids]
+
+
+def genre_labels(dataset: Dataset, ids: Sequence[str], vocabulary: GenreVocabulary | None = None) -> GenreLabels:
+    """Labels of ``ids`` encoded in ``vocabulary``'s order (by default the sorted genres they use)."""
+    labels = labels_for(dataset, ids)
+    vocabulary = vocabulary or GenreVocabulary.from_labels(labels)
+    return GenreLabels(list(ids), labels, vocabulary, vocabulary.encode(labels))
 
 
 def run_key(features: FeatureSet, config: TrainConfig) -> str:
@@ -52,14 +101,11 @@ def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, 
                    on_epoch: EpochFn | None = None, should_stop: StopFn | None = None,
                    on_batch: BatchFn | None = None) -> ExperimentResult:
     started = time.perf_counter()
-    labels = labels_for(dataset, features.ids)
-    vocabulary = GenreVocabulary.from_labels(labels)
-    Y = vocabulary.encode(labels)
+    truth = genre_labels(dataset, features.ids)
+    vocabulary, Y = truth.vocabulary, truth.Y
     if len(Y) < 5:
         raise TrainingError(f"only {len(Y)} posters have features; training needs at least 5")
-    if config.k > len(vocabulary):
-        raise TrainingError(f"k={config.k} but the dataset has only {len(vocabulary)} genres",
-                            f"choose k between 1 and {len(vocabulary)}")
+    check_config(config, n_genres=len(vocabulary))
     X = features.view(config.feature_view)
     split = make_split(len(Y), config)
     validation = (_rows(X, split.validation), Y[split.validation]) if len(split.validation) else None
@@ -70,7 +116,7 @@ def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, 
                           threshold=config.threshold, seed=config.seed)
     return ExperimentResult(config, classifier, vocabulary, split, features.ids, evaluation, scores,
                             classifier.history_, time.perf_counter() - started,
-                            classifier.stopped_by_user_, features)
+                            classifier.stopped_by_user_, features, DatasetInfo.of(dataset))
 
 
 def _rows(X: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Genre predictions for new poster images with a saved run."""
+"""What a saved run predicts: its test posters one by one, and new poster images."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,12 +6,41 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
+from core.analysis.metrics import per_poster_report
+from core.data.datasets import Dataset
 from core.errors import ImageError, RunError, WeightsError
 from core.features.pipeline import FeatureConfig, extract_one
 from core.features.views import feature_view
-from core.model.runs import Run, load_run
 from core.features.weights import resolve_weights
+from core.model.experiment import genre_labels
+from core.model.runs import Run, load_run
+
+
+@dataclass
+class ScoredPosters:
+    """A run's test posters in split order: one table row each, their labels and the saved scores."""
+
+    table: pd.DataFrame
+    Y: np.ndarray
+    scores: np.ndarray
+
+
+def score_test_posters(run: Run, dataset: Dataset) -> ScoredPosters:
+    """Per test poster: id, title, path, true genres, top-k predictions, hits, precision, recall, loss,
+    top-1 probability ("confidence") and split position ("order")."""
+    truth = genre_labels(dataset, run.split["test"], run.vocabulary)
+    scores = run.test_scores()
+    posters = {poster.id: poster for poster in dataset.posters}
+    table = pd.concat([pd.DataFrame({
+        "id": truth.ids,
+        "title": [posters[id_].title for id_ in truth.ids],
+        "path": [str(posters[id_].path) for id_ in truth.ids],
+        "true": truth.labels,
+    }), per_poster_report(truth.Y, scores, run.vocabulary.genres, k=run.config.k)], axis=1)
+    table["order"] = np.arange(len(table))
+    return ScoredPosters(table, truth.Y, scores)
 
 
 @dataclass
@@ -27,16 +56,16 @@ class Predictor:
     """A run's model plus the feature extractor it was trained on."""
 
     def __init__(self, run: Run, weights: str | None = None) -> None:
-        info = run.features_info
+        info, trained_on = run.features_info, run.weights
         self.run = run
-        spec = weights or info["weights"]
+        spec = weights or trained_on.spec
         try:
             self.weights = resolve_weights(spec)
         except WeightsError as err:
             raise RunError(f"the run's weights {spec!r} are not available here: {err.message}",
                            "pass --weights with the same weights file the run was trained on") from err
-        if self.weights.identity != info["weights_identity"] and info["weights"] != "imagenet":
-            raise RunError(f"weights {self.weights.label} differ from the run's ({info['weights_label']})",
+        if self.weights.identity != trained_on.identity and trained_on.kind != "imagenet":
+            raise RunError(f"weights {self.weights.label} differ from the run's ({trained_on.label})",
                            "predictions would be meaningless; use the run's weights")
         self.feature_config = FeatureConfig(weights=self.weights.spec, precision=info["precision"],
                                             image_size=info["image_size"], resize=info["resize"])

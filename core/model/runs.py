@@ -1,8 +1,9 @@
 """Saved training runs: a folder per run, plain files only (no pickle).
 
-``model.keras``, ``run.json`` (config, features, weights, dataset), ``vocabulary.json``,
-``split.json``, ``history.json``, ``metrics.json``, ``per_genre.csv`` and ``test_scores.npy``.
-A run folder appears whole or not at all: it is written beside its final place and renamed.
+``model.keras``, ``run.json`` (config, features and their weights, dataset), ``vocabulary.json``,
+``split.json``, ``history.json``, ``metrics.json`` (the evaluation and training figures),
+``per_genre.csv`` and ``test_scores.npy``. A run folder appears whole or not at all: it is written
+beside its final place and renamed. ``runs_table`` lays runs side by side, one column per training option.
 """
 from __future__ import annotations
 
@@ -15,15 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
+from collections import Counter
+from typing import Mapping, Sequence
+
+from core.analysis.metrics import EvaluationSummary
 from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, read_json
 from core.data.datasets import GenreVocabulary
 from core.errors import CacheError, DatasetError, RunError
-from core.model.experiment import ExperimentResult, RUN_VERSION, run_key
 from core.features.pipeline import FeatureSet
+from core.features.weights import Weights
 from core.model.classifier import EpochLog
-from core.model.config import TrainConfig
+from core.model.config import TRAIN_OPTIONS, TrainConfig
+from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, run_key
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
+METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
+COMPARABLE_COLUMNS = (*(option.column for option in TRAIN_OPTIONS), "epochs run", "train seconds")
 
 
 def runs_root() -> Path:
@@ -34,16 +42,11 @@ def runs_root() -> Path:
 
 def metrics_record(result: ExperimentResult) -> dict:
     """``metrics.json``: the headline figures with everything needed to read them."""
-    features = result.features
     return {
         **result.evaluation.to_dict(),
         "n_train": int(len(result.split.train)),
         "n_validation": int(len(result.split.validation)),
         "genres": list(result.vocabulary.genres),
-        "weights": features.weights.label,
-        "weights_identity": features.weights.identity,
-        "random_weights": features.weights.is_random,
-        "feature_view": result.config.feature_view,
         "train_seconds": round(result.seconds, 3),
         "epochs_run": result.classifier.epochs_run_,
         "epochs_total": len(result.history),
@@ -51,8 +54,12 @@ def metrics_record(result: ExperimentResult) -> dict:
     }
 
 
-def save_run(result: ExperimentResult, folder: Path | None = None, *, dataset_info: dict | None = None) -> Path:
-    """Write a run folder atomically; default place is ``runs_root()/<run key>``."""
+def save_run(result: ExperimentResult, folder: Path | None = None, *,
+             dataset_info: DatasetInfo | Mapping | None = None) -> Path:
+    """Write a run folder atomically; default place is ``runs_root()/<run key>``.
+
+    ``dataset_info`` replaces the result's own record of its dataset (for runs imported from elsewhere).
+    """
     key = run_key(result.features, result.config)
     folder = Path(folder) if folder else runs_root() / key
     if folder.exists() and any(folder.iterdir()) and not (folder / "run.json").is_file():
@@ -61,7 +68,9 @@ def save_run(result: ExperimentResult, folder: Path | None = None, *, dataset_in
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        _write_run_files(staging, result, key, dataset_info or {})
+        if dataset_info is not None and not isinstance(dataset_info, DatasetInfo):
+            dataset_info = DatasetInfo.from_dict(dict(dataset_info))
+        _write_run_files(staging, result, key, dataset_info or result.dataset)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -71,7 +80,7 @@ def save_run(result: ExperimentResult, folder: Path | None = None, *, dataset_in
     return folder
 
 
-def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_info: dict) -> None:
+def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_info: DatasetInfo) -> None:
     features = result.features
     ids = np.asarray(result.ids)
     result.classifier.model_.save(folder / "model.keras")
@@ -86,7 +95,7 @@ def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_i
                      "weights_identity": features.weights.identity, "random_weights": features.weights.is_random,
                      "precision": features.precision, "image_size": features.config.image_size,
                      "resize": features.config.resize},
-        "dataset": dataset_info,
+        "dataset": dataset_info.to_dict(),
         "seconds": result.seconds,
         "stopped_by_user": result.stopped_by_user,
     })
@@ -109,14 +118,61 @@ class Run:
     split: dict[str, list[str]]
     metrics: dict
     history: list[EpochLog] = field(default_factory=list)
+    cache_token: tuple = ()
+    """Changes when the run folder is replaced: the key for caches of anything read from the run."""
 
     @property
     def key(self) -> str:
         return self.info.get("run_key", self.folder.name)
 
     @property
+    def created(self) -> str:
+        """When the run was saved (ISO 8601, UTC); empty for runs that do not say."""
+        return self.info.get("created", "")
+
+    @property
     def features_info(self) -> dict:
         return self.info["features"]
+
+    @property
+    def dataset_info(self) -> DatasetInfo:
+        return DatasetInfo.from_dict(self.info.get("dataset"))
+
+    @property
+    def evaluation(self) -> EvaluationSummary:
+        return EvaluationSummary.from_dict(self.metrics)
+
+    @property
+    def weights(self) -> Weights:
+        """The VGG16 weights of the run's features (``run.json``; ``metrics.json`` of older runs)."""
+        features, old = self.info.get("features", {}), self.metrics
+        spec = features.get("weights", "")
+        random = features.get("random_weights", old.get("random_weights", spec == "none"))
+        kind = "none" if random else "imagenet" if spec == "imagenet" else "file"
+        return Weights(kind, features.get("weights_identity", old.get("weights_identity", "")),
+                       features.get("weights_label", old.get("weights", spec)),
+                       Path(spec) if kind == "file" and spec else None)
+
+    @property
+    def train_seconds(self) -> float | None:
+        return self.metrics.get("train_seconds")
+
+    def summary(self) -> str:
+        """One line: every option, the epochs run, the split sizes, the training time and the weights."""
+        config, metrics, n_test = self.config, self.metrics, self.evaluation.n_test
+        if config.ensemble > 1:
+            split = (f"{metrics.get('n_train')} train posters in {config.ensemble} folds (each network "
+                     f"validates on one) / {n_test} test posters")
+        else:
+            split = f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / {n_test} test posters"
+        options = [option.describe(getattr(config, option.name)) for option in TRAIN_OPTIONS
+                   if option.name not in ("epochs", "validation_split")]
+        seconds = f"{self.train_seconds:.1f} s" if self.train_seconds is not None else None
+        parts = [*options, f"{self.epochs_text()} epochs", split, seconds, self.weights.label]
+        return " · ".join(part for part in parts if part)
+
+    def epochs_text(self) -> str:
+        return epochs_text(self.history, self.config, self.metrics.get("epochs_run"))
 
     def model(self):
         import keras
@@ -132,13 +188,13 @@ class Run:
 
     def label(self) -> str:
         """A one-line description for menus: when, what, how good."""
-        config, metrics = self.config, self.metrics
-        created = self.info.get("created", "")[:16].replace("T", " ")
+        config = self.config
+        created = self.created[:16].replace("T", " ")
         hidden = "→".join(str(size) for size in config.hidden)
         ensemble = f" ×{config.ensemble}" if config.ensemble > 1 else ""
-        score = metrics.get("precision_at_k")
-        score_text = f"P@{config.k} {score:.3f}" if score is not None else f"P@{config.k} n/a"
-        random = " · RANDOM weights" if metrics.get("random_weights") else ""
+        score = self.evaluation.precision_at_k.value
+        score_text = f"P@{config.k} {score:.3f}" if np.isfinite(score) else f"P@{config.k} n/a"
+        random = " · RANDOM weights" if self.weights.is_random else ""
         return (f"{created} · {config.feature_view} · {hidden}{ensemble} · {config.optimizer} "
                 f"{config.learning_rate:g} · {score_text}{random}")
 
@@ -165,9 +221,9 @@ class Run:
 
     def check_features(self, features: FeatureSet) -> None:
         """Refuse to apply this run to features it was not trained on."""
-        expected = self.features_info
-        if features.weights.identity != expected["weights_identity"]:
-            raise RunError(f"run {self.folder.name} was trained on features from {expected['weights_label']}, "
+        expected = self.weights
+        if features.weights.identity != expected.identity:
+            raise RunError(f"run {self.folder.name} was trained on features from {expected.label}, "
                            f"not {features.weights.label}", "extract features with the run's weights")
         missing = set(self.split["test"]) - set(features.ids)
         if missing:
@@ -190,11 +246,13 @@ def load_run(folder: str | Path) -> Run:
         history_path = folder / "history.json"
         history = [EpochLog(**entry) for entry in read_json(history_path)] if history_path.exists() else []
         config = TrainConfig.from_dict(info["config"])
-    except (CacheError, DatasetError, KeyError, TypeError, AttributeError) as err:
+        EvaluationSummary.from_dict(metrics)
+        token = (str(folder), info.get("created", ""), (folder / "run.json").stat().st_mtime_ns)
+    except (CacheError, DatasetError, KeyError, TypeError, ValueError, AttributeError, OSError) as err:
         raise RunError(f"run folder {folder} has damaged metadata: {err}") from err
     if metrics.get("genres") != list(vocabulary.genres):
         raise RunError(f"run {folder}: metrics.json and vocabulary.json disagree on the genre order")
-    return Run(folder, info, config, vocabulary, split, metrics, history)
+    return Run(folder, info, config, vocabulary, split, metrics, history, token)
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
@@ -205,13 +263,13 @@ def list_runs(root: Path | None = None) -> list[Run]:
                 runs.append(load_run(folder))
             except RunError:
                 continue
-    return sorted(runs, key=lambda run: run.info.get("created", ""), reverse=True)
+    return sorted(runs, key=lambda run: run.created, reverse=True)
 
 
 def runs_for_dataset(root: Path, runs_folder: Path | None = None) -> list[Run]:
     """Saved runs trained on the dataset folder ``root``, newest first."""
     wanted = str(Path(root).resolve())
-    return [run for run in list_runs(runs_folder) if (run.info.get("dataset") or {}).get("root") == wanted]
+    return [run for run in list_runs(runs_folder) if run.dataset_info.root == wanted]
 
 
 def find_run(features: FeatureSet, config: TrainConfig, root: Path | None = None) -> Run | None:
@@ -229,3 +287,45 @@ def delete_run(folder: Path) -> None:
         raise RunError(f"{folder} is not a run folder; refusing to delete it")
     shutil.rmtree(folder)
 
+
+
+def epochs_per_member(history: Sequence[EpochLog]) -> list[int]:
+    counts = Counter(entry.member for entry in history)
+    return [counts[member] for member in sorted(counts)]
+
+
+def epochs_text(history: Sequence[EpochLog], config: TrainConfig, fallback: int | None = None) -> str:
+    """``12/60``, or ``9–14/60 ×5`` for an ensemble whose members stopped at different epochs."""
+    counts = epochs_per_member(history) or [fallback if fallback is not None else "?"]
+    ran = f"{min(counts)}–{max(counts)}" if len(set(counts)) > 1 else str(counts[0])
+    return f"{ran}/{config.epochs}" + (f" ×{len(counts)}" if len(counts) > 1 else "")
+
+
+def created_label(run: Run) -> str:
+    """The run's save time in local time, ``YYYY-MM-DD HH:MM``."""
+    try:
+        return dt.datetime.fromisoformat(run.created).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return "?"
+
+
+def runs_table(runs: Sequence[Run]):
+    """One row per run: when, every training option (``TRAIN_OPTIONS``' columns), epochs run and the
+    metrics beside the frequency prior; ``run`` holds the menu label."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        evaluation, per_member = run.evaluation, epochs_per_member(run.history)
+        precision, prior = evaluation.precision_at_k.value, evaluation.prior_precision_at_k.value
+        options = {option.column: option.format(getattr(run.config, option.name), "→")
+                   if option.kind == "int_list" else getattr(run.config, option.name) for option in TRAIN_OPTIONS}
+        rows.append({
+            "created": created_label(run), **options, "epochs": run.epochs_text(),
+            "epochs run": sum(per_member) / len(per_member) if per_member else run.metrics.get("epochs_run"),
+            "precision@k": precision, "prior": prior, "precision@k − prior": precision - prior,
+            "recall@k": evaluation.recall_at_k.value, "micro F1": evaluation.micro_f1,
+            "macro F1": evaluation.macro_f1, "mean AP": evaluation.mean_average_precision,
+            "train seconds": run.train_seconds, "weights": run.weights.label, "run": run.label(),
+        })
+    return pd.DataFrame(rows)
