@@ -12,10 +12,14 @@
   missing dataset folder, CSV without genres, unknown weights file, labels without images, bad
   ``--hidden``, invalid training flags, k larger than the genres, missing run, bad demo size.
 - ``--help`` of the program and of each subcommand exits 0.
+- ``train`` has a flag for every ``TrainConfig`` field (generated from ``TRAIN_OPTIONS``: ``--ensemble``,
+  ``--power-normalize/--no-power-normalize``, ``--standardize/--no-standardize`` included, ``--lr`` kept);
+  non-finite numbers (``--lr inf``/``nan``) and networks too big for memory are clean errors with a hint.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -23,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from core.cli.main import main
+from core.cli.main import build_parser, main, train_config_from_args
 from core.data.datasets import load_dataset
+from core.model.config import PRESETS, TrainConfig
 
 REQUIRED_METRICS = ("k", "precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k",
-                    "micro_f1", "macro_f1", "n_train", "n_test", "genres", "weights")
+                    "micro_f1", "macro_f1", "n_train", "n_test", "genres")
 FAST_TRAIN = ["--hidden", "8", "--epochs", "1", "--batch-size", "8"]
 
 
@@ -158,7 +163,8 @@ def _no_genres_column(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["missing folder", "bad csv", "unknown weights", "no images",
-                                  "bad hidden", "zero hidden", "bad dropout", "demo n 0"])
+                                  "bad hidden", "zero hidden", "bad dropout", "demo n 0", "lr inf", "lr nan",
+                                  "bad epochs", "huge hidden"])
 def test_errors_exit_1_with_one_error_line(case, tiny_dataset, tmp_path):
     argv, expected = {
         "missing folder": (["extract", "--dataset", tmp_path / "nope"], "does not exist"),
@@ -173,6 +179,14 @@ def test_errors_exit_1_with_one_error_line(case, tiny_dataset, tmp_path):
         "bad dropout": (["train", "--dataset", tiny_dataset, "--out", tmp_path / "r", "--dropout", "1.5"],
                         "dropout"),
         "demo n 0": (["demo", "--out", tmp_path / "d", "--n", "0"], "at least 1"),
+        "lr inf": (["train", "--dataset", tiny_dataset, "--out", tmp_path / "r", "--lr", "inf"],
+                   "learning rate must be a finite number, got inf"),
+        "lr nan": (["train", "--dataset", tiny_dataset, "--out", tmp_path / "r", "--lr", "nan"],
+                   "learning rate must be a finite number, got nan"),
+        "bad epochs": (["train", "--dataset", tiny_dataset, "--out", tmp_path / "r", "--epochs", "ten"],
+                       "--epochs 'ten' is not a whole number"),
+        "huge hidden": (["train", "--dataset", tiny_dataset, "--out", tmp_path / "r", "--preset", "tutorial",
+                         "--hidden", "8000,8000"], "network parameters exceed the limit"),
     }[case]
     code, _, err = _run(argv)
     _assert_one_clean_error(code, err, expected)
@@ -200,3 +214,28 @@ def test_help_exits_0(command, capsys):
         main([*command, "--help"])
     assert caught.value.code == 0
     assert "usage: python -m core" in capsys.readouterr().out
+
+
+def _train_args(*flags: str):
+    return build_parser().parse_args(["train", "--dataset", "d", "--out", "o", *flags])
+
+
+def test_train_has_a_flag_for_every_config_field():
+    train = next(action for action in build_parser()._subparsers._group_actions[0].choices.values()
+                 if action.prog.endswith(" train"))
+    dests = {action.dest for action in train._actions}
+    assert {field.name for field in dataclasses.fields(TrainConfig)} <= dests
+    flags = {flag for action in train._actions for flag in action.option_strings}
+    assert {"--lr", "--hidden", "--batch-size", "--ensemble", "--power-normalize", "--no-power-normalize",
+            "--standardize", "--no-standardize", "--early-stopping", "--feature-view"} <= flags
+
+
+def test_new_flags_reach_the_config():
+    config = train_config_from_args(_train_args(
+        "--preset", "tutorial", "--ensemble", "3", "--power-normalize", "--standardize", "--hidden", "64, 32",
+        "--learning-rate", "0.002", "--validation-split", "0.2"))
+    assert (config.ensemble, config.power_normalize, config.standardize, config.hidden) == (3, True, True, (64, 32))
+    assert config.learning_rate == 0.002
+    assert config.validation_split == 0.0, "an ensemble validates on its own folds"
+    off = train_config_from_args(_train_args("--no-power-normalize", "--no-standardize"))
+    assert off == dataclasses.replace(PRESETS["recommended"], power_normalize=False, standardize=False)

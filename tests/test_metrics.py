@@ -10,7 +10,11 @@
   widens with the confidence level;
 - micro/macro F1 at a threshold match a hand case, with zero_division=0;
 - the per-genre table matches hand values, including its NaN cases;
-- evaluate().to_dict() and per_genre_records() are strict JSON with the documented keys.
+- evaluate().to_dict() and per_genre_records() are strict JSON with the documented keys, and
+  EvaluationSummary.from_dict reads to_dict back into the same typed intervals;
+- the per-poster report (top-k pairs, hits, precision, recall, binary cross-entropy, top-1 score)
+  matches a 3-poster example computed by hand, ties included, and follows the same rule for posters
+  without a true genre as the top-k functions (rejected).
 """
 from __future__ import annotations
 
@@ -22,7 +26,10 @@ import pytest
 
 from core.analysis.metrics import (
     Evaluation,
+    EvaluationSummary,
     Interval,
+    binary_cross_entropy_per_poster,
+    per_poster_report,
     bootstrap_interval,
     evaluate,
     f1_at_threshold,
@@ -335,3 +342,49 @@ def test_per_genre_records_are_strict_json_with_nan_as_null():
     assert [row["genre"] for row in restored] == GENRES
     assert restored[3]["average_precision"] is None and restored[3]["recall_at_k"] is None
     assert restored[0]["support"] == 2 and isinstance(restored[0]["support"], int)
+
+
+def test_summary_reads_to_dict_back_into_typed_intervals():
+    result = evaluate(Y_TRUE, Y_SCORE, Y_TRAIN, GENRES, k=2, n_boot=200)
+    summary = EvaluationSummary.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert summary.precision_at_k == result.precision_at_k
+    assert summary.prior_recall_at_k == result.prior_recall_at_k
+    assert summary.mean_average_precision == pytest.approx(13 / 18)
+    assert summary.to_dict() == result.to_dict()
+    assert summary.overlaps_prior() is (result.precision_at_k.low <= result.prior_precision_at_k.high)
+
+
+# Poster 1 hits at k=1; poster 2 ties 0.5/0.5, so the first genre is chosen and misses; poster 3 has two
+# true genres and gets one.
+SMALL_TRUE = np.array([[1, 0], [0, 1], [1, 1]])
+SMALL_SCORE = np.array([[0.8, 0.4], [0.5, 0.5], [0.9, 0.2]])
+
+
+def test_binary_cross_entropy_per_poster_matches_hand_values():
+    expected = [-(np.log(0.8) + np.log(0.6)) / 2, np.log(2), -(np.log(0.9) + np.log(0.2)) / 2]
+    np.testing.assert_allclose(binary_cross_entropy_per_poster(SMALL_TRUE, SMALL_SCORE),
+                               [0.366985, 0.693147, 0.857399], atol=1e-6)
+    np.testing.assert_allclose(binary_cross_entropy_per_poster(SMALL_TRUE, SMALL_SCORE), expected)
+
+
+def test_binary_cross_entropy_clips_certain_mistakes():
+    loss = binary_cross_entropy_per_poster(np.array([[1, 0]]), np.array([[0.0, 1.0]]))
+    assert loss[0] == pytest.approx(-np.log(1e-7), rel=1e-6)
+
+
+def test_per_poster_report_matches_hand_values():
+    report = per_poster_report(SMALL_TRUE, SMALL_SCORE, ["A", "B"], k=1)
+    assert list(report["predicted"]) == [(("A", 0.8),), (("A", 0.5),), (("A", 0.9),)]
+    assert list(report["hits"]) == [1, 0, 1] and list(report["n_true"]) == [1, 1, 2]
+    np.testing.assert_allclose(report["precision"], [1, 0, 1])
+    np.testing.assert_allclose(report["recall"], [1, 0, 0.5])
+    np.testing.assert_allclose(report["loss"], [0.366985, 0.693147, 0.857399], atol=1e-6)
+    np.testing.assert_allclose(report["confidence"], [0.8, 0.5, 0.9])
+    two = per_poster_report(SMALL_TRUE, SMALL_SCORE, ["A", "B"], k=2)
+    np.testing.assert_allclose(two["precision"], [0.5, 0.5, 1])
+    np.testing.assert_allclose(two["recall"], [1, 1, 1])
+
+
+def test_per_poster_report_rejects_posters_without_a_true_genre_like_the_top_k_metrics():
+    with pytest.raises(ValueError, match=r"1 poster\(s\) have no true genre \(rows \[1\]\)"):
+        per_poster_report(np.array([[1, 0], [0, 0]]), SMALL_SCORE[:2], ["A", "B"], k=1)

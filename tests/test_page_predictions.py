@@ -7,7 +7,7 @@ Behaviours locked in:
 - the hit/miss filter keeps exactly the posters that core.analysis.metrics.top_k_hits says it should;
 - the genre filter keeps posters whose true or predicted genres contain the genre; the confidence range
   filters on the top-1 probability, and an empty selection says so;
-- sorting by loss puts the poster with the highest binary cross-entropy first;
+- sorting by loss puts the poster with the highest binary cross-entropy (core's per-poster loss) first;
 - the per-genre table has one row per genre of the run's vocabulary;
 - the detail view charts the probability of every genre and follows the card's Details button;
 - an uploaded poster is charted over the whole vocabulary with its nearest training posters (cosine on
@@ -25,7 +25,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.model.experiment import labels_for, run_experiment
-from core.analysis.metrics import top_k_hits
+from core.analysis.metrics import binary_cross_entropy_per_poster, top_k_hits
 from core.model.runs import load_run, runs_root, save_run
 from core.model.config import TrainConfig
 
@@ -36,7 +36,7 @@ PAGE = "pages/predictions.py"
 def saved_run(tiny_features):
     dataset, features = tiny_features
     result = run_experiment(dataset, features, TrainConfig(feature_view="avg", hidden=(16,), epochs=2))
-    folder = save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name})
+    folder = save_run(result)
     return load_run(folder)
 
 
@@ -61,11 +61,6 @@ def open_page(dataset_root, run_folder=None) -> AppTest:
 
 def card_ids(at: AppTest) -> list[str]:
     return [button.key.removeprefix("show_") for button in at.button if (button.key or "").startswith("show_")]
-
-
-def bce_per_poster(Y: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    p = np.clip(scores.astype(float), 1e-7, 1 - 1e-7)
-    return -(Y * np.log(p) + (1 - Y) * np.log(1 - p)).mean(axis=1)
 
 
 def test_grid_shows_every_test_poster_with_its_true_genres(tiny_dataset, tiny_features, saved_run):
@@ -147,7 +142,7 @@ def test_confidence_range_filters_on_the_top1_probability(tiny_dataset, saved_ru
 
 def test_sorting_by_loss_puts_the_most_surprising_poster_first(tiny_dataset, saved_run, truth):
     ids, Y, scores = truth
-    loss = bce_per_poster(Y, scores)
+    loss = binary_cross_entropy_per_poster(Y, scores)
     at = open_page(tiny_dataset, saved_run.folder)
     at.selectbox(key="sort_by").select("most surprising (highest loss)").run()
     assert card_ids(at)[0] == ids[int(np.argmax(loss))]

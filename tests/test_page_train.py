@@ -14,22 +14,27 @@ Locks in:
 - Stop (Streamlit interrupts the script at its next st call inside on_epoch, then runs it anew)
   leaves a page that says once how many epochs ran (and in which member of an ensemble) and that
   nothing was saved;
-- deleting a run (with confirmation) removes its folder.
+- deleting a run (with confirmation) removes its folder;
+- every TrainConfig field has a widget keyed by the field name, with the option's label, and the same
+  values entered on the page and as CLI flags give equal TrainConfigs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.cli.main import build_parser, train_config_from_args
+from core.model.config import TRAIN_OPTIONS, TrainConfig
 from core.model.runs import load_run, runs_root
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-CONTROL_KEYS = ("view", "hidden", "dropout", "input_dropout", "power_normalize", "standardize", "learning_rate",
-                "optimizer", "epochs", "batch_size", "test_size", "ensemble", "validation_split", "early_stopping",
-                "patience", "seed", "k", "threshold")
+CONTROL_KEYS = ("feature_view", "hidden", "dropout", "input_dropout", "power_normalize", "standardize",
+                "learning_rate", "optimizer", "epochs", "batch_size", "test_size", "ensemble", "validation_split",
+                "early_stopping", "patience", "seed", "k", "threshold")
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def texts(elements) -> str:
 
 def train_avg(at: AppTest, hidden: str, ensemble: int = 1) -> Path:
     """Train 2 epochs on the avg view through the page; the new run folder."""
-    at.radio(key="view").set_value("avg")
+    at.radio(key="feature_view").set_value("avg")
     at.text_input(key="hidden").input(hidden)
     at.number_input(key="epochs").set_value(2)
     at.number_input(key="ensemble").set_value(ensemble)
@@ -81,14 +86,68 @@ def test_page_runs_with_every_control_by_key(train_page):
     assert "RANDOM" in texts(train_page.warning)
 
 
+def test_every_config_field_has_a_widget_with_the_option_label(train_page):
+    names = [field.name for field in dataclasses.fields(TrainConfig)]
+    assert sorted(names) == sorted(option.name for option in TRAIN_OPTIONS)
+    for option in TRAIN_OPTIONS:
+        assert widget(train_page, option.name).label.startswith(option.label), option.name
+
+
+def test_page_and_cli_give_equal_configs_for_the_same_values(train_page, monkeypatch):
+    import core.model.experiment
+    from core.errors import TrainingError
+
+    trained = []
+
+    def capture(dataset, features, config, **callbacks):
+        trained.append(config)
+        raise TrainingError("captured the configuration")
+
+    monkeypatch.setattr(core.model.experiment, "run_experiment", capture)
+    at = train_page
+    at.radio(key="feature_view").set_value("avg")
+    at.text_input(key="hidden").input("64,32")
+    at.slider(key="dropout").set_value(0.3)
+    at.slider(key="input_dropout").set_value(0.2)
+    at.checkbox(key="power_normalize").check()
+    at.checkbox(key="standardize").check()
+    at.selectbox(key="optimizer").set_value("adam")
+    at.select_slider(key="learning_rate").set_value(2e-3)
+    at.number_input(key="epochs").set_value(7)
+    at.number_input(key="batch_size").set_value(32)
+    at.number_input(key="seed").set_value(5)
+    at.slider(key="test_size").set_value(0.25)
+    at.number_input(key="ensemble").set_value(1)
+    at.slider(key="validation_split").set_value(0.15)
+    at.checkbox(key="early_stopping").check()
+    at.number_input(key="patience").set_value(4)
+    at.number_input(key="k").set_value(2)
+    at.slider(key="threshold").set_value(0.4)
+    at.run()
+    assert not at.exception and not at.error
+    args = build_parser().parse_args([
+        "train", "--dataset", "d", "--out", "o", "--preset", "tutorial", "--feature-view", "avg", "--hidden", "64,32",
+        "--dropout", "0.3", "--input-dropout", "0.2", "--power-normalize", "--standardize", "--optimizer", "adam",
+        "--lr", "0.002", "--epochs", "7", "--batch-size", "32", "--seed", "5", "--test-size", "0.25",
+        "--ensemble", "1", "--validation-split", "0.15", "--early-stopping", "--patience", "4", "--k", "2",
+        "--threshold", "0.4"])
+    expected = train_config_from_args(args)
+    at.button(key="train").click().run()
+    assert "captured the configuration" in texts(at.error)
+    assert trained == [expected]
+    changed = next(caption.value for caption in at.caption if "Changed from" in caption.value)
+    assert changed.endswith(", ".join(name for name in expected.to_dict()
+                                      if expected.to_dict()[name] != TrainConfig().to_dict()[name]))
+
+
 def test_preset_switch_resets_the_controls(train_page):
     at = train_page
-    assert (widget(at, "view").value, widget(at, "optimizer").value) == ("flatten", "rmsprop")
+    assert (widget(at, "feature_view").value, widget(at, "optimizer").value) == ("flatten", "rmsprop")
     assert widget(at, "learning_rate").value == pytest.approx(1e-4)
     assert widget(at, "hidden").value == "1024,256"
     at.selectbox(key="preset").set_value("recommended").run()
     assert not at.exception
-    shown = (widget(at, "view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
+    shown = (widget(at, "feature_view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
     assert shown == ("avg45", "adam", "512")
     assert widget(at, "learning_rate").value == pytest.approx(2e-3)
     assert widget(at, "dropout").value == pytest.approx(0.7) and widget(at, "input_dropout").value == pytest.approx(0.5)
@@ -99,9 +158,9 @@ def test_preset_switch_resets_the_controls(train_page):
     assert not at.error and "Changed from" not in texts(at.caption)
     at.switch_page("pages/home.py").run()
     at.switch_page("pages/train.py").run()
-    assert widget(at, "view").value == "avg45" and at.selectbox(key="preset").value == "recommended"
+    assert widget(at, "feature_view").value == "avg45" and at.selectbox(key="preset").value == "recommended"
     at.selectbox(key="preset").set_value("tutorial").run()
-    assert widget(at, "view").value == "flatten" and widget(at, "early_stopping").value is False
+    assert widget(at, "feature_view").value == "flatten" and widget(at, "early_stopping").value is False
     assert widget(at, "ensemble").value == 1 and widget(at, "power_normalize").value is False
     assert not widget(at, "validation_split").disabled
 

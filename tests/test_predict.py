@@ -7,6 +7,9 @@
 - ``predict_image`` on non-image bytes returns a prediction with the error text, it does not raise.
 - ``predict_images`` handles a mixed list.
 - A run whose weights file is gone or differs is refused with ``RunError``.
+- ``score_test_posters`` has one row per test poster in split order with the dataset's titles and
+  genres, the saved scores, and per-poster metrics equal to ``core.analysis.metrics``'; a dataset without
+  the run's posters is refused.
 """
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import RunError
+from core.analysis.metrics import per_poster_report
+from core.data.datasets import Dataset
+from core.errors import DatasetError, RunError
 from core.model.experiment import run_experiment
 from core.features.extractor import ROW_DIM
-from core.model.predict import Predictor, predict_images
+from core.model.experiment import labels_for
+from core.model.predict import Predictor, predict_images, score_test_posters
 from core.model.runs import load_run, save_run
 from core.model.config import TrainConfig
 
@@ -94,3 +100,27 @@ def test_run_with_missing_or_different_weights_file_is_refused(run_dir, tmp_path
     (tmp_path / "other.h5").write_bytes(b"other")
     with pytest.raises(RunError, match="differ from the run's"):
         Predictor(load_run(run), weights=str(tmp_path / "other.h5"))
+
+
+def test_score_test_posters_lists_each_test_poster_with_core_metrics(run_dir, tiny_features):
+    dataset, _ = tiny_features
+    run = load_run(run_dir)
+    scored = score_test_posters(run, dataset)
+    ids = run.split["test"]
+    assert list(scored.table["id"]) == ids and list(scored.table["order"]) == list(range(len(ids)))
+    assert list(scored.table["true"]) == labels_for(dataset, ids)
+    titles = {poster.id: poster.title for poster in dataset.posters}
+    assert list(scored.table["title"]) == [titles[id_] for id_ in ids]
+    np.testing.assert_array_equal(scored.scores, run.test_scores())
+    assert scored.Y.shape == scored.scores.shape == (len(ids), len(run.vocabulary))
+    expected = per_poster_report(scored.Y, scored.scores, run.vocabulary.genres, k=run.config.k)
+    for column in ("hits", "n_true", "precision", "recall", "loss", "confidence"):
+        np.testing.assert_allclose(scored.table[column], expected[column], err_msg=column)
+    assert (scored.table["precision"] == scored.table["hits"] / run.config.k).all()
+
+
+def test_score_test_posters_refuses_another_dataset(run_dir, tiny_features):
+    dataset, _ = tiny_features
+    other = Dataset(dataset.root, dataset.posters[:5], "five")
+    with pytest.raises(DatasetError, match="posters are not in dataset five"):
+        score_test_posters(load_run(run_dir), other)

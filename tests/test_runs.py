@@ -17,6 +17,12 @@
   that is not a run; ``delete_run`` deletes a run and refuses a non-run folder.
 - ``run_key`` ignores fields left at their defaults; ``runs_for_dataset`` filters by dataset folder;
   ``Run.label`` names the view and random weights; ``Run.hidden_activations`` has the last hidden width.
+- Typed runs: ``Run.dataset_info`` is the ``DatasetInfo`` of the dataset the experiment ran on;
+  ``Run.evaluation`` reads the intervals back from metrics.json equal to the experiment's; the weights
+  identity is stored once (run.json), and a run saved before (weights keys in metrics.json only) still
+  reads them; ``Run.cache_token`` changes when the run folder is replaced.
+- ``runs_table`` has one column per training option (``TRAIN_OPTIONS``) plus the metrics; ``Run.summary``
+  names the options.
 """
 from __future__ import annotations
 
@@ -30,15 +36,16 @@ import numpy as np
 import pytest
 
 from core.errors import RunError
-from core.model.experiment import run_experiment, run_key
-from core.model.runs import RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root, save_run
-from core.model.config import TrainConfig
+from core.model.config import TRAIN_OPTIONS, TrainConfig
+from core.model.experiment import DatasetInfo, run_experiment, run_key
+from core.model.runs import (METRIC_COLUMNS, RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root,
+                             runs_table, save_run)
 from core.features.weights import resolve_weights
 
 CONFIG = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
                      batch_size=8, k=2, seed=4)
 REQUIRED_METRICS = ("k", "precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k",
-                    "micro_f1", "macro_f1", "n_train", "n_test", "genres", "weights")
+                    "micro_f1", "macro_f1", "n_train", "n_test", "genres")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,7 @@ def result(tiny_features):
 
 @pytest.fixture(scope="module")
 def saved(result, tmp_path_factory) -> Path:
-    return save_run(result, tmp_path_factory.mktemp("runs") / "run", dataset_info={"name": "tiny"})
+    return save_run(result, tmp_path_factory.mktemp("runs") / "run")
 
 
 @pytest.fixture
@@ -58,7 +65,7 @@ def copy(saved, tmp_path) -> Path:
 
 
 def test_round_trip_config_vocabulary_split_history(saved, result, tiny_features):
-    _, features = tiny_features
+    dataset, features = tiny_features
     run = load_run(saved)
     assert run.config == CONFIG
     assert run.vocabulary == result.vocabulary and len(run.vocabulary) == 8
@@ -69,7 +76,8 @@ def test_round_trip_config_vocabulary_split_history(saved, result, tiny_features
     assert [entry.epoch for entry in run.history] == [1, 2]
     assert run.key == run_key(features, CONFIG)
     assert run.features_info["weights_identity"] == features.weights.identity
-    assert run.features_info["random_weights"] is True and run.info["dataset"] == {"name": "tiny"}
+    assert run.weights.identity == features.weights.identity and run.weights.is_random
+    assert run.dataset_info == DatasetInfo.of(dataset) and run.info["dataset"]["n_posters"] == 40
 
 
 def test_metrics_json_has_the_required_keys(saved, result):
@@ -77,7 +85,7 @@ def test_metrics_json_has_the_required_keys(saved, result):
     assert set(REQUIRED_METRICS) <= set(metrics)
     assert metrics["k"] == 2 and metrics["n_test"] == 8 and metrics["n_train"] == 32
     assert metrics["genres"] == list(result.vocabulary.genres)
-    assert "RANDOM" in metrics["weights"] and metrics["random_weights"] is True
+    assert not {"weights", "weights_identity", "random_weights"} & set(metrics)
     for name in REQUIRED_METRICS[1:7]:
         assert 0 <= metrics[name] <= 1
     assert metrics["precision_at_k"] == pytest.approx(result.evaluation.precision_at_k.value)
@@ -216,3 +224,52 @@ def test_runs_for_dataset_label_and_hidden_activations(result, tiny_features, tm
     assert run.config.feature_view in run.label() and "RANDOM" in run.label()
     X = features.view(run.config.feature_view)
     assert run.hidden_activations(X).shape == (len(X), run.config.hidden[-1])
+
+
+def test_evaluation_reads_back_typed_intervals(saved, result):
+    evaluation = load_run(saved).evaluation
+    expected = result.evaluation
+    for name in ("precision_at_k", "recall_at_k", "prior_precision_at_k", "prior_recall_at_k"):
+        assert getattr(evaluation, name) == pytest.approx(getattr(expected, name))
+    assert (evaluation.k, evaluation.n_test, evaluation.threshold) == (2, 8, 0.5)
+    assert evaluation.mean_average_precision == pytest.approx(expected.mean_average_precision)
+    assert evaluation.overlaps_prior() == (expected.precision_at_k.low <= expected.prior_precision_at_k.high)
+
+
+def test_run_saved_before_reads_its_weights_from_metrics_json(copy):
+    """Runs written before the weights were stored once kept them in metrics.json too."""
+    info = json.loads((copy / "run.json").read_text())
+    for name in ("weights_identity", "weights_label", "random_weights"):
+        info["features"].pop(name)
+    info["features"]["weights"] = "/models/vgg16.h5"
+    (copy / "run.json").write_text(json.dumps(info))
+    metrics = json.loads((copy / "metrics.json").read_text())
+    metrics.update(weights="vgg16.h5 (sha256 abc)", weights_identity="file:sha256:abc", random_weights=False)
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    weights = load_run(copy).weights
+    assert (weights.kind, weights.identity, weights.label, str(weights.path)) == (
+        "file", "file:sha256:abc", "vgg16.h5 (sha256 abc)", "/models/vgg16.h5")
+    assert "RANDOM" not in load_run(copy).label()
+
+
+def test_cache_token_changes_when_the_run_folder_is_replaced(result, copy):
+    before = load_run(copy).cache_token
+    assert load_run(copy).cache_token == before and hash(before) is not None
+    save_run(result, copy)
+    assert load_run(copy).cache_token != before
+
+
+def test_runs_table_has_a_column_per_training_option(saved):
+    run = load_run(saved)
+    table = runs_table([run])
+    for option in TRAIN_OPTIONS:
+        assert option.column in table.columns, option.name
+    assert set(METRIC_COLUMNS) <= set(table.columns)
+    row = table.iloc[0]
+    assert (row["view"], row["hidden"], row["learning rate"], row["batch"], row["k"]) == ("avg", "16", 0.01, 8, 2)
+    assert row["epochs"] == "2/2" and row["precision@k"] == pytest.approx(run.evaluation.precision_at_k.value)
+    assert row["precision@k − prior"] == pytest.approx(row["precision@k"] - row["prior"])
+    assert "RANDOM" in row["weights"]
+    summary = run.summary()
+    assert "view avg" in summary and "hidden 16" in summary and "optimizer adam" in summary
+    assert "32 train / 0 validation / 8 test posters" in summary and "2/2 epochs" in summary

@@ -61,8 +61,14 @@ BAD_FIELDS = [
     ("input_dropout", 1.0, "input dropout must be in [0, 1), got 1.0"),
     ("optimizer", "nadam", "optimizer must be one of rmsprop, adam, adamw, sgd, got 'nadam'"),
     ("learning_rate", 0.0, "learning rate must be positive, got 0.0"),
-    ("epochs", 0, "got 0 and 64"),
-    ("batch_size", 0, "got 60 and 0"),
+    ("epochs", 0, "epochs must be ≥ 1, got 0"),
+    ("batch_size", 0, "batch size must be ≥ 1, got 0"),
+    ("learning_rate", float("inf"), "learning rate must be a finite number, got inf"),
+    ("learning_rate", float("nan"), "learning rate must be a finite number, got nan"),
+    ("threshold", float("nan"), "threshold must be a finite number, got nan"),
+    ("hidden", (100_000,), "hidden sizes must be at most 8,192 units a layer, got [100000]"),
+    ("hidden", (8,) * 9, "hidden sizes must list at most 8 layers, got 9"),
+    ("seed", -1, "seed must be between 0 and 4294967295, got -1"),
     ("test_size", 0.0, "test fraction must be between 0 and 1, got 0.0"),
     ("test_size", 1.0, "test fraction must be between 0 and 1, got 1.0"),
     ("validation_split", 1.0, "validation fraction must be in [0, 1), got 1.0"),
@@ -80,6 +86,20 @@ def test_check_config_refuses_each_bad_field(field, value, message):
     for part in (message,) if isinstance(message, str) else message:
         assert part in str(caught.value)
     assert str(caught.value).startswith("invalid training configuration")
+
+
+def test_check_config_refuses_networks_too_big_for_memory_with_a_hint():
+    with pytest.raises(TrainingError, match="network parameters exceed the limit") as caught:
+        check_config(TrainConfig(hidden=(8192, 8192)))
+    assert "smaller hidden layers" in caught.value.hint
+    check_config(TrainConfig(feature_view="avg", hidden=(8192, 8192)))
+
+
+def test_check_config_bounds_k_by_the_genres_when_known():
+    check_config(TrainConfig(k=8), n_genres=8)
+    with pytest.raises(TrainingError, match="k=9 but the dataset has only 8 genres") as caught:
+        check_config(TrainConfig(k=9), n_genres=8)
+    assert caught.value.hint == "choose k between 1 and 8"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -146,9 +146,8 @@ class Run:
     def weights(self) -> Weights:
         """The VGG16 weights of the run's features (``run.json``; ``metrics.json`` of older runs)."""
         features, old = self.info.get("features", {}), self.metrics
-        spec = features.get("weights", "")
-        random = features.get("random_weights", old.get("random_weights", spec == "none"))
-        kind = "none" if random else "imagenet" if spec == "imagenet" else "file"
+        spec = features.get("weights") or ("none" if old.get("random_weights") else "")
+        kind = spec if spec in ("none", "imagenet") else "file"
         return Weights(kind, features.get("weights_identity", old.get("weights_identity", "")),
                        features.get("weights_label", old.get("weights", spec)),
                        Path(spec) if kind == "file" and spec else None)
