@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import embeddings
+from core.analysis import embeddings
 from core.cache import load_npy
 from core.analysis.embeddings import (
     NO_GENRE,
