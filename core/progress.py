@@ -100,7 +100,7 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every if not self.tty else 0.1
-        self._shown = 0.0
+        self._shown: float | None = None
         self._width = 0
         self._phase: tuple[str, int] | None = None
 
@@ -109,12 +109,12 @@ class ProgressLine:
         if phase != self._phase:
             self.close()
             self._phase = phase
-            self._shown = 0.0
+            self._shown = None
         self.show(progress.line(), final=progress.finished)
 
     def show(self, text: str, final: bool = False) -> None:
         now = time.monotonic()
-        if not final and now - self._shown < self.every:
+        if not final and self._shown is not None and now - self._shown < self.every:
             return
         self._shown = now
         line = f"{self.label} {text}".strip()
