@@ -327,7 +327,7 @@ def test_cli_prints_progress_summary_and_every_skip_but_never_the_key(cli_env, t
                  "--rate", "1000"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "[40/40]" in captured.err and "posters/s, 3 failed — 37 saved" in captured.err
+    assert "[40/40]" in captured.err and "3 failed — 37 saved" in captured.err
     assert "saved 37 posters" in captured.out
     assert "110: HTTP 404" in captured.out and "105: 'Movie 5' has no poster" in captured.out
     assert "Foreign (10769)" in captured.out
