@@ -91,11 +91,11 @@ def dataset_controls() -> str:
 
 
 def load_active(choice: str) -> tuple[Dataset, LoadReport]:
-    if choice == DEMO:
-        box = st.empty()
-        ensure_demo_dataset(progress=progress_bar(box, text=None))
-        box.empty()
     try:
+        if choice == DEMO:
+            box = st.empty()
+            ensure_demo_dataset(progress=progress_bar(box, text=None))
+            box.empty()
         with st.spinner("Preparing the dataset…"):
             return get_dataset(dataset_root(choice))
     except PosterGenreError as err:

@@ -10,7 +10,8 @@ Locks in:
   new ids are added (the CLI's one-row-CSV case included);
 - an undecodable poster the user put in the folder survives a failed and a successful fetch of its
   id, and the item is reported with the reason; an undecodable poster the builder wrote is replaced;
-- an interrupted first run leaves a folder the next run accepts as its own.
+- an interrupted first run leaves a folder the next run accepts as its own; a state file is in the
+  manifest before it is written, so a killed run never leaves one the next run refuses to replace.
 """
 from __future__ import annotations
 
@@ -160,6 +161,17 @@ def test_interrupted_first_run_leaves_a_folder_the_next_run_owns(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["made_by"] == MADE_BY
     result = _build(out, _items("m1", "m2", "m3", "m4", "m5"))
     assert result.n_total == 5 and result.n_reused >= 2
+
+
+def test_a_state_file_is_owned_as_soon_as_it_is_written(tmp_path):
+    folder = DatasetFolder.open(tmp_path / "set", "tmdb")
+    folder.path_for("progress.json").write_text("{}")
+    reopened = DatasetFolder.open(tmp_path / "set", "tmdb")
+    assert reopened.owns("progress.json") and reopened.path_for("progress.json").is_file()
+    (tmp_path / "set" / "extra.txt").write_text("user's")
+    with pytest.raises(DatasetError, match="extra.txt exists and was not written by this source"):
+        reopened.path_for("extra.txt")
+    assert not reopened.remove("extra.txt") and (tmp_path / "set" / "extra.txt").read_text() == "user's"
 
 
 def _write_table(path: Path, rows: list[list[str]]) -> Path:

@@ -138,14 +138,23 @@ class DatasetFolder:
 
     def path_for(self, relative: str) -> Path:
         """The path to write ``relative`` (a POSIX path in the folder) to; refused if a file not
-        written here is there. The folder is claimed first, and the file counts as written from now."""
+        written here is there. The folder is claimed first, and the file counts as written from now.
+
+        A new table or state file enters the manifest before it is written, so a killed run cannot
+        leave one the next run would refuse; posters are listed with the tables after each batch (a
+        poster a kill left unlisted is still reused, only never deleted).
+        """
         path = self.root / relative
         with self._lock:
-            if relative not in self._written and path.exists():
+            if relative in self._written:
+                return path
+            if path.exists():
                 raise DatasetError(f"{path} exists and was not written by this source, so it is left as is",
                                    "move that file away and run again")
             self._claim()
             self._written.add(relative)
+            if not relative.startswith(f"{POSTERS_DIR}/"):
+                self._write_manifest()
         return path
 
     def remove(self, relative: str) -> bool:
@@ -163,9 +172,12 @@ class DatasetFolder:
 
     def save_manifest(self) -> None:
         with self._lock:
-            files = sorted(self._written | {MANIFEST_FILE})
-        atomic_write_json(self.root / MANIFEST_FILE,
-                          {"made_by": MADE_BY, "source": self.source, "files": files})
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        """Called with the lock held."""
+        atomic_write_json(self.root / MANIFEST_FILE, {"made_by": MADE_BY, "source": self.source,
+                                                      "files": sorted(self._written)})
 
     def _claim(self) -> None:
         """Mark the folder as this source's before its first file (called with the lock held)."""
@@ -177,8 +189,7 @@ class DatasetFolder:
                                                   "source": self.source, "synthetic": False,
                                                   "created": now, "updated": now, "n_posters": 0})
         self._written |= {INFO_FILE, MANIFEST_FILE}
-        atomic_write_json(self.root / MANIFEST_FILE, {"made_by": MADE_BY, "source": self.source,
-                                                      "files": sorted(self._written)})
+        self._write_manifest()
         self._claimed = True
 
 
