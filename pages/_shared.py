@@ -18,6 +18,7 @@ from core.data.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
 from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
 from core.features.weights import Weights, default_weights_spec, resolve_weights
+from core.progress import Progress, ProgressFn
 
 # After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
 # garbage-collector pass over TensorFlow's hundreds of thousands of objects (~0.3 s apiece here).
@@ -150,6 +151,12 @@ def features_if_cached(dataset: Dataset) -> FeatureSet | None:
         return None
 
 
+def forget_features() -> None:
+    """Drop the cached feature sets and statuses; call after new features reached the disk cache."""
+    _cached_features.clear()
+    feature_status.clear()
+
+
 def require_features(dataset: Dataset) -> FeatureSet:
     features = features_if_cached(dataset)
     if features is None:
@@ -158,6 +165,21 @@ def require_features(dataset: Dataset) -> FeatureSet:
         st.stop()
     weights_notice(features.weights)
     return features
+
+
+def progress_bar(box, text: str | None = "Starting…") -> ProgressFn:
+    """A ``ProgressFn`` drawing each ``Progress`` as a bar in ``box`` (an ``st.empty()``, cleared by the caller).
+
+    With ``text`` the bar shows at once; without, only when the first progress arrives (work that
+    may turn out to be done already then shows nothing).
+    """
+    if text is not None:
+        box.progress(0.0, text=text)
+
+    def update(progress: Progress) -> None:
+        box.progress(progress.fraction, text=progress.line())
+
+    return update
 
 
 def weights_notice(weights: Weights) -> None:

@@ -1,7 +1,6 @@
 """Data: choose the poster set, look at its genres and posters, extract VGG16 features, get real posters."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -10,19 +9,21 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.cache import cache_root
 from core.data.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Skipped
-from core.data.demo import demo_dataset_dir
+from core.data.demo import ensure_demo_dataset
+from core.data.library import dataset_folder, datasets_dir, downloaded_datasets
 from core.errors import AuthError, PosterGenreError, WeightsError
 from core.features.extractor import PRECISIONS, resolve_precision
-from core.features.pipeline import FeatureConfig, Progress, extract_features
-from core.sources.tmdb import LISTS, TmdbConfig, download_tmdb, load_credentials, parse_years
+from core.features.pipeline import FeatureConfig, extract_features
+from core.features.weights import Weights, weights_kind
+from core.progress import ProgressFn
+from core.sources.builder import AcquireResult
+from core.sources.tmdb import LISTS, config_from_text, download_tmdb, load_credentials
 from core.sources.tutorial import import_tutorial
-from core.sources.url_table import AcquireResult, UrlTableConfig, download_url_table, safe_id
-from core.features.weights import Weights
-from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO, feature_config, feature_status,
-                           fingerprint, get_dataset, get_weights, load_settings, route_through_app, save_settings,
-                           weights_notice)
+from core.sources.url_table import UrlTableConfig, download_url_table
+from pages._shared import (DEMO, dataset_caption, dataset_root, feature_config, feature_status, fingerprint,
+                           forget_features, get_dataset, get_weights, load_settings, progress_bar, route_through_app,
+                           save_settings, weights_notice)
 from pages._widgets import first_page, page_number, show_poster
 
 PAGE_SIZE = 48
@@ -34,21 +35,7 @@ POSTER_SIZES = ("w92", "w154", "w185", "w342", "w500", "w780", "original")
 AUTO_LIST = "auto"
 
 
-def datasets_dir() -> Path:
-    return (cache_root() / "datasets").resolve()
-
-
 # --- dataset choice ----------------------------------------------------------------------------
-
-
-def downloaded_datasets() -> list[str]:
-    """Dataset folders the product wrote under the cache (the demo's own folder excluded)."""
-    folder, demo = datasets_dir(), demo_dataset_dir().resolve()
-    if not folder.is_dir():
-        return []
-    return [str(path) for path in sorted(folder.iterdir())
-            if path.is_dir() and not path.name.startswith(".") and path != demo
-            and (path / "labels.csv").is_file()]
 
 
 def dataset_label(choice: str) -> str:
@@ -85,7 +72,7 @@ def _on_dataset_choice() -> None:
 def dataset_controls() -> str:
     """The active dataset choice (``"demo"`` or a folder path), changed through the settings."""
     current = load_settings()["dataset"]
-    options = [DEMO, *downloaded_datasets()]
+    options = [DEMO, *(str(entry.path) for entry in downloaded_datasets())]
     if current not in options:
         options.append(current)
     st.session_state["dataset_choice"] = current
@@ -105,6 +92,10 @@ def dataset_controls() -> str:
 
 def load_active(choice: str) -> tuple[Dataset, LoadReport]:
     try:
+        if choice == DEMO:
+            box = st.empty()
+            ensure_demo_dataset(progress=progress_bar(box, text=None))
+            box.empty()
         with st.spinner("Preparing the dataset…"):
             return get_dataset(dataset_root(choice))
     except PosterGenreError as err:
@@ -173,13 +164,6 @@ def genre_charts(dataset: Dataset) -> None:
 
 
 # --- weights and features ------------------------------------------------------------------------
-
-
-def weights_kind(spec: str) -> str:
-    lowered = spec.strip().lower()
-    if lowered in ("imagenet", "none"):
-        return lowered
-    return "none" if lowered == "random" else "file"
 
 
 def _on_weights_kind() -> None:
@@ -269,26 +253,21 @@ def show_cache_status(box, dataset: Dataset, config: FeatureConfig) -> None:
 
 
 def run_extraction(dataset: Dataset, config: FeatureConfig) -> bool:
-    bar = st.progress(0.0, text="Loading VGG16…")
-
-    def update(progress: Progress) -> None:
-        bar.progress(progress.done / progress.total if progress.total else 1.0, text=progress.line())
-
+    box = st.empty()
     try:
-        features = extract_features(dataset, config, progress=update)
+        features = extract_features(dataset, config, progress=progress_bar(box, "Loading VGG16…"))
     except WeightsError as err:
-        bar.empty()
+        box.empty()
         st.error(str(err))
         st.info("Offline? Choose **Local weights file** above and give the path of a VGG16 "
                 "include_top=False weights file (e.g. vgg16_imagenet_notop.weights.h5).")
         return False
     except PosterGenreError as err:
-        bar.empty()
+        box.empty()
         st.error(str(err))
         return False
-    bar.progress(1.0, text=f"Done in {features.seconds:.1f} s")
-    _cached_features.clear()
-    feature_status.clear()
+    box.progress(1.0, text=f"Done in {features.seconds:.1f} s")
+    forget_features()
     st.session_state["extraction"] = {
         "source": (str(dataset.root), config), "computed": features.n_computed, "cached": features.n_cached,
         "failed": features.failed, "seconds": features.seconds}
@@ -352,34 +331,12 @@ def poster_grid(dataset: Dataset) -> None:
 # --- getting real posters ------------------------------------------------------------------------
 
 
-def output_folder(name: str) -> Path:
-    """The dataset folder for ``name`` under the cache, or a ``PosterGenreError`` for an unsafe name."""
-    folder = safe_id(name)
-    if folder is None:
-        raise PosterGenreError(f"dataset name {name!r} is not usable as a folder name",
-                               "use letters, digits, - and _ only, e.g. tmdb-popular-500")
-    return datasets_dir() / folder
-
-
-def progress_reporter() -> Callable[[int, int, str], None]:
-    """``progress(done, total, message)`` drawn as a bar with the rate of the current phase."""
-    bar = st.progress(0.0, text="Starting…")
-    phase = {"name": None, "started": time.monotonic()}
-
-    def update(done: int, total: int, message: str) -> None:
-        name = (message.split(" ", 1)[0], total)
-        if name != phase["name"]:
-            phase.update(name=name, started=time.monotonic())
-        rate = done / max(time.monotonic() - phase["started"], 1e-6)
-        bar.progress(min(done / total, 1.0) if total else 0.0, text=f"[{done:,}/{total:,}] {rate:.1f}/s — {message}")
-
-    return update
-
-
-def acquire(key: str, call: Callable[[Callable[[int, int, str], None]], AcquireResult]) -> None:
+def acquire(key: str, call: Callable[[ProgressFn], AcquireResult]) -> None:
+    box = st.empty()
     try:
-        result = call(progress_reporter())
+        result = call(progress_bar(box))
     except PosterGenreError as err:
+        box.empty()
         st.error(str(err))
         return
     st.session_state[f"acquired_{key}"] = result
@@ -429,20 +386,10 @@ def tmdb_form() -> None:
         name = st.text_input("Dataset name", value="tmdb-posters", key="tmdb_name")
         submitted = st.form_submit_button("Download from TMDB", key="tmdb_submit", disabled=not found)
     if submitted:
-        acquire("tmdb", lambda progress: run_tmdb(name, list_name, years, genres, int(max_movies),
-                                                  poster_size, progress))
+        acquire("tmdb", lambda progress: download_tmdb(dataset_folder(name), config_from_text(
+            int(max_movies), None if list_name == AUTO_LIST else list_name, years, genres,
+            poster_size=poster_size), progress=progress))
     show_acquired("tmdb")
-
-
-def run_tmdb(name: str, list_name: str, years: str, genres: str, max_movies: int, poster_size: str,
-             progress) -> AcquireResult:
-    wanted = tuple(g.strip() for g in genres.split(",") if g.strip())
-    span = parse_years(years) if years.strip() else None
-    if list_name == AUTO_LIST:
-        list_name = "discover" if span or wanted else "popular"
-    config = TmdbConfig(max_movies=max_movies, list_name=list_name, years=span, genres=wanted,
-                        poster_size=poster_size)
-    return download_tmdb(output_folder(name), config, progress=progress)
 
 
 def url_table_form() -> None:
@@ -464,7 +411,7 @@ def url_table_form() -> None:
         config = UrlTableConfig(**{k: v.strip() or None for k, v in columns.items()},
                                 genre_separator=separator or "|", max_rows=int(max_rows) or None)
         acquire("urls", lambda progress: download_url_table(
-            _existing_file(csv_path, "CSV file"), output_folder(name), config, progress=progress))
+            _existing_file(csv_path, "CSV file"), dataset_folder(name), config, progress=progress))
     show_acquired("urls")
 
 
@@ -480,7 +427,7 @@ def tutorial_form() -> None:
     if submitted:
         acquire("tutorial", lambda progress: import_tutorial(
             _existing_file(movies, "poster_movies.pckl"), _existing_file(genres, "Genredict.pckl"),
-            Path(posters.strip()).expanduser(), output_folder(name), progress=progress))
+            Path(posters.strip()).expanduser(), dataset_folder(name), progress=progress))
     show_acquired("tutorial")
 
 
@@ -494,7 +441,8 @@ def _existing_file(text: str, what: str) -> Path:
 def acquisition_section() -> None:
     with st.expander("Get real posters"):
         st.caption(f"Each download becomes a dataset folder in `{datasets_dir()}` and appears in the list "
-                   "above. An interrupted download resumes when started again with the same name.")
+                   "above. Started again with the same name, a download resumes, or adds new posters to the "
+                   "ones already there.")
         tmdb_tab, urls_tab, tutorial_tab = st.tabs(["TMDB download", "Poster-URL table", "Tutorial files"])
         with tmdb_tab:
             tmdb_form()

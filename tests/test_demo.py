@@ -32,6 +32,7 @@ from core.data.demo import (
     make_demo_dataset,
 )
 from core.errors import DatasetError
+from core.progress import Progress
 
 SMALL = DemoConfig(n_posters=40)
 
@@ -124,9 +125,10 @@ def test_genre_styles_differ_measurably(demo):
 
 
 def test_progress_is_reported_for_every_poster(tmp_path):
-    calls: list[tuple[int, int]] = []
-    make_demo_dataset(tmp_path / "set", DemoConfig(n_posters=9), lambda done, total: calls.append((done, total)))
-    assert calls == [(i, 9) for i in range(1, 10)]
+    calls: list[tuple[int, int, str]] = []
+    make_demo_dataset(tmp_path / "set", DemoConfig(n_posters=9),
+                      lambda p: calls.append((p.done, p.total, p.phase)))
+    assert calls == [(i, 9, "posters") for i in range(1, 10)]
 
 
 def test_ensure_generates_into_the_cache(cache):
@@ -140,8 +142,8 @@ def test_ensure_generates_into_the_cache(cache):
 def test_ensure_reuses_a_complete_folder_without_rewriting(cache):
     root = ensure_demo_dataset(SMALL)
     before = _mtimes(root)
-    calls: list[tuple[int, int]] = []
-    assert ensure_demo_dataset(SMALL, progress=lambda *args: calls.append(args)) == root
+    calls: list[Progress] = []
+    assert ensure_demo_dataset(SMALL, progress=calls.append) == root
     assert _mtimes(root) == before
     assert calls == []
 
@@ -167,7 +169,7 @@ def test_ensure_keeps_a_complete_folder_installed_meanwhile(cache):
     config = DemoConfig(n_posters=10)
     installed: dict[str, int] = {}
 
-    def another_session_finishes_first(done: int, total: int) -> None:
+    def another_session_finishes_first(progress: Progress) -> None:
         if not installed:
             installed.update(_mtimes(make_demo_dataset(demo_dataset_dir(), config)))
 

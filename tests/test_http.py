@@ -3,11 +3,14 @@
 Locks in: 429 waits for Retry-After (measured) and is capped; repeated 429 gives RateLimitError;
 5xx, timeouts, refused connections and invalid JSON are retried with backoff, then a clear
 DownloadError; 401 gives AuthError at once and 404 an HttpStatusError at once (no retry); secrets
-are redacted in every message and no chained exception carries them; the rate limiter spaces
-requests across threads and ``hold`` pauses them; Retry-After dates parse.
+are redacted in every message, in urllib3's own log records, and no chained exception carries them;
+transport retries are urllib3's ``Retry`` mounted on the session and share one attempt budget with
+invalid-JSON retries; a body over the size limit fails at once; the rate limiter spaces requests
+across threads and ``hold`` pauses them; Retry-After dates parse.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -17,8 +20,8 @@ from email.utils import format_datetime
 import pytest
 
 from core.errors import AuthError, DownloadError, RateLimitError
-from core.sources.http import (HttpClient, HttpConfig, HttpStatusError, RateLimiter, describe_url,
-                       parse_retry_after, redact)
+from core.sources.http import (RETRY_STATUSES, HttpClient, HttpConfig, HttpStatusError, PoliteRetry,
+                               RateLimiter, describe_url, parse_retry_after, redact)
 from tests.fake_tmdb import API_KEY, INVALID_JSON, SLOW, fake_tmdb, status  # noqa: F401
 
 FAST = HttpConfig(requests_per_second=1000, timeout=0.3, max_retries=3, backoff_base=0.01)
@@ -168,3 +171,35 @@ def test_invalid_url_fails_at_once_without_retrying():
     with pytest.raises(DownloadError, match="invalid URL"):
         client.get_bytes("htp://example.org/poster.jpg")
     assert slept == []
+
+
+def test_sessions_retry_through_urllib3_with_the_configured_policy(fake_tmdb):
+    client = _client(max_retries=3)
+    _genres(client, fake_tmdb)
+    retry = client._session().get_adapter(fake_tmdb.api_base).max_retries
+    assert isinstance(retry, PoliteRetry) and retry.limiter is client.limiter
+    assert {429, 500, 503} <= set(retry.status_forcelist) == set(RETRY_STATUSES)
+    assert retry.allowed_methods == frozenset({"GET"}) and retry.respect_retry_after_header
+    assert retry.backoff_factor == 0.01 and retry.raise_on_status is False
+
+
+def test_transport_and_json_retries_share_one_budget(fake_tmdb):
+    fake_tmdb.fail(GENRES, status(500), INVALID_JSON, status(500), INVALID_JSON, INVALID_JSON)
+    with pytest.raises(DownloadError, match="invalid JSON.*gave up after 4 attempts"):
+        _genres(_client(max_retries=3), fake_tmdb)
+    assert len(fake_tmdb.requests_to("api", GENRES)) == 4
+
+
+def test_body_over_the_size_limit_fails_at_once(fake_tmdb):
+    with pytest.raises(DownloadError, match="larger than 50 bytes"):
+        _client(max_bytes=50).get_bytes(fake_tmdb.poster_url(100))
+    assert len(fake_tmdb.requests_to("image")) == 1
+
+
+def test_urllib3_log_records_never_carry_the_key(fake_tmdb, caplog):
+    fake_tmdb.fail(GENRES, status(500), status(503))
+    with caplog.at_level(logging.DEBUG, logger="urllib3"):
+        _genres(_client(), fake_tmdb)
+    assert any("Retrying" in record.getMessage() or "Incremented" in record.getMessage()
+               for record in caplog.records)
+    assert not any(API_KEY in record.getMessage() for record in caplog.records)

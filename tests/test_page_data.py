@@ -12,11 +12,15 @@ Locks in:
 - random weights show the not-ImageNet warning, and choosing them on the page is saved;
 - a weights file path that does not exist is an error and leaves the active weights unchanged;
 - the TMDB form downloads from a fake TMDB into the cache's datasets folder, the result can be made
-  the active dataset, and the API key appears nowhere on the page.
+  the active dataset, and the API key appears nowhere on the page;
+- the URL-table form into a folder the product did not make shows core's refusal and changes nothing;
+- the page imports no private name from pages/_shared.py.
 """
 from __future__ import annotations
 
+import ast
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -173,3 +177,30 @@ def test_tmdb_download_can_become_the_active_dataset(tiny_dataset, fake_tmdb, mo
     assert metric(at, "Usable posters") == "5"
     assert at.selectbox(key="dataset_choice").format_func(str(out.resolve())) == "tmdb-page-test (downloaded)"
     assert all(API_KEY not in str(getattr(node, "proto", "")) for node in every_node(at._tree))
+
+
+def test_url_form_refuses_a_folder_it_did_not_make(tiny_dataset, tmp_path):
+    foreign = cache_root() / "datasets" / "someone-elses"
+    (foreign / "posters").mkdir(parents=True)
+    (foreign / "posters" / "keep.jpg").write_bytes(b"not really a jpeg")
+    (foreign / "notes.txt").write_text("mine")
+    table = tmp_path / "t.csv"
+    table.write_text("id,title,genres,poster\n1,A,Drama,http://127.0.0.1:9/p.jpg\n")
+    try:
+        at = open_page(tiny_dataset)
+        at.text_input(key="urls_csv").input(str(table))
+        at.text_input(key="urls_name").input("someone-elses")
+        at.button(key="urls_submit").click().run()
+        assert not at.exception
+        assert "is not empty" in texts(at.error) and "new or empty folder" in texts(at.error)
+        assert sorted(p.name for p in foreign.rglob("*")) == ["keep.jpg", "notes.txt", "posters"]
+        assert (foreign / "posters" / "keep.jpg").read_bytes() == b"not really a jpeg"
+    finally:
+        shutil.rmtree(foreign)
+
+
+def test_page_imports_no_private_shared_names():
+    tree = ast.parse((APP.parent / "pages" / "data.py").read_text())
+    names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module == "pages._shared" for alias in node.names]
+    assert names and not [name for name in names if name.startswith("_")]

@@ -24,6 +24,7 @@ import pytest
 from core.cli.acquire import add_commands
 from core.data.datasets import load_dataset
 from core.errors import AuthError, PosterGenreError
+from core.progress import Progress
 from core.sources.http import HttpConfig
 from core.data.images import open_rgb
 from core.sources.tmdb import TmdbConfig, TmdbCredentials, download_tmdb, load_credentials, parse_years
@@ -127,8 +128,8 @@ def test_metadata_and_info_describe_the_source(fake, tmp_path):
 def test_killed_download_keeps_valid_labels_and_resumes_without_refetching(fake, tmp_path):
     out = tmp_path / "tmdb"
 
-    def kill_after_ten(done: int, total: int, message: str) -> None:
-        if message.startswith("posters") and done >= 10:
+    def kill_after_ten(progress: Progress) -> None:
+        if progress.phase == "posters" and progress.done >= 10:
             raise KeyboardInterrupt
 
     paced = HttpConfig(requests_per_second=100, timeout=0.3, max_retries=3, backoff_base=0.01)
@@ -326,7 +327,7 @@ def test_cli_prints_progress_summary_and_every_skip_but_never_the_key(cli_env, t
                  "--rate", "1000"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "posters 37 ok, 3 failed" in captured.err and "[40/40]" in captured.err
+    assert "[40/40]" in captured.err and "3 failed — 37 saved" in captured.err
     assert "saved 37 posters" in captured.out
     assert "110: HTTP 404" in captured.out and "105: 'Movie 5' has no poster" in captured.out
     assert "Foreign (10769)" in captured.out

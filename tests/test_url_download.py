@@ -1,4 +1,5 @@
-"""core.sources.url_table: poster-URL tables into dataset folders, against real HTTP on 127.0.0.1.
+"""core.sources.url_table (with core.sources.builder): poster-URL tables into dataset folders, against
+real HTTP on 127.0.0.1.
 
 Locks in: the "Movie Genre from its Poster" table (latin-1, ``imdbId,...,Genre,Poster``) works
 without options and loads with zero skipped items; common column names are found case-insensitively
@@ -22,8 +23,10 @@ from PIL import Image
 from core.cli.acquire import add_commands
 from core.data.datasets import load_dataset
 from core.errors import DatasetError
+from core.progress import Progress
 from core.sources.http import HttpConfig
-from core.sources.url_table import UrlTableConfig, download_url_table, poster_bytes, safe_id
+from core.sources.builder import poster_bytes, safe_id
+from core.sources.url_table import UrlTableConfig, download_url_table
 from tests.fake_tmdb import FakeTmdb
 
 FAST = HttpConfig(requests_per_second=1000, timeout=0.3, max_retries=1, backoff_base=0.01)
@@ -106,8 +109,8 @@ def test_interrupted_run_resumes_without_refetching(fake, tmp_path):
     table = _write_table(tmp_path / "MovieGenre.csv", _good_rows(fake))
     out = tmp_path / "out"
 
-    def kill_after_five(done: int, total: int, message: str) -> None:
-        if done >= 5:
+    def kill_after_five(progress: Progress) -> None:
+        if progress.done >= 5:
             raise KeyboardInterrupt
 
     paced = HttpConfig(requests_per_second=50, timeout=0.3, max_retries=1, backoff_base=0.01)

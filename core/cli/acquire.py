@@ -14,11 +14,14 @@ from typing import Callable, TextIO
 
 from core.errors import DownloadError
 from core.progress import ProgressLine
-from core.sources.tmdb import LISTS, TmdbConfig, download_tmdb, parse_years
+from core.sources.tmdb import LISTS, config_from_text, download_tmdb
 from core.sources.tutorial import import_tutorial
-from core.sources.url_table import AcquireResult, UrlTableConfig, download_url_table
+from core.sources.builder import AcquireResult
+from core.sources.url_table import UrlTableConfig, download_url_table
 
 INTERRUPTED_EXIT = 130
+OUT_HELP = ("dataset folder: new, empty, or one this command made earlier (its rows are kept and new "
+            "ones added); `python -m core datasets` shows where the app looks for datasets")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -28,12 +31,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_download_tmdb(args: argparse.Namespace) -> int:
-    genres = tuple(g.strip() for g in (args.genres or "").split(",") if g.strip())
-    years = parse_years(args.years) if args.years else None
-    list_name = args.list_name or ("discover" if years or genres else "popular")
-    config = TmdbConfig(max_movies=args.max_movies, list_name=list_name, years=years, genres=genres,
-                        poster_size=args.poster_size, language=args.language,
-                        workers=args.workers, requests_per_second=args.rate)
+    config = config_from_text(args.max_movies, args.list_name, args.years, args.genres,
+                              poster_size=args.poster_size, language=args.language,
+                              workers=args.workers, requests_per_second=args.rate)
     return _run(args.out, lambda progress: download_tmdb(args.out, config, progress=progress))
 
 
@@ -106,7 +106,7 @@ def _add_tmdb(subparsers: argparse._SubParsersAction) -> None:
         description="Download movie posters and genres from TMDB (as the tutorial did). Needs "
                     "TMDB_API_KEY or TMDB_READ_TOKEN in the environment or .streamlit/secrets.toml. "
                     "An interrupted run resumes when the same command is run again.")
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create or resume")
+    parser.add_argument("--out", type=Path, required=True, help=OUT_HELP)
     parser.add_argument("--max-movies", type=_positive_int, required=True)
     parser.add_argument("--list", dest="list_name", choices=list(LISTS), default=None,
                         help="movie list (default popular; discover when --years/--genres are given)")
@@ -128,7 +128,7 @@ def _add_tutorial(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--movies", type=Path, required=True, help="poster_movies.pckl")
     parser.add_argument("--genres", type=Path, required=True, help="Genredict.pckl")
     parser.add_argument("--posters", type=Path, required=True, help="folder of <title>.jpg posters")
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    parser.add_argument("--out", type=Path, required=True, help=OUT_HELP)
     parser.set_defaults(func=run_import_tutorial)
 
 
@@ -139,7 +139,7 @@ def _add_urls(subparsers: argparse._SubParsersAction) -> None:
                     "per row (e.g. the 'Movie Genre from its Poster' MovieGenre.csv, detected "
                     "without options). Resumes; failures are listed and saved to failures.csv.")
     parser.add_argument("--csv", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help=OUT_HELP)
     parser.add_argument("--id-column")
     parser.add_argument("--title-column")
     parser.add_argument("--genres-column")

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
+    datasets = commands.add_parser("datasets", help="list the downloaded datasets the app offers")
+    datasets.set_defaults(func=cmd_datasets)
+
     extract = commands.add_parser("extract", help="compute and cache VGG16 features of a dataset")
     _feature_args(extract)
     extract.set_defaults(func=cmd_extract)
@@ -89,10 +92,24 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from core.data.demo import DemoConfig, make_demo_dataset
 
-    line = ProgressLine("generating")
     out = make_demo_dataset(args.out, DemoConfig(n_posters=args.n, seed=args.seed),
-                            progress=lambda done, total: line.show(f"[{done}/{total}]", final=done == total))
+                            progress=ProgressLine("generating"))
     print(f"wrote a SYNTHETIC demo dataset of {args.n} posters to {out}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from core.data.library import datasets_dir, downloaded_datasets
+
+    entries = downloaded_datasets()
+    if not entries:
+        print(f"no datasets in {datasets_dir()} yet; download one with --out {datasets_dir()}/NAME")
+        return 0
+    rows = [("name", "posters", "source", "path")] + [
+        (entry.name, str(entry.n_posters), entry.source, str(entry.path)) for entry in entries]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for name, posters, source, path in rows:
+        print(f"{name:<{widths[0]}}  {posters:>{widths[1]}}  {source:<{widths[2]}}  {path}")
     return 0
 
 
@@ -114,8 +131,7 @@ def _features(args: argparse.Namespace, dataset):
 
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
                            batch_size=args.batch_size_extract)
-    line = ProgressLine("extracting")
-    features = extract_features(dataset, config, progress=lambda p: line.show(p.line(), final=p.done == p.total))
+    features = extract_features(dataset, config, progress=ProgressLine("extracting"))
     for item in features.failed:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
     if features.weights.is_random:

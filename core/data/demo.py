@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from core.cache import cache_root
 from core.data.datasets import INFO_FILE, LABELS_FILE, POSTERS_DIR, read_info, write_info, write_labels
 from core.errors import DatasetError
+from core.progress import ProgressFn, ProgressTracker
 
 GENERATOR_VERSION = 1
 DEMO_NAME = "Synthetic demo posters (generated)"
@@ -44,7 +45,6 @@ JPEG_QUALITY = 90
 STALE_TEMP_S = 3600
 
 RGB = tuple[int, int, int]
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class _Style:
 
 
 def make_demo_dataset(out: str | Path, config: DemoConfig = DemoConfig(),
-                      progress: Progress | None = None) -> Path:
+                      progress: ProgressFn | None = None) -> Path:
     """Generate the demo dataset into ``out``, replacing an earlier demo dataset there."""
     target = Path(out).expanduser().resolve()
     _check_config(config)
@@ -94,7 +94,7 @@ def demo_dataset_dir() -> Path:
     return cache_root() / "datasets" / f"synthetic-demo-v{GENERATOR_VERSION}"
 
 
-def ensure_demo_dataset(config: DemoConfig = DemoConfig(), progress: Progress | None = None) -> Path:
+def ensure_demo_dataset(config: DemoConfig = DemoConfig(), progress: ProgressFn | None = None) -> Path:
     """The cached demo dataset folder, generated first when missing, incomplete or outdated."""
     target = demo_dataset_dir()
     if is_complete(target, config):
@@ -118,19 +118,19 @@ def is_complete(root: Path, config: DemoConfig) -> bool:
     return posters.is_dir() and sum(1 for p in posters.iterdir() if p.suffix == ".jpg") == config.n_posters
 
 
-def write_demo_files(root: Path, config: DemoConfig, progress: Progress | None = None) -> None:
+def write_demo_files(root: Path, config: DemoConfig, progress: ProgressFn | None = None) -> None:
     """Draw every poster into ``root``, then write labels.csv and dataset.json (in that order)."""
     labels = _sample_labels(config.n_posters, np.random.default_rng(config.seed))
     digits = max(4, len(str(config.n_posters)))
     (root / POSTERS_DIR).mkdir(parents=True, exist_ok=True)
     rows = []
+    tracker = ProgressTracker(config.n_posters, "posters", progress)
     for index, genres in enumerate(labels):
         number = f"{index + 1:0{digits}d}"
         image = render_poster(genres, config, np.random.default_rng((config.seed, index)))
         (root / POSTERS_DIR / f"demo-{number}.jpg").write_bytes(_jpeg(image))
         rows.append((f"demo-{number}", f"Synthetic poster {number}", genres))
-        if progress is not None:
-            progress(index + 1, config.n_posters)
+        tracker.update(index + 1)
     write_labels(root, rows)
     write_info(root, name=DEMO_NAME, synthetic=True, source=DEMO_SOURCE, seed=config.seed,
                n_posters=config.n_posters, width=config.width, height=config.height,
@@ -176,7 +176,7 @@ def _motif_styles(genres: tuple[str, ...], rng: np.random.Generator) -> list[_St
     return [_STYLES[genre] for genre in rng.permutation(chosen).tolist()]
 
 
-def _generate_and_install(target: Path, config: DemoConfig, progress: Progress | None,
+def _generate_and_install(target: Path, config: DemoConfig, progress: ProgressFn | None,
                           keep_complete: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))

@@ -5,7 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from core.features.store import FeatureStore
 from core.features.views import feature_view
 from core.data.images import RESAMPLING, load_pixels
 from core.features.weights import Weights, resolve_weights
+from core.progress import ProgressFn, ProgressTracker
 
 PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-2"
 
@@ -28,23 +29,6 @@ class FeatureConfig:
     image_size: int = 224
     resize: str = "bilinear"
     batch_size: int = 32
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int
-    total: int
-    per_second: float
-    seconds_left: float | None
-    failed: int = 0
-
-    def line(self) -> str:
-        eta = "" if self.seconds_left is None else f", {self.seconds_left:.0f}s left"
-        failed = f", {self.failed} failed" if self.failed else ""
-        return f"[{self.done}/{self.total}] {self.per_second:.1f} posters/s{eta}{failed}"
-
-
-ProgressFn = Callable[[Progress], None]
 
 
 @dataclass
@@ -168,19 +152,14 @@ def _compute(store: FeatureStore, todo: list[tuple[Path, str]], config: FeatureC
     if not todo:
         return failed
     extractor = get_extractor(weights, precision, config.image_size)
-    started, done = time.perf_counter(), 0
+    tracker = ProgressTracker(len(todo), "posters", progress)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch_keys, pixels, errors in _decoded_batches(pool, todo, config):
             for key, reason in errors:
                 failed[key] = reason
             if batch_keys:
                 store.add(batch_keys, extractor(pixels))
-            done += len(batch_keys) + len(errors)
-            if progress:
-                elapsed = time.perf_counter() - started
-                rate = done / elapsed if elapsed > 0 else 0.0
-                left = (len(todo) - done) / rate if rate > 0 else None
-                progress(Progress(done, len(todo), rate, left, len(failed)))
+            tracker.update(tracker.done + len(batch_keys) + len(errors), failed=len(failed))
     return failed
 
 

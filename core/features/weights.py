@@ -39,13 +39,21 @@ def default_weights_spec() -> str:
     return os.environ.get(WEIGHTS_ENV, "").strip() or "imagenet"
 
 
+def weights_kind(spec: str) -> str:
+    """The kind a spec names (``imagenet``, ``none`` or ``file``), without looking at any file."""
+    lowered = spec.strip().lower()
+    if lowered == "imagenet":
+        return "imagenet"
+    return "none" if lowered in ("none", "random") else "file"
+
+
 def resolve_weights(spec: str | None = None) -> Weights:
     """Turn ``imagenet``, ``none`` or a file path into a ``Weights`` with a cache identity."""
     spec = (spec or default_weights_spec()).strip()
-    lowered = spec.lower()
-    if lowered == "imagenet":
+    kind = weights_kind(spec)
+    if kind == "imagenet":
         return Weights("imagenet", IMAGENET_IDENTITY, "ImageNet (Keras download)")
-    if lowered in ("none", "random"):
+    if kind == "none":
         return Weights("none", f"random:glorot:seed{RANDOM_SEED}",
                        "RANDOM weights (weights=none): not ImageNet features, for testing only")
     path = Path(spec).expanduser()

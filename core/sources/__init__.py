@@ -1,1 +1,1 @@
-"""Getting real posters into dataset folders: HTTP with retries (``http``), TMDB (``tmdb``), poster-URL tables (``url_table``), the tutorial's pickles (``tutorial``, via ``safe_pickle``)."""
+"""Getting real posters into dataset folders: HTTP with retries (``http``), the dataset builder every source uses (``builder``), TMDB (``tmdb``), poster-URL tables (``url_table``), the tutorial's pickles (``tutorial``, via ``safe_pickle``)."""

@@ -2,7 +2,7 @@
 
 ``download_tmdb`` pages through a movie list (popular, top rated or discover), names genres from
 ``/genre/movie/list`` (ids TMDB no longer lists, such as the retired 10769, are kept under a clear
-name and reported), and hands the movies to ``core.sources.url_table.build_dataset``, which saves the
+name and reported), and hands the movies to ``core.sources.builder.build_dataset``, which saves the
 verified posters by TMDB id and resumes an interrupted run. The fetched list is kept in
 ``progress.json`` so a rerun with the same arguments makes no API calls for it.
 
@@ -23,7 +23,8 @@ from core.cache import atomic_write_json, read_json
 from core.data.datasets import Skipped
 from core.errors import AuthError, CacheError, DownloadError, PosterGenreError
 from core.sources.http import HttpClient, HttpConfig, redact
-from core.sources.url_table import AcquireResult, PosterItem, Progress, build_dataset
+from core.progress import ProgressFn, ProgressTracker
+from core.sources.builder import AcquireResult, DatasetFolder, PosterItem, build_dataset
 
 API_BASE_ENV = "TMDB_API_BASE"
 IMAGE_BASE_ENV = "TMDB_IMAGE_BASE"
@@ -32,6 +33,7 @@ DEFAULT_IMAGE_BASE = "https://image.tmdb.org/t/p"
 LISTS = {"popular": "/movie/popular", "top_rated": "/movie/top_rated", "discover": "/discover/movie"}
 MAX_PAGE = 500
 RETIRED_GENRES = {10769: "Foreign"}
+SOURCE = "tmdb"
 STATE_FILE = "progress.json"
 STATE_VERSION = 1
 KEY_HELP = ("get a free API key at https://www.themoviedb.org/settings/api, then set TMDB_API_KEY "
@@ -106,6 +108,16 @@ def parse_years(text: str) -> tuple[int, int]:
     return first, last
 
 
+def config_from_text(max_movies: int, list_name: str | None = None, years: str = "", genres: str = "",
+                     **options: Any) -> TmdbConfig:
+    """A ``TmdbConfig`` from typed text: ``years`` like ``1990-2017``, ``genres`` comma-separated;
+    with no ``list_name`` the list is discover when years or genres are given, else popular."""
+    wanted = tuple(g.strip() for g in (genres or "").split(",") if g.strip())
+    span = parse_years(years) if (years or "").strip() else None
+    list_name = list_name or ("discover" if span or wanted else "popular")
+    return TmdbConfig(max_movies=max_movies, list_name=list_name, years=span, genres=wanted, **options)
+
+
 def genre_name(genre_id: int, names: Mapping[int, str]) -> str:
     if genre_id in names:
         return names[genre_id]
@@ -163,13 +175,14 @@ class TmdbClient:
 
 
 def list_movies(client: TmdbClient, config: TmdbConfig,
-                progress: Progress | None = None) -> MovieList:
+                progress: ProgressFn | None = None) -> MovieList:
     """Page through the chosen list until ``max_movies`` usable movies (poster and genres) or its end."""
     names = client.genre_names(config.language)
     params = _list_params(config, names)
     listing = MovieList(movies=[], genre_names=names)
     seen: set[int] = set()
     page, last_page = 1, 1
+    tracker = ProgressTracker(config.max_movies, "movies", progress)
     while page <= last_page and len(listing.movies) < config.max_movies:
         data = client.get(LISTS[config.list_name], {**params, "page": page})
         last_page = min(_int(data.get("total_pages")), MAX_PAGE)
@@ -177,8 +190,7 @@ def list_movies(client: TmdbClient, config: TmdbConfig,
             if len(listing.movies) >= config.max_movies:
                 break
             _take(movie, listing, seen)
-        if progress:
-            progress(len(listing.movies), config.max_movies, f"movie list page {page}")
+        tracker.update(len(listing.movies), message=f"list page {page} of {last_page}")
         page += 1
     return listing
 
@@ -186,23 +198,23 @@ def list_movies(client: TmdbClient, config: TmdbConfig,
 def download_tmdb(out: str | Path, config: TmdbConfig = TmdbConfig(), *,
                   credentials: TmdbCredentials | None = None, api_base: str | None = None,
                   image_base: str | None = None, http_config: HttpConfig | None = None,
-                  progress: Progress | None = None) -> AcquireResult:
+                  progress: ProgressFn | None = None) -> AcquireResult:
     """Download up to ``config.max_movies`` posters with genres into ``out``; resumes a stopped run."""
     _check_config(config)
     credentials = credentials or load_credentials()
-    out = Path(out).expanduser()
+    folder = DatasetFolder.open(out, SOURCE)
     http_config = http_config or HttpConfig(requests_per_second=config.requests_per_second)
     with TmdbClient(credentials, api_base=api_base, image_base=image_base,
                     http_config=http_config) as client:
         query = _query(config, client)
-        listing = _saved_listing(out, query) or list_movies(client, config, progress)
-        _save_listing(out, query, listing)
+        listing = _saved_listing(folder, query) or list_movies(client, config, progress)
+        _save_listing(folder, query, listing)
         items = [_item(movie, listing.genre_names, client, config.poster_size)
                  for movie in listing.movies]
-        info = {"name": out.name, "parameters": {**query, "poster_size": config.poster_size},
+        info = {"parameters": {**query, "poster_size": config.poster_size},
                 "unknown_genres": unknown_genres(listing.movies, listing.genre_names)}
-        result = build_dataset(items, out, lambda item: client.poster(item.source), source="tmdb",
-                               info=info, skipped=listing.skipped, workers=config.workers,
+        result = build_dataset(items, folder, lambda item: client.poster(item.source), info=info,
+                               skipped=listing.skipped, workers=config.workers,
                                batch_size=config.batch_size, progress=progress)
     note_unknown_genres(result, listing.movies, listing.genre_names)
     if listing.duplicates:
@@ -325,9 +337,11 @@ def _query(config: TmdbConfig, client: TmdbClient) -> dict[str, Any]:
             "api_base": redact(client.api_base, client.credentials.secrets)}
 
 
-def _saved_listing(out: Path, query: dict[str, Any]) -> MovieList | None:
+def _saved_listing(folder: DatasetFolder, query: dict[str, Any]) -> MovieList | None:
+    if not folder.owns(STATE_FILE):
+        return None
     try:
-        state = read_json(out / STATE_FILE)
+        state = read_json(folder.root / STATE_FILE)
     except (FileNotFoundError, CacheError):
         return None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION \
@@ -339,8 +353,8 @@ def _saved_listing(out: Path, query: dict[str, Any]) -> MovieList | None:
                      duplicates=state["duplicates"])
 
 
-def _save_listing(out: Path, query: dict[str, Any], listing: MovieList) -> None:
-    atomic_write_json(out / STATE_FILE, {
+def _save_listing(folder: DatasetFolder, query: dict[str, Any], listing: MovieList) -> None:
+    atomic_write_json(folder.path_for(STATE_FILE), {
         "version": STATE_VERSION, "query": query, "movies": listing.movies,
         "genre_names": {str(k): v for k, v in listing.genre_names.items()},
         "skipped": [[s.id, s.reason] for s in listing.skipped], "duplicates": listing.duplicates})

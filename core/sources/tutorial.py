@@ -21,7 +21,11 @@ from core.errors import DatasetError
 from core.data.images import IMAGE_EXTENSIONS
 from core.sources.safe_pickle import load_plain_pickle
 from core.sources.tmdb import genre_name, movie_metadata, note_unknown_genres, unknown_genres
-from core.sources.url_table import AcquireResult, PosterItem, Progress, build_dataset
+from core.progress import ProgressFn
+from core.sources.builder import AcquireResult, DatasetFolder, PosterItem, build_dataset
+
+
+SOURCE = "tutorial"
 
 
 @dataclass
@@ -100,20 +104,19 @@ def match_posters(movies: list[dict[str, Any]], posters_dir: str | Path) -> Post
 
 def import_tutorial(movies_path: str | Path, genres_path: str | Path, posters_dir: str | Path,
                     out: str | Path, *, workers: int = 2, batch_size: int = 50,
-                    progress: Progress | None = None) -> AcquireResult:
+                    progress: ProgressFn | None = None) -> AcquireResult:
     """Copy the tutorial's posters, verified and named by TMDB id, into a standard dataset ``out``."""
     names = read_genre_names(genres_path)
     movies, skipped = _usable(read_movies(movies_path))
     match = match_posters(movies, posters_dir)
     items = [_item(movie, names, match.matched[movie["id"]]) for movie in movies
              if movie["id"] in match.matched]
-    out = Path(out).expanduser()
+    folder = DatasetFolder.open(out, SOURCE)
     parameters = {"movies": str(Path(movies_path).expanduser()),
                   "genres": str(Path(genres_path).expanduser()),
                   "posters": str(Path(posters_dir).expanduser())}
-    info = {"name": out.name, "parameters": parameters,
-            "unknown_genres": unknown_genres(movies, names)}
-    result = build_dataset(items, out, _read_file, source="tutorial", info=info,
+    info = {"parameters": parameters, "unknown_genres": unknown_genres(movies, names)}
+    result = build_dataset(items, folder, _read_file, info=info,
                            skipped=skipped + match.skipped, workers=workers,
                            batch_size=batch_size, progress=progress)
     note_unknown_genres(result, [m for m in movies if m["id"] in match.matched], names)
