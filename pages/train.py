@@ -18,6 +18,7 @@ from core.model.experiment import ExperimentResult, run_experiment
 from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, epochs_text, find_run,
                              runs_table, save_run)
 from pages._shared import active_dataset, require_features, route_through_app
+from pages._sweep import sweep_section
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)
 
@@ -350,6 +351,7 @@ if config is not None:
 again = st.checkbox("train again (even if this configuration was already trained)", key="train_again")
 if st.button("Train", key="train", type="primary", disabled=config is None):
     train_or_load(dataset, features, config, again)
+sweep_section(dataset, features, config)
 
 st.header("Results")
 show_notice()

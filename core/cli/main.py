@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(train)
     train.set_defaults(func=cmd_train)
 
+    sweep = commands.add_parser("sweep", help="train every combination of option values (and seeds), "
+                                              "write a run folder each and sweep.csv")
+    _feature_args(sweep)
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder to write (new, empty or a sweep)")
+    sweep.add_argument("--set", dest="grid", action="append", default=[], metavar="OPTION=VALUES", required=True,
+                       help="an option and its values, e.g. --set dropout=0.3,0.5,0.7 --set lr=1e-3,2e-3 "
+                            "(hidden sizes: --set hidden='512;1024,256')")
+    sweep.add_argument("--seeds", default=None, help="seeds to repeat every combination with, e.g. 0,1,2 "
+                                                     "(default: the --seed value)")
+    sweep.add_argument("--retrain", action="store_true", help="train again even what was trained before")
+    _train_args(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
     evaluate = commands.add_parser("evaluate", help="score a saved run's test posters (any k)")
     evaluate.add_argument("--run", type=Path, required=True, help="run folder written by train")
     evaluate.add_argument("--k", type=int, default=None, help="top-k (default: the run's k)")
@@ -178,6 +191,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     folder = save_run(result, args.out)
     print(_summary(result.evaluation, features.weights))
     print(f"run saved to {folder} ({result.seconds:.1f}s, {len(result.history)} epochs)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from core.model.runs import load_run
+    from core.model.sweep import (SweepConfig, check_sweep, check_sweep_folder, combination_name, parse_assignment,
+                                  parse_values, run_sweep, write_sweep)
+
+    base = train_config_from_args(args)
+    seeds = parse_values("seed", args.seeds) if args.seeds else ()
+    sweep = SweepConfig(base=base, grid=tuple(parse_assignment(text) for text in args.grid), seeds=seeds)
+    configs = check_sweep(sweep)
+    check_sweep_folder(args.out)
+    dataset = _load(args)
+    features = _features(args, dataset)
+    line = ProgressLine("sweep")
+    print(f"sweeping {', '.join(sweep.parameters)}: {len(configs)} runs")
+    result = run_sweep(dataset, features, sweep, retrain=args.retrain,
+                       on_progress=line)
+    runs = [load_run(folder) for folder in result.folders]
+    table = write_sweep(args.out, runs, sweep.parameters)
+    for run, reused in zip(runs, result.reused):
+        e = run.evaluation
+        print(f"{combination_name(run.config, sweep.parameters)}: P@{e.k} {e.precision_at_k.value:.3f} "
+              f"(prior {e.prior_precision_at_k.value:.3f}){' [reused]' if reused else ''}")
+    print(f"{len(runs)} runs ({sum(result.reused)} reused) in {result.seconds:.1f}s; table: {table}")
     return 0
 
 
