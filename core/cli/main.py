@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -103,18 +104,29 @@ def _load(args: argparse.Namespace):
     dataset, report = load_dataset(args.dataset)
     for item in report.skipped:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
+    for line in report.merge_lines():
+        print(line, file=sys.stderr)
     kind = "SYNTHETIC " if dataset.synthetic else ""
     print(f"{kind}dataset {dataset.name}: {len(dataset)} posters, {len(dataset.genre_counts())} genres"
           f" ({len(report.skipped)} skipped)")
     return dataset
 
 
-def _features(args: argparse.Namespace, dataset):
-    from core.features.pipeline import FeatureConfig, extract_features
+def _feature_config(args: argparse.Namespace):
+    """The extraction options of ``args``, checked before anything is read or computed."""
+    from core.features.pipeline import FeatureConfig, check_feature_config
     from core.features.weights import resolve_weights
 
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
                            batch_size=args.batch_size_extract)
+    check_feature_config(config)
+    return config
+
+
+def _features(args: argparse.Namespace, dataset):
+    from core.features.pipeline import extract_features
+
+    config = _feature_config(args)
     line = ProgressLine("extracting")
     features = extract_features(dataset, config, progress=lambda p: line.show(p.line(), final=p.done == p.total))
     for item in features.failed:
@@ -128,6 +140,7 @@ def _features(args: argparse.Namespace, dataset):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    _feature_config(args)
     _features(args, _load(args))
     return 0
 
@@ -151,11 +164,13 @@ def train_config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core.model.experiment import run_experiment
-    from core.model.runs import save_run
+    from core.model.runs import check_run_destination, save_run
     from core.model.config import check_config
 
     config = train_config_from_args(args)
     check_config(config)
+    _feature_config(args)
+    check_run_destination(args.out)
     dataset = _load(args)
     features = _features(args, dataset)
     line = ProgressLine("training")
@@ -192,10 +207,14 @@ def _summary(evaluation, weights) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.data.datasets import load_dataset
     from core.analysis.metrics import evaluate
+    from core.model.config import check_config
     from core.model.runs import load_run
     from core.features.weights import Weights
 
     run = load_run(args.run)
+    k = run.check_k(args.k)
+    threshold = run.config.threshold if args.threshold is None else args.threshold
+    check_config(dataclasses.replace(run.config, k=k, threshold=threshold))
     root = args.dataset or Path(run.info.get("dataset", {}).get("root", ""))
     dataset, _ = load_dataset(root)
     genres_of = {poster.id: poster.genres for poster in dataset.posters}
@@ -205,11 +224,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                "pass --dataset with the folder the run was trained on")
     y_test = run.vocabulary.encode([genres_of[id_] for id_ in run.split["test"]])
     y_train = run.vocabulary.encode([genres_of[id_] for id_ in run.split["train"]])
-    k = args.k or run.config.k
-    if not 1 <= k <= len(run.vocabulary):
-        raise PosterGenreError(f"--k {k} is out of range for a run with {len(run.vocabulary)} genres",
-                               f"choose k between 1 and {len(run.vocabulary)}")
-    threshold = run.config.threshold if args.threshold is None else args.threshold
     evaluation = evaluate(y_test, run.test_scores(), y_train, run.vocabulary.genres, k=k, threshold=threshold,
                           seed=run.config.seed)
     info = run.features_info
@@ -223,12 +237,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.model.predict import predict_images
 
-    for result in predict_images(args.run, args.images, k=args.k, weights=args.weights):
+    results = predict_images(args.run, args.images, k=args.k, weights=args.weights)
+    for result in results:
         if result.error:
             print(f"skipped {result.name}: {result.error}", file=sys.stderr)
             continue
         ranked = ", ".join(f"{genre} {prob:.2f}" for genre, prob in result.top)
         print(f"{result.name}: {ranked}")
+    if any(result.random_weights for result in results if not result.error):
+        print("WARNING: RANDOM weights (weights=none): these predictions come from random VGG16 features",
+              file=sys.stderr)
+    if all(result.error for result in results):
+        raise PosterGenreError(f"none of the {len(results)} image(s) could be read; nothing was predicted",
+                               "pass poster image files (jpg, png, webp)")
     return 0
 
 
