@@ -80,9 +80,10 @@ class FeatureStore:
     def known_failures(self) -> set[str]:
         """Content keys that failed to decode before (their files are re-tried on extraction)."""
         try:
-            return set(read_json(self.folder / "failures.json"))
-        except (FileNotFoundError, CacheError, TypeError):
+            failures = read_json(self.folder / "failures.json")
+        except (FileNotFoundError, CacheError):
             return set()
+        return {key for key in failures if isinstance(key, str)} if isinstance(failures, list) else set()
 
     def remember_failures(self, failures: dict[str, str]) -> None:
         if failures:
