@@ -123,10 +123,9 @@ def _feature_config(args: argparse.Namespace):
     return config
 
 
-def _features(args: argparse.Namespace, dataset):
+def _features(config, dataset):
     from core.features.pipeline import extract_features
 
-    config = _feature_config(args)
     line = ProgressLine("extracting")
     features = extract_features(dataset, config, progress=lambda p: line.show(p.line(), final=p.done == p.total))
     for item in features.failed:
@@ -140,8 +139,8 @@ def _features(args: argparse.Namespace, dataset):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    _feature_config(args)
-    _features(args, _load(args))
+    config = _feature_config(args)
+    _features(config, _load(args))
     return 0
 
 
@@ -169,10 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args)
     check_config(config)
-    _feature_config(args)
+    feature_config = _feature_config(args)
     check_run_destination(args.out)
     dataset = _load(args)
-    features = _features(args, dataset)
+    features = _features(feature_config, dataset)
     line = ProgressLine("training")
 
     def on_epoch(entry) -> None:

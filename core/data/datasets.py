@@ -189,7 +189,8 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     """Read and validate a dataset folder.
 
     ``check_images`` opens each image header (fast, no decoding) so files that are not images are
-    reported here; decoding errors of files with a valid header surface during extraction.
+    reported here; decoding errors of files with a valid header surface during extraction. Folders
+    and broken links named like posters are skipped either way, as nothing downstream can read them.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -316,7 +317,7 @@ def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], repo
             report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
         elif not genres:
             report.add(id_, "empty genre list", path)
-        elif check_images and (problem := _header_problem(path)):
+        elif (check_images or not path.is_file()) and (problem := _header_problem(path)):
             report.add(id_, problem, path)
         else:
             posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, path=path))

@@ -45,8 +45,10 @@ def check_feature_config(config: FeatureConfig) -> None:
     if config.precision not in PRECISIONS:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if problems:
+        default = FeatureConfig()
         raise ConfigError("invalid feature options: " + "; ".join(problems),
-                          "e.g. --batch-size-extract 32 (the default)")
+                          f"the defaults are batch size {default.batch_size}, image size {default.image_size}, "
+                          f"resize {default.resize}, precision {default.precision}")
 
 
 @dataclass(frozen=True)
