@@ -163,8 +163,8 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
             with store.locked():
                 todo = [(path_of[key], key) for key in store.missing(keys) if key not in failed]
                 new_failures = _compute(store, todo, config, weights, precision, progress)
+                store.remember_failures(new_failures)
             failed.update(new_failures)
-            store.remember_failures(new_failures)
             computed.update(key for _, key in todo if key not in new_failures)
         kept = [i for i, key in enumerate(keys) if key not in failed]
         kept_keys = [keys[i] for i in kept]
