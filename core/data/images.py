@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import warnings
+from stat import S_ISDIR
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -65,13 +66,17 @@ def check_image_header(path: Path, *, name: str | None = None) -> None:
 
 
 def _open_file(path: Path, label: str) -> BinaryIO:
-    if path.is_symlink() and not path.exists():
-        raise ImageError(f"{label}: broken symbolic link (its target {os.readlink(path)} does not exist)")
-    if path.is_dir():
-        raise ImageError(f"{label}: is a folder, not an image file")
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{label}: empty file (0 bytes)")
+        stat = path.stat()
+    except OSError as err:
+        if path.is_symlink():
+            raise ImageError(f"{label}: broken symbolic link (its target {os.readlink(path)} does not exist)") from err
+        raise ImageError(f"{label}: cannot read file ({err.strerror or err})") from err
+    if S_ISDIR(stat.st_mode):
+        raise ImageError(f"{label}: is a folder, not an image file")
+    if stat.st_size == 0:
+        raise ImageError(f"{label}: empty file (0 bytes)")
+    try:
         return open(path, "rb")
     except OSError as err:
         raise ImageError(f"{label}: cannot read file ({err.strerror or err})") from err
