@@ -3,11 +3,16 @@
 Like pooch: the root is a per-user cache folder (``POSTER_GENRE_CACHE`` overrides it), every write goes
 to a temporary file in the same folder and is moved into place with ``os.replace``, so a reader never
 sees half a file and a killed process leaves at most a stray ``*.tmp``.
+
+Every array saved with ``atomic_save_npy`` gets a ``<name>.npy.sha256`` checksum file, and ``load_npy``
+is the one way cached arrays are read back: complete, of the expected shape and dtype, matching its
+checksum and, for floats, finite. Callers that can rebuild an array catch ``CacheError`` and do so.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import io
 import json
 import os
@@ -19,7 +24,11 @@ import numpy as np
 
 from core.errors import CacheError
 
+log = logging.getLogger(__name__)
+
 CACHE_ENV = "POSTER_GENRE_CACHE"
+CHECKSUM_SUFFIX = ".sha256"
+_FINITE_CHUNK_BYTES = 64 << 20
 CACHE_VERSION = "v1"
 
 
@@ -66,30 +75,118 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as .npy through a temporary file in the same folder (no pickle)."""
+def atomic_save_npy(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as .npy (no pickle) and then its checksum file, both atomically; returns the sha256."""
+    path = Path(path)
     with _atomic_file(path) as handle:
-        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+        hashing = _HashingWriter(handle)
+        np.save(hashing, np.ascontiguousarray(array), allow_pickle=False)
+    digest = hashing.digest.hexdigest()
+    atomic_write_text(checksum_path(path), digest + "\n")
+    return digest
+
+
+def checksum_path(path: Path) -> Path:
+    """Where ``atomic_save_npy`` keeps the sha256 of ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+class _HashingWriter:
+    """A write-only file object that hashes what passes through (``np.save`` writes it in chunks)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
 
 
 def load_npy(path: Path, *, shape: tuple[int, ...] | None = None, dtype: str | None = None,
-             mmap: bool = True) -> np.ndarray:
-    """Open a cached .npy, checking that it is complete and holds what the caller expects.
+             mmap: bool = True, sha256: str | None = None, require_checksum: bool = True) -> np.ndarray:
+    """Open a cached .npy, checking that it is complete, intact and holds what the caller expects.
 
-    A truncated file (the header promises more bytes than the file has), a wrong shape or dtype
-    raises ``CacheError`` so the caller can rebuild it instead of trusting it.
+    The checksum is ``sha256`` when given, else the one ``atomic_save_npy`` wrote beside the file; a
+    missing checksum is an error unless ``require_checksum`` is false (files of older versions that
+    nothing can rebuild, such as a run's scores). Anything wrong raises ``CacheError``; the caller
+    decides whether it rebuilds the file, so no message here promises that.
     """
     path = Path(path)
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise CacheError(f"cache file {path} is unreadable or truncated: {err}",
-                         "it will be rebuilt; delete it if this repeats") from err
+        raise CacheError(f"cache file {path} is unreadable or truncated: {err}") from err
     if shape is not None and tuple(array.shape) != tuple(shape):
-        raise CacheError(f"cache file {path} holds shape {array.shape}, expected {shape}")
+        raise CacheError(f"cache file {path} holds shape {array.shape}, expected {tuple(shape)}")
     if dtype is not None and array.dtype != np.dtype(dtype):
         raise CacheError(f"cache file {path} holds dtype {array.dtype}, expected {dtype}")
+    _verify(path, array, sha256 or _read_checksum(path), require_checksum)
     return array
+
+
+_VERIFIED: set[tuple[str, int, int, str | None]] = set()
+
+
+def _verify(path: Path, array: np.ndarray, expected: str | None, require_checksum: bool) -> None:
+    """Checksum and finiteness, once per process for each (path, size, mtime) of a file."""
+    if expected is None and require_checksum:
+        raise CacheError(f"cache file {path} has no checksum ({checksum_path(path).name} is missing)")
+    stat = path.stat()
+    memo = (str(path), stat.st_size, stat.st_mtime_ns, expected)
+    if memo in _VERIFIED:
+        return
+    if expected is not None and memo_file_sha256(path) != expected:
+        raise CacheError(f"cache file {path} fails its checksum: its bytes changed after it was written")
+    if array.dtype.kind in "fc" and not _all_finite(array):
+        raise CacheError(f"cache file {path} holds NaN or infinite values")
+    _VERIFIED.add(memo)
+
+
+def _read_checksum(path: Path) -> str | None:
+    try:
+        text = checksum_path(path).read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """``np.isfinite(array).all()`` in row blocks, so a memory-mapped matrix is never copied whole."""
+    if array.ndim == 0 or array.size == 0:
+        return bool(np.isfinite(array).all())
+    row_bytes = max(1, array[:1].nbytes)
+    step = max(1, _FINITE_CHUNK_BYTES // row_bytes)
+    return all(np.isfinite(array[start:start + step]).all() for start in range(0, len(array), step))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) across processes and threads.
+
+    ``flock`` locks belong to the open file, so two sessions of one Streamlit server exclude each
+    other as two processes do, and the kernel drops the lock of a killed process. When the lock is
+    busy, ``waiting`` is logged once before blocking. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.warning(waiting)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def read_json(path: Path) -> Any:
@@ -100,7 +197,7 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise
     except (ValueError, UnicodeDecodeError) as err:
-        raise CacheError(f"{path} is not valid JSON: {err}", "it will be rebuilt") from err
+        raise CacheError(f"{path} is not valid JSON: {err}") from err
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -56,3 +56,7 @@ class RateLimitError(DownloadError):
 
 class UnsafePickleError(PosterGenreError):
     """A pickle holds something other than plain data and was refused unread."""
+
+
+class ConfigError(PosterGenreError):
+    """An option is outside the range where it means something (batch size 0, k above the genre count...)."""

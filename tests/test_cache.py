@@ -5,6 +5,10 @@
   file, also when the final rename fails (the old content survives).
 - ``load_npy`` returns what was saved, memory-mapped or not, and raises ``CacheError`` for a truncated
   file, a file cut inside its header, a wrong shape, a wrong dtype and a pickled object array.
+- ``atomic_save_npy`` writes a ``.npy.sha256`` checksum; ``load_npy`` refuses flipped bytes, a missing
+  checksum (unless ``require_checksum=False``), a wrong given ``sha256`` and NaN/infinite floats, with
+  messages that promise no rebuild.
+- ``file_lock`` lets one holder in at a time, also two threads of one process.
 - ``read_json`` raises ``CacheError`` for a partial file and ``FileNotFoundError`` for a missing one.
 - ``stable_hash`` is independent of dict order, changes with values, and accepts paths and tuples.
 - ``file_sha256`` equals hashlib's digest.
@@ -20,7 +24,7 @@ import pytest
 
 import core.cache
 from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root,
-                        file_sha256, load_npy, read_json, stable_hash)
+                        checksum_path, file_lock, file_sha256, load_npy, read_json, stable_hash)
 from core.errors import CacheError
 
 
@@ -132,3 +136,78 @@ def test_file_sha256_matches_hashlib(tmp_path):
     data = os.urandom(3000)
     (tmp_path / "f").write_bytes(data)
     assert file_sha256(tmp_path / "f", chunk_size=512) == hashlib.sha256(data).hexdigest()
+
+
+def _flip_byte(path: Path, offset: int = -3) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    stat = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_atomic_save_npy_writes_the_checksum_it_returns(tmp_path):
+    path = tmp_path / "x.npy"
+    digest = atomic_save_npy(path, np.arange(12, dtype=np.float32))
+    assert checksum_path(path) == tmp_path / "x.npy.sha256"
+    assert checksum_path(path).read_text().strip() == digest == file_sha256(path)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_load_npy_refuses_flipped_bytes(tmp_path, mmap):
+    path = tmp_path / "x.npy"
+    atomic_save_npy(path, np.ones((4, 3), dtype=np.float32))
+    load_npy(path, shape=(4, 3), mmap=mmap)
+    _flip_byte(path)
+    with pytest.raises(CacheError, match="fails its checksum") as caught:
+        load_npy(path, shape=(4, 3), mmap=mmap)
+    assert "rebuilt" not in str(caught.value)
+
+
+def test_load_npy_needs_a_checksum_unless_told_otherwise(tmp_path):
+    path = tmp_path / "old.npy"
+    np.save(path, np.ones(3, dtype=np.float32))
+    with pytest.raises(CacheError, match=r"has no checksum \(old\.npy\.sha256 is missing\)"):
+        load_npy(path)
+    np.testing.assert_array_equal(load_npy(path, require_checksum=False), np.ones(3))
+
+
+def test_load_npy_checks_a_given_sha256(tmp_path):
+    path = tmp_path / "x.npy"
+    digest = atomic_save_npy(path, np.zeros(5, dtype=np.float32))
+    checksum_path(path).unlink()
+    np.testing.assert_array_equal(load_npy(path, sha256=digest), np.zeros(5))
+    with pytest.raises(CacheError, match="fails its checksum"):
+        load_npy(path, sha256="0" * 64)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_load_npy_refuses_non_finite_floats_but_not_integers(tmp_path, bad):
+    array = np.zeros((3, 4), dtype=np.float32)
+    array[2, 1] = bad
+    atomic_save_npy(tmp_path / "f.npy", array)
+    with pytest.raises(CacheError, match="NaN or infinite"):
+        load_npy(tmp_path / "f.npy")
+    atomic_save_npy(tmp_path / "i.npy", np.arange(6))
+    np.testing.assert_array_equal(load_npy(tmp_path / "i.npy"), np.arange(6))
+
+
+def test_file_lock_excludes_a_second_holder(tmp_path):
+    import threading
+    import time
+
+    events: list[str] = []
+
+    def hold(name: str) -> None:
+        with file_lock(tmp_path / ".lock"):
+            events.append(f"{name} in")
+            time.sleep(0.2)
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=hold, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    assert events == ["a in", "a out", "b in", "b out"]

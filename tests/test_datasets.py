@@ -6,7 +6,9 @@
   file for the same id; no skipped item is among the posters.
 - A missing folder, a missing labels.csv, a CSV without a ``genres`` column and a folder whose rows
   match no image raise ``DatasetError`` naming the problem.
-- Genre splitting strips whitespace, drops empty parts and dedupes in order.
+- Genre splitting strips and collapses whitespace, drops empty parts and dedupes in order, ignoring case.
+- Genres written with other case or spacing become one genre in its most frequent spelling, and the
+  report lists the merge; a quoted field spanning lines is refused with its line numbers.
 - ``dataset.json`` gives the name and the synthetic flag.
 - ``GenreVocabulary`` round-trips encode/decode, its column order is the vocabulary's, unknown genres
   and duplicate vocabularies are refused.
@@ -21,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data.datasets import GenreVocabulary, load_dataset, split_genres, write_info, write_labels
+from core.data.datasets import (GenreVocabulary, canonical_genres, genre_key, load_dataset, split_genres, write_info,
+                                write_labels)
 from core.errors import DatasetError
 
 
@@ -149,6 +152,8 @@ def test_dataset_json_gives_name_and_synthetic_flag(tmp_path):
     ("||", ()),
     ("", ()),
     ("Sci-Fi", ("Sci-Fi",)),
+    ("Drama|drama|DRAMA ", ("Drama",)),
+    (" Science \t Fiction|science fiction", ("Science Fiction",)),
 ])
 def test_split_genres_strips_and_dedupes(text, expected):
     assert split_genres(text) == expected
@@ -200,3 +205,39 @@ def test_genre_counts_sorted_by_frequency(tmp_path):
     dataset, _ = load_dataset(tmp_path)
     assert list(dataset.genre_counts().items()) == [("Drama", 2), ("Action", 1), ("Comedy", 1)]
     assert list(dataset.to_frame().columns) == ["id", "title", "genres", "path"]
+
+
+def test_genre_key_folds_case_and_whitespace():
+    assert genre_key(" Science \t FICTION ") == genre_key("science fiction") == "science fiction"
+    assert genre_key("Sci-Fi") != genre_key("SciFi")
+
+
+def test_canonical_genres_picks_the_most_frequent_spelling_then_the_first():
+    spelling, merges = canonical_genres([("drama",), ("Drama", "Comedy"), ("Drama",), ("comedy",)])
+    assert spelling == {"drama": "Drama", "Drama": "Drama", "Comedy": "Comedy", "comedy": "Comedy"}
+    assert merges == {"Drama": ("drama",), "Comedy": ("comedy",)}
+
+
+def test_dataset_uses_one_spelling_per_genre_and_reports_the_merge(tmp_path):
+    root = _folder(tmp_path / "d", "id,title,genres\na,A,Drama|drama\nb,B,DRAMA \nc,C,drama|Comedy\n",
+                   {f"{i}.jpg": _jpeg() for i in "abc"})
+    dataset, report = load_dataset(root)
+    assert dataset.labels == [("Drama",), ("Drama",), ("Drama", "Comedy")]
+    assert dataset.genre_counts() == {"Drama": 3, "Comedy": 1}
+    assert report.merge_lines() == ["genre 'Drama' also written as 'DRAMA', 'drama'; merged into 'Drama'"]
+
+
+def test_unbalanced_quote_is_refused_with_its_line(tmp_path):
+    root = _folder(tmp_path / "d", 'id,title,genres\na,A,Drama\nb,"Oops,Comedy\nc,C,Drama\n',
+                   {f"{i}.jpg": _jpeg() for i in "abc"})
+    with pytest.raises(DatasetError, match=r"labels\.csv, line 3: a quoted field runs over lines 3-4") as caught:
+        load_dataset(root)
+    assert "never closed" in caught.value.hint
+
+
+def test_write_labels_keeps_each_row_on_one_line(tmp_path):
+    (tmp_path / "posters").mkdir()
+    (tmp_path / "posters" / "a.jpg").write_bytes(_jpeg())
+    write_labels(tmp_path, [("a", "Two\nLines  Title", ("Drama",))])
+    dataset, _ = load_dataset(tmp_path)
+    assert dataset.titles == ["Two Lines Title"]

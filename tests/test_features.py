@@ -9,7 +9,12 @@
   cold full extraction.
 - A corrupt feature shard (flipped bytes or truncated) is detected when a matrix is built from it,
   removed and recomputed; a shard without its sidecar is recomputed; a damaged matrix is rebuilt
-  without recomputing anything; all with values equal to the cold extraction.
+  without recomputing anything; all with values equal to the cold extraction. A matrix whose bytes
+  were overwritten in place (same size, now ``inf``) fails its checksum and is rebuilt, not reported
+  as cached; computed + cached counts are never negative and never exceed the posters, even when a
+  shard breaks after it was computed.
+- ``check_feature_config`` refuses batch sizes below 1, image sizes below 32, unknown resize and
+  precision with ``ConfigError`` before anything runs.
 - ``cached_features`` / ``cache_status`` compute nothing and tell what is cached.
 - Different precision, weights or image size → a different store folder; batch size does not matter.
 - A poster that fails to decode (truncated JPEG, non-image) is reported in ``failed`` by id with its
@@ -21,7 +26,8 @@
   bfloat16 agrees with float32 within a loose tolerance; ``preprocess`` never modifies its input.
 - ``resolve_weights`` handles imagenet / none / a missing file / an existing file (sha256 identity)
   and the ``POSTER_GENRE_WEIGHTS`` default; a file that is not VGG16 weights and a failing ImageNet
-  download raise ``WeightsError`` with a useful message and hint.
+  download raise ``WeightsError`` with a useful message and hint. ``same_weights`` treats a known
+  local ImageNet file as the ImageNet download and random weights as different from both.
 """
 from __future__ import annotations
 
@@ -35,12 +41,15 @@ import pytest
 from core.cache import file_sha256
 from core.data.datasets import load_dataset, write_labels
 from core.data.demo import DemoConfig, make_demo_dataset
-from core.errors import WeightsError
+from core.errors import ConfigError, WeightsError
 from core.features.extractor import FEATURE_DIM, ROW_DIM, get_extractor, preprocess, resolve_precision
-from core.features.pipeline import FeatureConfig, cache_status, cached_features, extract_features, store_for
+from core.features.pipeline import (FeatureConfig, cache_status, cached_features, check_feature_config, extract_features,
+                                   store_for)
+from core.features.store import FeatureStore
 from core.features.views import feature_view, pool_features
 from core.data.images import load_pixels
-from core.features.weights import IMAGENET_IDENTITY, RANDOM_SEED, default_weights_spec, resolve_weights
+from core.features.weights import (IMAGENET_FILE_SHA256, IMAGENET_IDENTITY, RANDOM_SEED, default_weights_spec,
+                                  resolve_weights, same_weights)
 
 CONFIG = FeatureConfig(weights="none", batch_size=4)
 
@@ -397,3 +406,64 @@ def test_imagenet_download_failure_hints_at_a_local_file(monkeypatch):
     with pytest.raises(WeightsError, match="could not download the ImageNet VGG16 weights") as caught:
         get_extractor(resolve_weights("imagenet"), "float32")
     assert "local file" in caught.value.hint and "--weights" in caught.value.hint
+
+
+def test_matrix_overwritten_in_place_with_inf_is_rebuilt_not_cached(reference, warm_cache):
+    (matrix,) = (_store_folder() / "matrices").glob("*.npy")
+    data = bytearray(matrix.read_bytes())
+    data[-4000:-3996] = np.array([np.inf], dtype=np.float32).tobytes()
+    _replace_bytes(matrix, bytes(data))
+    dataset, _ = load_dataset(reference.root)
+    features = extract_features(dataset, CONFIG)
+    assert (features.n_computed, features.n_cached) == (0, 12)
+    assert np.isfinite(np.asarray(features.rows)).all()
+    np.testing.assert_array_equal(np.asarray(features.rows), reference.values)
+
+
+def test_counts_stay_within_the_posters_when_a_fresh_shard_breaks(reference, cold_cache, monkeypatch):
+    gather = FeatureStore.gather
+    broken: list[Path] = []
+
+    def gather_after_damage(self, keys):
+        if not broken:
+            broken.append(_shard_of(self.folder, 0))
+            _replace_bytes(broken[0], broken[0].read_bytes()[:-100])
+        return gather(self, keys)
+
+    monkeypatch.setattr(FeatureStore, "gather", gather_after_damage)
+    dataset, _ = load_dataset(reference.root)
+    features = extract_features(dataset, CONFIG)
+    assert (features.n_computed, features.n_cached) == (12, 0)
+    np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "batch size for extraction must be a whole number ≥ 1, got 0"),
+    ({"batch_size": -5}, "got -5"),
+    ({"batch_size": 2.5}, "got 2.5"),
+    ({"image_size": 16}, "image size must be a whole number ≥ 32, got 16"),
+    ({"resize": "cubic"}, "resize must be one of"),
+    ({"precision": "float16"}, "precision must be one of"),
+])
+def test_feature_options_out_of_range_are_refused_before_work(change, message, cold_cache, reference):
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, **change)
+    with pytest.raises(ConfigError, match=message):
+        check_feature_config(config)
+    dataset, _ = load_dataset(reference.root)
+    with pytest.raises(ConfigError, match=message):
+        extract_features(dataset, config)
+    assert not (cold_cache / "features").exists()
+
+
+def test_same_weights_folds_known_imagenet_files_only():
+    known = f"file:sha256:{next(iter(IMAGENET_FILE_SHA256))}"
+    random = resolve_weights("none").identity
+    assert same_weights(known, IMAGENET_IDENTITY) and same_weights(IMAGENET_IDENTITY, known)
+    assert not same_weights(f"file:sha256:{'0' * 64}", IMAGENET_IDENTITY)
+    assert not same_weights(random, IMAGENET_IDENTITY) and same_weights(random, random)
+
+
+def test_shared_imagenet_file_is_recognised(imagenet_weights):
+    assert same_weights(resolve_weights(str(imagenet_weights)).identity, IMAGENET_IDENTITY)

@@ -8,6 +8,8 @@
 - Truncated JPEG, zero-byte file, text named .jpg, a decompression bomb (a real image above
   ``MAX_PIXELS`` or a PNG header claiming a huge size) raise ``ImageError`` naming the file and reason.
 - ``check_image_bytes`` returns the format name of good bytes and raises ``ImageError`` on bad ones.
+- ``check_image_header`` reads only the header and gives the decoder's reasons: too large (also above
+  Pillow's own bomb limit), not an image, empty; a folder or a broken link is an ``ImageError`` too.
 """
 from __future__ import annotations
 
@@ -168,3 +170,25 @@ def test_check_image_bytes_returns_format():
 def test_check_image_bytes_raises_on_bad_bytes(data, reason):
     with pytest.raises(ImageError, match=rf"poster-7: .*{reason}"):
         check_image_bytes(data, name="poster-7")
+
+
+@pytest.mark.parametrize("side, reason", [(8_000, "8000x8000 pixels is too large"), (20_000, "too large to decode")])
+def test_check_image_header_reports_oversize_without_decoding(tmp_path, side, reason):
+    from core.data.images import check_image_header
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header(side, side))
+    with pytest.raises(ImageError, match=rf"huge\.png: .*{reason}"):
+        check_image_header(path)
+
+
+def test_folders_and_broken_links_are_image_errors(tmp_path):
+    from core.data.images import check_image_header
+
+    (tmp_path / "dir.jpg").mkdir()
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")
+    for name, reason in [("dir.jpg", "is a folder"), ("link.jpg", "broken symbolic link")]:
+        with pytest.raises(ImageError, match=reason):
+            open_rgb(tmp_path / name)
+        with pytest.raises(ImageError, match=reason):
+            check_image_header(tmp_path / name)

@@ -132,18 +132,28 @@ def _load(args: argparse.Namespace):
     dataset, report = load_dataset(args.dataset)
     for item in report.skipped:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
+    for line in report.merge_lines():
+        print(line, file=sys.stderr)
     kind = "SYNTHETIC " if dataset.synthetic else ""
     print(f"{kind}dataset {dataset.name}: {len(dataset)} posters, {len(dataset.genre_counts())} genres"
           f" ({len(report.skipped)} skipped)")
     return dataset
 
 
-def _features(args: argparse.Namespace, dataset):
-    from core.features.pipeline import FeatureConfig, extract_features
+def _feature_config(args: argparse.Namespace):
+    """The extraction options of ``args``, checked before anything is read or computed."""
+    from core.features.pipeline import FeatureConfig, check_feature_config
     from core.features.weights import resolve_weights
 
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
                            batch_size=args.batch_size_extract)
+    check_feature_config(config)
+    return config
+
+
+def _features(config, dataset):
+    from core.features.pipeline import extract_features
+
     features = extract_features(dataset, config, progress=ProgressLine("extracting"))
     for item in features.failed:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
@@ -156,7 +166,8 @@ def _features(args: argparse.Namespace, dataset):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    _features(args, _load(args))
+    config = _feature_config(args)
+    _features(config, _load(args))
     return 0
 
 
@@ -175,12 +186,14 @@ def train_config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from core.model.config import check_config
     from core.model.experiment import run_experiment
-    from core.model.runs import save_run
+    from core.model.runs import check_run_destination, save_run
 
     config = train_config_from_args(args)
     check_config(config)
+    feature_config = _feature_config(args)
+    check_run_destination(args.out)
     dataset = _load(args)
-    features = _features(args, dataset)
+    features = _features(feature_config, dataset)
     line = ProgressLine("training")
 
     def on_epoch(entry) -> None:
@@ -203,13 +216,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = parse_values("seed", args.seeds) if args.seeds else ()
     sweep = SweepConfig(base=base, grid=tuple(parse_assignment(text) for text in args.grid), seeds=seeds)
     configs = check_sweep(sweep)
+    feature_config = _feature_config(args)
     check_sweep_folder(args.out)
     dataset = _load(args)
-    features = _features(args, dataset)
+    features = _features(feature_config, dataset)
     line = ProgressLine("sweep")
     print(f"sweeping {', '.join(sweep.parameters)}: {len(configs)} runs")
-    result = run_sweep(dataset, features, sweep, retrain=args.retrain,
-                       on_progress=line)
+    result = run_sweep(dataset, features, sweep, retrain=args.retrain, on_progress=line)
     runs = [load_run(folder) for folder in result.folders]
     table = write_sweep(args.out, runs, sweep.parameters)
     for run, reused in zip(runs, result.reused):
@@ -243,11 +256,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.model.runs import load_run
 
     run = load_run(args.run)
-    root = args.dataset or Path(run.dataset_info.root or "")
-    dataset, _ = load_dataset(root)
-    k = args.k or run.config.k
+    k = run.check_k(args.k)
     threshold = run.config.threshold if args.threshold is None else args.threshold
     check_config(replace(run.config, k=k, threshold=threshold), n_genres=len(run.vocabulary))
+    root = args.dataset or Path(run.dataset_info.root or "")
+    dataset, _ = load_dataset(root)
     y_test = genre_labels(dataset, run.split["test"], run.vocabulary).Y
     y_train = genre_labels(dataset, run.split["train"], run.vocabulary).Y
     evaluation = evaluate(y_test, run.test_scores(), y_train, run.vocabulary.genres, k=k, threshold=threshold,
@@ -261,12 +274,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.model.predict import predict_images
 
-    for result in predict_images(args.run, args.images, k=args.k, weights=args.weights):
+    results = predict_images(args.run, args.images, k=args.k, weights=args.weights)
+    for result in results:
         if result.error:
             print(f"skipped {result.name}: {result.error}", file=sys.stderr)
             continue
         ranked = ", ".join(f"{genre} {prob:.2f}" for genre, prob in result.top)
         print(f"{result.name}: {ranked}")
+    if any(result.random_weights for result in results if not result.error):
+        print("WARNING: RANDOM weights (weights=none): these predictions come from random VGG16 features",
+              file=sys.stderr)
+    if all(result.error for result in results):
+        raise PosterGenreError(f"none of the {len(results)} image(s) could be read; nothing was predicted",
+                               "pass poster image files (jpg, png, webp)")
     return 0
 
 

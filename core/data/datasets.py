@@ -1,11 +1,13 @@
 """Labelled poster folders: ``posters/<id>.<ext>`` plus ``labels.csv`` (``id,title,genres``).
 
 ``load_dataset`` validates the folder and returns the usable posters together with a report that
-lists every skipped item and why, so nothing disappears silently.
+lists every skipped item and why, so nothing disappears silently. Genre names are compared with case
+and whitespace folded (``genre_key``); each genre gets one spelling and the report lists the merges.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -13,11 +15,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from core.cache import atomic_write_json, atomic_write_text
-from core.errors import DatasetError
-from core.data.images import IMAGE_EXTENSIONS
+from core.errors import DatasetError, ImageError
+from core.data.images import IMAGE_EXTENSIONS, check_image_header
 
 LABELS_FILE = "labels.csv"
 POSTERS_DIR = "posters"
@@ -41,12 +41,18 @@ class LoadReport:
     n_rows: int = 0
     n_images: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    genre_merges: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Each genre written several ways: the spelling used → the other spellings merged into it."""
 
     def add(self, id: str, reason: str, path: Path | None = None) -> None:
         self.skipped.append(Skipped(id=id, reason=reason, path=str(path) if path else None))
 
     def lines(self) -> list[str]:
         return [f"{item.id}: {item.reason}" for item in self.skipped]
+
+    def merge_lines(self) -> list[str]:
+        return [f"genre {name!r} also written as {', '.join(repr(o) for o in others)}; merged into {name!r}"
+                for name, others in self.genre_merges.items()]
 
 
 @dataclass(frozen=True)
@@ -143,20 +149,48 @@ class GenreVocabulary:
         return f"GenreVocabulary({list(self.genres)!r})"
 
 
+def genre_key(name: str) -> str:
+    """What makes two genre names the same genre: case and runs of whitespace do not count."""
+    return " ".join(name.split()).casefold()
+
+
 def split_genres(text: str) -> tuple[str, ...]:
-    parts = (part.strip() for part in (text or "").split(GENRE_SEPARATOR))
-    seen: dict[str, None] = {}
-    for part in parts:
-        if part:
-            seen.setdefault(part, None)
-    return tuple(seen)
+    """The genres of one ``a|b|c`` cell, whitespace collapsed, each genre once (first spelling kept)."""
+    seen: dict[str, str] = {}
+    for part in (text or "").split(GENRE_SEPARATOR):
+        name = " ".join(part.split())
+        if name:
+            seen.setdefault(genre_key(name), name)
+    return tuple(seen.values())
+
+
+def canonical_genres(labels: Sequence[Sequence[str]]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """One spelling per genre: the most frequent one (the first seen on a tie).
+
+    Returns the spelling of every name in ``labels`` and, for genres written several ways, the
+    others merged into it.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for genres in labels:
+        for name in genres:
+            spellings = counts.setdefault(genre_key(name), {})
+            spellings[name] = spellings.get(name, 0) + 1
+    spelling: dict[str, str] = {}
+    merges: dict[str, tuple[str, ...]] = {}
+    for spellings in counts.values():
+        chosen = max(spellings, key=spellings.__getitem__)
+        spelling.update({name: chosen for name in spellings})
+        if len(spellings) > 1:
+            merges[chosen] = tuple(name for name in spellings if name != chosen)
+    return spelling, merges
 
 
 def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Dataset, LoadReport]:
     """Read and validate a dataset folder.
 
     ``check_images`` opens each image header (fast, no decoding) so files that are not images are
-    reported here; decoding errors of files with a valid header surface during extraction.
+    reported here; decoding errors of files with a valid header surface during extraction. Folders
+    and broken links named like posters are skipped either way, as nothing downstream can read them.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -171,7 +205,7 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
     for path in extras:
         report.add(path.stem, f"second image for this id ({path.name}); {images[path.stem].name} is used", path)
-    posters = _match(rows, images, report, check_images)
+    posters = _canonical(_match(rows, images, report, check_images), report)
     _report_orphans(images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
     if not posters:
         raise DatasetError(f"no usable posters in {root}: {len(rows)} label rows, {len(images)} images",
@@ -198,53 +232,77 @@ def write_info(root: Path, **info) -> None:
 
 
 def write_labels(root: Path, rows: Iterable[tuple[str, str, Sequence[str]]]) -> None:
-    """Atomically (re)write ``labels.csv`` from ``(id, title, genres)`` rows."""
+    """Atomically (re)write ``labels.csv`` from ``(id, title, genres)`` rows.
+
+    Whitespace in titles is collapsed: a line break would make a field span lines, which
+    ``load_dataset`` refuses.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(REQUIRED_COLUMNS)
     for id_, title, genres in rows:
-        writer.writerow([id_, title, GENRE_SEPARATOR.join(genres)])
+        writer.writerow([id_, " ".join(title.split()), GENRE_SEPARATOR.join(genres)])
     atomic_write_text(Path(root) / LABELS_FILE, buffer.getvalue())
 
 
-def _read_labels(path: Path) -> list[dict[str, str]]:
+def _read_labels(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` for each data row; a quoted field running over lines is an error.
+
+    An unbalanced quote makes the csv module read on to the next quote, swallowing the rows between
+    into one field; no real id, title or genre list spans lines, so this is refused where it starts.
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         text = path.read_text(encoding="latin-1")
+    reader = csv.reader(io.StringIO(text))
+    rows: list[tuple[int, dict[str, str]]] = []
     try:
-        reader = csv.DictReader(io.StringIO(text))
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+        header = next(reader, [])
+        columns = [c.strip() for c in header]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DatasetError(f"{path} lacks column(s) {', '.join(missing)}; it has {columns}",
+                               "labels.csv needs the header id,title,genres with genres joined by |")
+        end = reader.line_num
+        for fields in reader:
+            start, end = end + 1, reader.line_num
+            if any("\n" in value or "\r" in value for value in fields):
+                raise DatasetError(
+                    f"{path}, line {start}: a quoted field runs over lines {start}-{end}",
+                    "a \" opened in this row is never closed; close it, or double it (\"\") inside a quoted field")
+            if fields:
+                rows.append((start, {name: (fields[i] if i < len(fields) else "")
+                                     for i, name in enumerate(columns) if name}))
     except csv.Error as err:
-        raise DatasetError(f"{path} is not a valid CSV file: {err}") from err
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise DatasetError(f"{path} lacks column(s) {', '.join(missing)}; it has {columns}",
-                           "labels.csv needs the header id,title,genres with genres joined by |")
+        raise DatasetError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from err
     return rows
 
 
 def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path]]:
-    """Image files by id (file stem), and any further files for an id already seen."""
+    """Entries with an image extension by id (file stem), and any further ones for an id already seen.
+
+    Folders and broken links named like images are kept, so their rows are skipped with that reason
+    rather than as "no image"; regular files come first when an id has several entries.
+    """
     images: dict[str, Path] = {}
     extras: list[Path] = []
     if not folder.is_dir():
         return images, extras
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            if path.stem in images:
-                extras.append(path)
-            else:
-                images[path.stem] = path
+    entries = [path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
+    for path in sorted(entries, key=lambda path: (not path.is_file(), path.name)):
+        if path.stem in images:
+            extras.append(path)
+        else:
+            images[path.stem] = path
     return images, extras
 
 
-def _match(rows: list[dict[str, str]], images: dict[str, Path], report: LoadReport,
+def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], report: LoadReport,
            check_images: bool) -> list[Poster]:
     posters: list[Poster] = []
     seen: set[str] = set()
-    for number, row in enumerate(rows, start=2):
+    for number, row in rows:
         id_ = row["id"].strip()
         if not id_:
             report.add(f"line {number}", "empty id")
@@ -259,11 +317,19 @@ def _match(rows: list[dict[str, str]], images: dict[str, Path], report: LoadRepo
             report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
         elif not genres:
             report.add(id_, "empty genre list", path)
-        elif check_images and (problem := _header_problem(path)):
+        elif (check_images or not path.is_file()) and (problem := _header_problem(path)):
             report.add(id_, problem, path)
         else:
-            posters.append(Poster(id=id_, title=row["title"].strip() or id_, genres=genres, path=path))
+            posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, path=path))
     return posters
+
+
+def _canonical(posters: list[Poster], report: LoadReport) -> list[Poster]:
+    """The posters with every genre in its one spelling; the merges go into ``report``."""
+    spelling, report.genre_merges = canonical_genres([poster.genres for poster in posters])
+    if not report.genre_merges:
+        return posters
+    return [dataclasses.replace(poster, genres=tuple(spelling[g] for g in poster.genres)) for poster in posters]
 
 
 def _report_orphans(images: dict[str, Path], known: set[str], report: LoadReport) -> None:
@@ -274,12 +340,7 @@ def _report_orphans(images: dict[str, Path], known: set[str], report: LoadReport
 
 def _header_problem(path: Path) -> str | None:
     try:
-        if path.stat().st_size == 0:
-            return "unreadable image: empty file (0 bytes)"
-        with Image.open(path) as image:
-            image.size
-    except UnidentifiedImageError:
-        return "unreadable image: not an image (unrecognised format)"
-    except (OSError, SyntaxError, ValueError) as err:
-        return f"unreadable image: {err}"
+        check_image_header(path)
+    except ImageError as err:
+        return f"unreadable image: {err.message.removeprefix(f'{path.name}: ')}"
     return None

@@ -5,10 +5,13 @@ report it and skip the poster instead of crashing a whole extraction.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import warnings
+from stat import S_ISDIR
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -35,28 +38,57 @@ def open_rgb(source: ImageSource, *, name: str | None = None) -> Image.Image:
     """Decode ``source`` fully into an 8-bit RGB image with EXIF orientation applied."""
     label = name or _label(source)
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as err:
-            raise ImageError(f"{label}: cannot read file ({err.strerror})") from err
-        if size == 0:
-            raise ImageError(f"{label}: empty file (0 bytes)")
-        handle: BinaryIO = open(path, "rb")
+        handle: BinaryIO = _open_file(Path(source), label)
     elif isinstance(source, bytes):
         if not source:
             raise ImageError(f"{label}: empty file (0 bytes)")
         handle = io.BytesIO(source)
     else:
         handle = source
-    try:
-        with handle, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(handle)
+    with handle, _decoding_errors(label):
+        image = Image.open(handle)
+        _check_size(image, label)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+
+
+def check_image_header(path: Path, *, name: str | None = None) -> None:
+    """Read only the header of ``path``: raise ``ImageError`` if it is not an image of a usable size.
+
+    The same size limit and messages as a full decode, so a 20000x20000 PNG is reported as too
+    large here instead of stopping a whole dataset with ``DecompressionBombError``.
+    """
+    label = name or _label(path)
+    with _open_file(Path(path), label) as handle, _decoding_errors(label):
+        with Image.open(handle) as image:
             _check_size(image, label)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+
+
+def _open_file(path: Path, label: str) -> BinaryIO:
+    try:
+        stat = path.stat()
+    except OSError as err:
+        if path.is_symlink():
+            raise ImageError(f"{label}: broken symbolic link (its target {os.readlink(path)} does not exist)") from err
+        raise ImageError(f"{label}: cannot read file ({err.strerror or err})") from err
+    if S_ISDIR(stat.st_mode):
+        raise ImageError(f"{label}: is a folder, not an image file")
+    if stat.st_size == 0:
+        raise ImageError(f"{label}: empty file (0 bytes)")
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise ImageError(f"{label}: cannot read file ({err.strerror or err})") from err
+
+
+@contextlib.contextmanager
+def _decoding_errors(label: str) -> Iterator[None]:
+    """Turn every way Pillow can fail on a file into an ``ImageError`` that names it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

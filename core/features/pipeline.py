@@ -11,8 +11,8 @@ import numpy as np
 
 from core.cache import memo_file_sha256, stable_hash
 from core.data.datasets import Dataset, Skipped
-from core.errors import CacheError, ImageError
-from core.features.extractor import FEATURE_DIM, ROW_DIM, get_extractor, resolve_precision
+from core.errors import CacheError, ConfigError, ImageError
+from core.features.extractor import FEATURE_DIM, PRECISIONS, ROW_DIM, get_extractor, resolve_precision
 from core.features.store import FeatureStore
 from core.features.views import feature_view
 from core.data.images import RESAMPLING, load_pixels
@@ -20,6 +20,8 @@ from core.features.weights import Weights, resolve_weights
 from core.progress import ProgressFn, ProgressTracker
 
 PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-2"
+MIN_IMAGE_SIZE = 32
+"""The smallest input VGG16's five poolings accept."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,25 @@ class FeatureConfig:
     image_size: int = 224
     resize: str = "bilinear"
     batch_size: int = 32
+
+
+def check_feature_config(config: FeatureConfig) -> None:
+    """Refuse options that would crash deep inside extraction or mean nothing."""
+    problems = []
+    if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
+        problems.append(f"batch size for extraction must be a whole number ≥ 1, got {config.batch_size!r}")
+    if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) \
+            or config.image_size < MIN_IMAGE_SIZE:
+        problems.append(f"image size must be a whole number ≥ {MIN_IMAGE_SIZE}, got {config.image_size!r}")
+    if config.resize not in RESAMPLING:
+        problems.append(f"resize must be one of {', '.join(RESAMPLING)}, got {config.resize!r}")
+    if config.precision not in PRECISIONS:
+        problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if problems:
+        default = FeatureConfig()
+        raise ConfigError("invalid feature options: " + "; ".join(problems),
+                          f"the defaults are batch size {default.batch_size}, image size {default.image_size}, "
+                          f"resize {default.resize}, precision {default.precision}")
 
 
 @dataclass
@@ -108,21 +129,27 @@ def _only_known_failures(store: FeatureStore, keys: list[str]) -> bool:
 
 def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), *,
                      progress: ProgressFn | None = None) -> FeatureSet:
-    """Features for every decodable poster of ``dataset``; only what is not cached is computed."""
-    if config.resize not in RESAMPLING:
-        raise ValueError(f"unknown resize method {config.resize!r}; choose from {sorted(RESAMPLING)}")
+    """Features for every decodable poster of ``dataset``; only what is not cached is computed.
+
+    Computing happens under the store's lock, after re-reading the store: a second extraction of the
+    same posters (another process or dashboard session) waits for the first and reuses its rows.
+    A damaged matrix or shard is dropped and rebuilt (shards by extracting their posters again).
+    """
+    check_feature_config(config)
     started = time.perf_counter()
     store, weights, precision = store_for(config)
     keys = content_keys(dataset.paths)
     path_of = dict(zip(keys, dataset.paths))
     failed: dict[str, str] = {}
-    n_computed = 0
+    computed: set[str] = set()
     for attempt in range(2):
-        todo = [(path_of[key], key) for key in store.missing(keys) if key not in failed]
-        new_failures = _compute(store, todo, config, weights, precision, progress)
-        failed.update(new_failures)
-        store.remember_failures(new_failures)
-        n_computed += len(todo) - len(new_failures)
+        if any(key not in failed for key in store.missing(keys)):
+            with store.locked():
+                todo = [(path_of[key], key) for key in store.missing(keys) if key not in failed]
+                new_failures = _compute(store, todo, config, weights, precision, progress)
+                store.remember_failures(new_failures)
+            failed.update(new_failures)
+            computed.update(key for _, key in todo if key not in new_failures)
         kept = [i for i, key in enumerate(keys) if key not in failed]
         kept_keys = [keys[i] for i in kept]
         try:
@@ -138,7 +165,7 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
         rows=matrix, ids=[posters[i].id for i in kept], keys=kept_keys, weights=weights,
         precision=precision, config=config, key=store.matrix_key(kept_keys),
         failed=[Skipped(p.id, failed[k], str(p.path)) for p, k in zip(posters, keys) if k in failed],
-        n_computed=n_computed, n_cached=len(set(kept_keys)) - n_computed,
+        n_computed=len(computed), n_cached=len(set(kept_keys) - computed),
         seconds=time.perf_counter() - started)
 
 

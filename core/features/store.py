@@ -5,21 +5,25 @@ Layout under ``cache_root()/features/<config key>/``:
 - ``shard-*.npy`` + ``shard-*.json``: features of one extraction batch, rows keyed by the sha256 of
   each image file's bytes. The .json is written after the .npy and names its row count and checksum,
   so a shard without a readable, matching sidecar is ignored and its images are extracted again.
-- ``matrices/<key>.npy`` + ``.json``: the rows of one dataset in dataset order, memory-mapped on load.
+- ``matrices/<key>.npy`` + ``.json`` + ``.npy.sha256``: the rows of one dataset in dataset order,
+  memory-mapped on load after its checksum is verified; a damaged matrix is rebuilt from the shards.
+- ``.lock``: held while posters are extracted into the store, so a second extraction of the same
+  posters waits and then finds them cached instead of computing them twice.
 
 Everything is written atomically, so killing an extraction loses at most the batch in flight.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, bytes_sha256, cache_root, file_sha256,
+from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, bytes_sha256, cache_root, file_lock,
                         load_npy, npy_bytes, read_json, stable_hash)
 from core.errors import CacheError
 
@@ -65,12 +69,21 @@ class FeatureStore:
     def missing(self, keys: Sequence[str]) -> list[str]:
         return [key for key in dict.fromkeys(keys) if key not in self._index]
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive use of this store for extracting into it; the index is re-read once it is ours."""
+        with file_lock(self.folder / ".lock",
+                       waiting=f"waiting for another extraction into {self.folder} to finish"):
+            self.refresh()
+            yield
+
     def known_failures(self) -> set[str]:
         """Content keys that failed to decode before (their files are re-tried on extraction)."""
         try:
-            return set(read_json(self.folder / "failures.json"))
-        except (FileNotFoundError, CacheError, TypeError):
+            failures = read_json(self.folder / "failures.json")
+        except (FileNotFoundError, CacheError):
             return set()
+        return {key for key in failures if isinstance(key, str)} if isinstance(failures, list) else set()
 
     def remember_failures(self, failures: dict[str, str]) -> None:
         if failures:
@@ -130,9 +143,8 @@ class FeatureStore:
 
     def _read_shard(self, shard: Shard) -> np.ndarray | None:
         try:
-            if file_sha256(shard.path) != shard.sha256:
-                raise CacheError(f"{shard.path} fails its checksum")
-            return load_npy(shard.path, shape=(len(shard.keys), self.dim), dtype="float32", mmap=False)
+            return load_npy(shard.path, shape=(len(shard.keys), self.dim), dtype="float32", mmap=False,
+                            sha256=shard.sha256)
         except (CacheError, OSError) as err:
             log.warning("corrupt feature shard %s: %s", shard.path.name, err)
             return None
@@ -158,7 +170,7 @@ class FeatureStore:
         except FileNotFoundError:
             return None
         except CacheError as err:
-            log.warning("rebuilding feature matrix: %s", err)
+            log.warning("%s; rebuilding the feature matrix from its shards", err)
             return None
 
     def build_matrix(self, keys: Sequence[str]) -> np.ndarray:

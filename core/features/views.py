@@ -1,6 +1,8 @@
 """Views of a cached feature row: the tutorial's flattened block5_pool, or poolings of the same pass."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from core.cache import atomic_save_npy, load_npy
@@ -13,6 +15,7 @@ FEATURE_VIEWS = {
     "max": "global max pooling of the same 7x7x512 map (512-d)",
     "avg45": "global average pooling of block4_pool and block5_pool, side by side (1,024-d)",
 }
+log = logging.getLogger(__name__)
 CHANNELS = FEATURE_SHAPE[-1]
 VIEW_DIMS = {"flatten": FEATURE_DIM, "avg": CHANNELS, "max": CHANNELS, "avg45": BLOCK4_DIM + CHANNELS}
 
@@ -21,7 +24,8 @@ def feature_view(rows: np.ndarray, name: str, *, cache_key: str | None = None) -
     """The tutorial's flattened vector, or a pooling of the same forward pass's maps.
 
     Pooled views are derived from the cached rows (Keras flattens channels last, so the first
-    25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is given.
+    25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is given;
+    a cached view that fails its checks is computed again and overwritten.
     """
     if name not in FEATURE_VIEWS:
         raise ValueError(f"unknown feature view {name!r}; choose from {', '.join(FEATURE_VIEWS)}")
@@ -33,8 +37,8 @@ def feature_view(rows: np.ndarray, name: str, *, cache_key: str | None = None) -
     if path is not None and path.exists():
         try:
             return load_npy(path, shape=(len(rows), VIEW_DIMS[name]), dtype="float32", mmap=False)
-        except CacheError:
-            pass
+        except CacheError as err:
+            log.warning("%s; recomputing the %r view", err, name)
     pooled = pool_features(rows, name)
     if path is not None:
         atomic_save_npy(path, pooled)

@@ -11,6 +11,10 @@ from core.errors import WeightsError
 WEIGHTS_ENV = "POSTER_GENRE_WEIGHTS"
 IMAGENET_IDENTITY = "imagenet:keras:vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5:6d6bbae143d832006294945121d1f1fc"
 RANDOM_SEED = 1234
+IMAGENET_FILE_SHA256 = frozenset({
+    "a2f51117308129c3de9a523c91d35160eb75a6a9e5db1e2afb4f48e48dfb733a",  # Keras 3 save_weights of VGG16(imagenet, notop)
+})
+"""Local files known to hold exactly the ImageNet weights Keras downloads (same features, other bytes)."""
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,16 @@ def resolve_weights(spec: str | None = None) -> Weights:
     digest = memo_file_sha256(path.resolve())
     return Weights("file", f"file:sha256:{digest}", f"local weights file {path.name} (sha256 {digest[:12]})",
                    path.resolve())
+
+
+def canonical_identity(identity: str) -> str:
+    """The identity with known local copies of the ImageNet weights folded into ``IMAGENET_IDENTITY``."""
+    kind, _, digest = identity.rpartition(":")
+    if kind == "file:sha256" and digest in IMAGENET_FILE_SHA256:
+        return IMAGENET_IDENTITY
+    return identity
+
+
+def same_weights(identity: str, other: str) -> bool:
+    """True when two weights identities give the same features (ImageNet from a file or a download)."""
+    return canonical_identity(identity) == canonical_identity(other)

@@ -13,7 +13,7 @@ from core.data.datasets import Dataset
 from core.errors import ImageError, RunError, WeightsError
 from core.features.pipeline import FeatureConfig, extract_one
 from core.features.views import feature_view
-from core.features.weights import resolve_weights
+from core.features.weights import resolve_weights, same_weights
 from core.model.experiment import genre_labels
 from core.model.runs import Run, load_run
 
@@ -50,6 +50,8 @@ class PosterPrediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     features: np.ndarray | None = None
     error: str | None = None
+    random_weights: bool = False
+    """Made from RANDOM VGG16 features (weights=none): every display of it must say so."""
 
 
 class Predictor:
@@ -64,9 +66,9 @@ class Predictor:
         except WeightsError as err:
             raise RunError(f"the run's weights {spec!r} are not available here: {err.message}",
                            "pass --weights with the same weights file the run was trained on") from err
-        if self.weights.identity != trained_on.identity and trained_on.kind != "imagenet":
+        if not same_weights(self.weights.identity, trained_on.identity):
             raise RunError(f"weights {self.weights.label} differ from the run's ({trained_on.label})",
-                           "predictions would be meaningless; use the run's weights")
+                           f"predictions would be meaningless; use the run's weights: --weights {trained_on.spec}")
         self.feature_config = FeatureConfig(weights=self.weights.spec, precision=info["precision"],
                                             image_size=info["image_size"], resize=info["resize"])
         self.model = run.model()
@@ -77,7 +79,7 @@ class Predictor:
         return np.asarray(self.model.predict(X.astype(np.float32), verbose=0))
 
     def predict_image(self, source, name: str, k: int | None = None) -> PosterPrediction:
-        k = k or self.run.config.k
+        k = self.run.check_k(k)
         try:
             features = extract_one(source, self.feature_config, self.weights)
         except ImageError as err:
@@ -87,10 +89,12 @@ class Predictor:
         order = np.argsort(-probabilities, kind="stable")[:k]
         return PosterPrediction(
             name=name, top=[(genres[i], float(probabilities[i])) for i in order],
-            probabilities={g: float(p) for g, p in zip(genres, probabilities)}, features=features)
+            probabilities={g: float(p) for g, p in zip(genres, probabilities)}, features=features,
+            random_weights=self.weights.is_random)
 
 
 def predict_images(run_dir: str | Path, images: Sequence[Path], *, k: int | None = None,
                    weights: str | None = None) -> list[PosterPrediction]:
     predictor = Predictor(load_run(run_dir), weights)
+    predictor.run.check_k(k)
     return [predictor.predict_image(Path(path), Path(path).name, k) for path in images]

@@ -22,16 +22,20 @@ from typing import Mapping, Sequence
 from core.analysis.metrics import EvaluationSummary
 from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, read_json
 from core.data.datasets import GenreVocabulary
-from core.errors import CacheError, DatasetError, RunError
+from core.errors import CacheError, ConfigError, DatasetError, RunError
 from core.features.pipeline import FeatureSet
 from core.features.weights import Weights
 from core.model.classifier import EpochLog
+from core.features.weights import same_weights
 from core.model.config import TRAIN_OPTIONS, TrainConfig
 from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, run_key
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
 COMPARABLE_COLUMNS = (*(option.column for option in TRAIN_OPTIONS), "epochs run", "train seconds")
+SPLIT_PARTS = ("train", "validation", "test")
+FEATURE_FIELDS = ("weights", "weights_label", "weights_identity", "random_weights", "precision", "image_size",
+                  "resize")
 
 
 def runs_root() -> Path:
@@ -62,9 +66,7 @@ def save_run(result: ExperimentResult, folder: Path | None = None, *,
     """
     key = run_key(result.features, result.config)
     folder = Path(folder) if folder else runs_root() / key
-    if folder.exists() and any(folder.iterdir()) and not (folder / "run.json").is_file():
-        raise RunError(f"{folder} exists and is not a run folder; refusing to overwrite it",
-                       "choose a new or empty folder for --out")
+    check_run_destination(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
@@ -78,6 +80,32 @@ def save_run(result: ExperimentResult, folder: Path | None = None, *,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def check_run_destination(folder: Path) -> None:
+    """Refuse to write a run where it would replace anything but an earlier run of ours.
+
+    A run folder is replaced whole, so a file, or a non-empty folder without a ``run.json`` written by
+    ``save_run`` (a user's own ``run.json`` does not count), is refused before any work starts.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder} is a file, not a folder; refusing to replace it with a run",
+                       "give --out a new or empty folder")
+    if not folder.is_dir() or not any(folder.iterdir()) or _is_run_json(folder / "run.json"):
+        return
+    names = sorted(entry.name for entry in folder.iterdir())
+    listed = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    raise RunError(f"{folder} is not empty and is not a run folder (it holds {listed}); refusing to overwrite it",
+                   "give --out a new or empty folder, or the folder of an earlier run to replace it")
+
+
+def _is_run_json(path: Path) -> bool:
+    try:
+        info = read_json(path)
+    except (FileNotFoundError, CacheError):
+        return False
+    return isinstance(info, dict) and "run_key" in info and "version" in info
 
 
 def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_info: DatasetInfo) -> None:
@@ -209,9 +237,18 @@ class Run:
     def test_scores(self) -> np.ndarray:
         shape = (len(self.split["test"]), len(self.vocabulary))
         try:
-            return np.asarray(load_npy(self.folder / "test_scores.npy", shape=shape, dtype="float32", mmap=False))
+            return np.asarray(load_npy(self.folder / "test_scores.npy", shape=shape, dtype="float32", mmap=False,
+                                       require_checksum=False))
         except (CacheError, FileNotFoundError) as err:
             raise RunError(f"run {self.folder} has no valid test_scores.npy ({err})") from err
+
+    def check_k(self, k: int | None) -> int:
+        """``k`` (the run's own when ``None``) once checked to rank between 1 and every genre of the run."""
+        k = self.config.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self.vocabulary):
+            raise ConfigError(f"k {k} is out of range for a run with {len(self.vocabulary)} genres",
+                              f"choose k between 1 and {len(self.vocabulary)}")
+        return int(k)
 
     def per_genre(self):
         import pandas as pd
@@ -221,7 +258,7 @@ class Run:
     def check_features(self, features: FeatureSet) -> None:
         """Refuse to apply this run to features it was not trained on."""
         expected = self.weights
-        if features.weights.identity != expected.identity:
+        if not same_weights(features.weights.identity, expected.identity):
             raise RunError(f"run {self.folder.name} was trained on features from {expected.label}, "
                            f"not {features.weights.label}", "extract features with the run's weights")
         missing = set(self.split["test"]) - set(features.ids)
@@ -239,19 +276,47 @@ def load_run(folder: str | Path) -> Run:
         raise RunError(f"run folder {folder} is incomplete: missing {', '.join(missing)}")
     try:
         info = read_json(folder / "run.json")
-        vocabulary = GenreVocabulary(read_json(folder / "vocabulary.json")["genres"])
+        genres = read_json(folder / "vocabulary.json")
         split = read_json(folder / "split.json")
         metrics = read_json(folder / "metrics.json")
         history_path = folder / "history.json"
-        history = [EpochLog(**entry) for entry in read_json(history_path)] if history_path.exists() else []
+        history = read_json(history_path) if history_path.exists() else []
+        _check_run_documents(info, genres, split, metrics, history)
+        vocabulary = GenreVocabulary(genres["genres"])
+        history = [EpochLog(**entry) for entry in history]
         config = TrainConfig.from_dict(info["config"])
         EvaluationSummary.from_dict(metrics)
         token = (str(folder), info.get("created", ""), (folder / "run.json").stat().st_mtime_ns)
     except (CacheError, DatasetError, KeyError, TypeError, ValueError, AttributeError, OSError) as err:
-        raise RunError(f"run folder {folder} has damaged metadata: {err}") from err
+        raise RunError(f"run folder {folder} has damaged metadata: {err}",
+                       "delete the run folder and train again") from err
     if metrics.get("genres") != list(vocabulary.genres):
         raise RunError(f"run {folder}: metrics.json and vocabulary.json disagree on the genre order")
     return Run(folder, info, config, vocabulary, split, metrics, history, token)
+
+
+def _check_run_documents(info, genres, split, metrics, history) -> None:
+    """Valid JSON of the wrong shape (a list for an object, a number for ids) is damage too."""
+    problems = []
+    features = info.get("features") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or not isinstance(features, dict):
+        problems.append("run.json must hold an object with config and features objects")
+    elif missing := [name for name in FEATURE_FIELDS if name not in features]:
+        problems.append(f"run.json features lack {', '.join(missing)}")
+    if not isinstance(genres, dict) or not _strings(genres.get("genres")):
+        problems.append('vocabulary.json must hold {"genres": [names]}')
+    if not isinstance(split, dict) or not all(_strings(split.get(part)) for part in SPLIT_PARTS):
+        problems.append(f"split.json must hold lists of poster ids named {', '.join(SPLIT_PARTS)}")
+    if not isinstance(metrics, dict):
+        problems.append("metrics.json must hold an object")
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        problems.append("history.json must hold a list of epoch objects")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
