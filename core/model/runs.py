@@ -34,8 +34,7 @@ RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metric
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
 COMPARABLE_COLUMNS = (*(option.column for option in TRAIN_OPTIONS), "epochs run", "train seconds")
 SPLIT_PARTS = ("train", "validation", "test")
-FEATURE_FIELDS = ("weights", "weights_label", "weights_identity", "random_weights", "precision", "image_size",
-                  "resize")
+FEATURE_FIELDS = ("weights", "precision", "image_size", "resize")
 
 
 def runs_root() -> Path:
@@ -303,6 +302,8 @@ def _check_run_documents(info, genres, split, metrics, history) -> None:
         problems.append("run.json must hold an object with config and features objects")
     elif missing := [name for name in FEATURE_FIELDS if name not in features]:
         problems.append(f"run.json features lack {', '.join(missing)}")
+    elif "weights_identity" not in features and not (isinstance(metrics, dict) and "weights_identity" in metrics):
+        problems.append("neither run.json nor metrics.json names the weights' identity")
     if not isinstance(genres, dict) or not _strings(genres.get("genres")):
         problems.append('vocabulary.json must hold {"genres": [names]}')
     if not isinstance(split, dict) or not all(_strings(split.get(part)) for part in SPLIT_PARTS):
