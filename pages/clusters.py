@@ -16,6 +16,7 @@ from core.errors import PosterGenreError
 from core.model.experiment import labels_for
 from core.features.views import FEATURE_VIEWS
 from core.model.runs import Run
+from pages._explain import clusters_section, mosaic_section
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import all_runs, dataset_runs, require_runs, run_selector, thumbnails, view_matrix
 
@@ -304,6 +305,8 @@ if embedding is not None:
         draw_selection(posters, rows)
     else:
         st.caption("Drag a box or lasso on the map to see those posters and their genres.")
+    mosaic_section(posters.frame, embedding.coords, rows)
+    clusters_section(dataset, posters.frame, posters.Y, posters.genres, embedding.coords, source.key, source.X, rows)
 
 draw_neighbours(posters, source)
 

@@ -20,6 +20,7 @@ from core.sources.tmdb import LISTS, TmdbConfig, download_tmdb, load_credentials
 from core.sources.tutorial import import_tutorial
 from core.sources.url_table import AcquireResult, UrlTableConfig, download_url_table, safe_id
 from core.features.weights import Weights
+from pages._explain import descriptor_boxplots
 from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO, feature_config, feature_status,
                            fingerprint, get_dataset, get_weights, load_settings, route_through_app, save_settings,
                            weights_notice)
@@ -518,6 +519,7 @@ show_report(dataset, report)
 
 st.subheader("Genres")
 genre_charts(dataset)
+descriptor_boxplots(dataset)
 
 st.subheader("Features")
 if weights_controls() is not None:

@@ -21,6 +21,7 @@ that gains posters decodes only the new ones.
 from __future__ import annotations
 
 import logging
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,12 +112,8 @@ def image_descriptors(source: ImageSource, *, name: str | None = None) -> np.nda
 def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: int = 2) -> Descriptors:
     """Descriptors of every decodable poster, computing only posters whose content is not cached."""
     from core.features.pipeline import content_keys
-    from core.features.store import FeatureStore
 
-    description = {"descriptors": list(NAMES), "side": DESCRIPTOR_SIDE, "grey": GREY_CHROMA,
-                   "hue_bin": HUE_BIN_DEGREES, "edge": EDGE_THRESHOLD, "version": DESCRIPTOR_VERSION}
-    store = FeatureStore(stable_hash(description), len(NAMES), description,
-                         root=root or cache_root() / "descriptors")
+    store = _store(root)
     keys = content_keys(dataset.paths)
     path_of = dict(zip(keys, dataset.paths))
     todo = store.missing(keys)
@@ -137,33 +134,53 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
                        n_computed=len(todo) - len(failures))
 
 
-def neighbour_predictability(values: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Per column, the share of its variance that a poster's neighbours predict: ``1 - MSE / variance``
-    where the prediction is the mean over the poster's neighbours (``neighbours``: ``(n, k)`` indices).
+def descriptors_cached(dataset: Dataset, *, root: Path | None = None) -> bool:
+    """Whether every poster of ``dataset`` has cached descriptors (undecodable ones aside); computes nothing."""
+    from core.features.pipeline import content_keys
 
-    1 means neighbours on the map have exactly the poster's value, 0 means knowing the neighbours
-    helps no more than the overall mean, below 0 worse. It applies alike to descriptors and to 0/1
-    genre columns, so "is the map organised by colour or by genre" compares numbers in one unit.
-    NaN rows (e.g. no dominant hue) are left out of their column.
+    store = _store(root)
+    return not store.missing(content_keys(dataset.paths))
+
+
+def _store(root: Path | None):
+    """The descriptor cache: a ``FeatureStore`` of ``len(NAMES)`` values per poster content, keyed by
+    everything that changes a descriptor."""
+    from core.features.store import FeatureStore
+
+    description = {"descriptors": list(NAMES), "side": DESCRIPTOR_SIDE, "grey": GREY_CHROMA,
+                   "hue_bin": HUE_BIN_DEGREES, "edge": EDGE_THRESHOLD, "version": DESCRIPTOR_VERSION}
+    return FeatureStore(stable_hash(description), len(NAMES), description, root=root or cache_root() / "descriptors")
+
+
+def neighbour_predictability(values: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Per column, the correlation between a poster's value and the mean over its neighbours
+    (``neighbours``: ``(n, k)`` indices), a form of spatial autocorrelation.
+
+    1 means neighbours on the map share the poster's value, about 0 means the map ignores the column
+    (the chance level for any ``k``). It applies alike to descriptors and to 0/1 genre columns, so "is
+    the map organised by colour or by genre" compares numbers in one unit. NaN values (no dominant hue)
+    are left out of their column.
     """
     values = np.asarray(values, dtype=np.float64)
     neighbours = np.asarray(neighbours)
-    if values.ndim != 2 or neighbours.ndim != 2 or len(values) != len(neighbours):
+    if values.ndim != 2 or neighbours.ndim != 2 or len(values) != len(neighbours) or neighbours.shape[1] < 1:
         raise PosterGenreError(f"values {values.shape} and neighbours {neighbours.shape} do not line up",
-                               "pass one row of values and one row of neighbour indices per poster")
-    predicted = np.nanmean(values[neighbours], axis=1) if neighbours.shape[1] else np.full_like(values, np.nan)
+                               "pass one row of values and one row of (at least one) neighbour index per poster")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        predicted = np.nanmean(values[neighbours], axis=1)
     out = np.full(values.shape[1], np.nan)
     for column in range(values.shape[1]):
         ok = np.isfinite(values[:, column]) & np.isfinite(predicted[:, column])
-        variance = values[ok, column].var() if ok.sum() > 1 else 0.0
-        if variance > 0:
-            out[column] = 1.0 - np.mean((values[ok, column] - predicted[ok, column]) ** 2) / variance
+        own, around = values[ok, column], predicted[ok, column]
+        if ok.sum() > 2 and own.std() > 0 and around.std() > 0:
+            out[column] = float(np.corrcoef(own, around)[0, 1])
     return out
 
 
 def map_structure(neighbours: np.ndarray, values: np.ndarray, Y: np.ndarray,
                   genres: Sequence[str]) -> pd.DataFrame:
-    """How well map neighbours predict each descriptor and each genre (``neighbour_predictability``),
+    """How much each descriptor and each genre is shared by map neighbours (``neighbour_predictability``),
     one row per column with ``kind`` "descriptor" or "genre", best first."""
     Y = np.asarray(Y, dtype=np.float64)
     if Y.shape != (len(values), len(genres)):

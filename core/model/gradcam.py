@@ -3,7 +3,7 @@
 The end-to-end model is the run's own chain: image → VGG16 (its weights, in float32) → the run's feature
 view (flatten / avg / max / avg45 of block5_pool and block4_pool) → the run's network. Grad-CAM
 (Selvaraju et al., 2017) weights each channel of a convolution's output by the mean gradient of the
-genre's probability over the positions, sums the channels and keeps the positive part. Gradients are
+genre's logit over the positions, sums the channels and keeps the positive part. Gradients are
 taken at ``block5_conv3``, and also at ``block4_conv3`` for a view that reads block4; the two maps are
 added at block4's resolution.
 
@@ -89,6 +89,7 @@ class GradCam:
         self.layers = VIEW_LAYERS[view]
         self.feature_config = predictor.feature_config
         self.weights = predictor.weights
+        self.model = predictor.model
         self.network = guarded_network(predictor.model)
         self.cache_dir = cache_dir or cache_root() / "gradcam"
         self._base = None
@@ -148,7 +149,7 @@ class GradCam:
         with tf.GradientTape() as tape:
             tape.watch(start)
             outputs = self._top(start, first)
-            score = outputs["probabilities"][:, genre_index]
+            score = outputs["logits"][:, genre_index]
         targets = [outputs[layer] for layer in self.layers]
         gradients = tape.gradient(score, targets)
         maps = [_cam(np.asarray(a)[0], np.asarray(g)[0]) for a, g in zip(targets, gradients)]
@@ -175,7 +176,7 @@ class GradCam:
 
     def _top(self, start, after: str) -> dict:
         """The rest of the chain from layer ``after``'s output: the named conv outputs, the pools,
-        the run's feature view and the genre probabilities."""
+        the run's feature view, the genre logits and probabilities."""
         import tensorflow as tf
 
         outputs, x, running = {after: start}, start, False
@@ -185,7 +186,9 @@ class GradCam:
                 outputs[layer.name] = x
             running = running or layer.name == after
         view = view_tensor(self.view, outputs["block5_pool"], outputs.get("block4_pool"))
-        outputs["probabilities"] = self.network(tf.cast(view, tf.float32), training=False)
+        view = tf.cast(view, tf.float32)
+        outputs["logits"] = self.network(view, training=False)
+        outputs["probabilities"] = self.model(view, training=False)
         return outputs
 
 
@@ -222,8 +225,10 @@ def guarded_signed_sqrt(x):
 
 
 def guarded_network(model):
-    """The run's network with every ``SignedSqrt`` (also inside ensemble members) replaced by
-    ``guarded_signed_sqrt``; all other layers, and so all weights, are shared with ``model``."""
+    """The run's network made explainable: every ``SignedSqrt`` (also inside ensemble members) replaced by
+    ``guarded_signed_sqrt``, and the sigmoid of each genre layer dropped, so it returns logits (for an
+    ensemble, the mean of its members' logits). Grad-CAM differentiates the logit: a confident poster's
+    probability rounds to 1.0 in float32 and has no gradient left. All weights are shared with ``model``."""
     import keras
 
     from core.model.classifier import custom_layers
@@ -234,9 +239,24 @@ def guarded_network(model):
         def call(self, inputs):
             return guarded_signed_sqrt(inputs)
 
-    return keras.models.clone_model(
-        model, recursive=True,
-        clone_function=lambda layer: GuardedSignedSqrt(name=layer.name) if isinstance(layer, signed_sqrt) else layer)
+    class Logits(keras.layers.Layer):
+        """The wrapped sigmoid ``Dense`` layer's pre-activation, with its own (shared) weights."""
+
+        def __init__(self, dense, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = dense
+
+        def call(self, inputs):
+            return keras.ops.matmul(inputs, self.dense.kernel) + self.dense.bias
+
+    def clone(layer):
+        if isinstance(layer, signed_sqrt):
+            return GuardedSignedSqrt(name=layer.name)
+        if isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.sigmoid:
+            return Logits(layer, name=layer.name)
+        return layer
+
+    return keras.models.clone_model(model, recursive=True, clone_function=clone)
 
 
 def _read(poster: Poster) -> tuple[bytes, str]:
