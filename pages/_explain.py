@@ -14,7 +14,8 @@ import streamlit as st
 
 from core.analysis.clusters import ClusterCard, ClusterConfig, cluster_cards, find_clusters, selection_card
 from core.analysis.embeddings import reduce_pca
-from core.analysis.mosaic import ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, mosaic_image, mosaic_layout, thumbnail_atlas
+from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, atlas_cached, mosaic_image,
+                                  mosaic_layout, thumbnail_atlas)
 from core.data.images import thumbnail
 from core.errors import PosterGenreError
 from core.features.descriptors import (DESCRIPTORS, NAMES, Descriptors, dataset_descriptors, descriptors_cached,
@@ -24,7 +25,8 @@ from core.model.runs import Run
 from pages._widgets import thumbnails
 
 CLUSTER_CARDS_SHOWN = 12
-AUTO_DESCRIPTOR_POSTERS = 500
+AUTO_POSTERS = 500
+"""Up to this many posters, descriptors and thumbnails are computed without asking; more wait for a click."""
 MAP_NEIGHBOURS = 10
 PCA_COMPONENTS = 20
 CLUSTER_COLOUR = "(cluster)"
@@ -69,7 +71,7 @@ def descriptors_for(dataset, ids, *, compute: bool) -> np.ndarray | None:
 def _descriptor_gate(dataset, key: str) -> bool:
     """Small datasets and cached descriptors go ahead; a first computation for a large one waits for a click."""
     done = f"{key}_done"
-    if len(dataset) <= AUTO_DESCRIPTOR_POSTERS or st.session_state.get(done) or descriptors_cached(dataset):
+    if len(dataset) <= AUTO_POSTERS or st.session_state.get(done) or descriptors_cached(dataset):
         return True
     st.info(f"Visual descriptors are not computed for these {len(dataset):,} posters yet: each poster is decoded "
             "once (about a minute per few thousand), then they are cached on disk.")
@@ -92,7 +94,11 @@ def mosaic_section(frame: pd.DataFrame, coords: np.ndarray, rows: list[int]) -> 
         "snap": "map shape (empty cells stay empty)", "assign": "dense grid (every poster shown)"}.get)
     if method not in methods:
         method = "snap"
-    atlas = _atlas(tuple(frame["path"]))
+    paths = tuple(frame["path"])
+    if len(paths) > AUTO_POSTERS and not atlas_cached(paths) and not st.button(
+            f"Build the mosaic (decodes {len(paths):,} posters once, about 30 s per thousand)", key="build_mosaic"):
+        return
+    atlas = _atlas(paths)
     started = time.perf_counter()
     try:
         layout = mosaic_layout(coords[subset], columns=columns, method=method)
@@ -155,7 +161,7 @@ def clusters_section(dataset, frame: pd.DataFrame, Y: np.ndarray, genres: tuple[
     if len(rows) > 1:
         try:
             draw_card(selection_card(rows, coords, Y, genres, descriptors=descriptors, descriptor_names=NAMES), frame,
-                      title=f"Selection: {len(rows)} posters vs the rest")
+                      title=f"Selection: {len(rows)} posters vs the rest", typical=False)
         except PosterGenreError as err:
             st.info(str(err))
     if descriptors is not None:
@@ -183,13 +189,15 @@ def colour_map(frame: pd.DataFrame, coords: np.ndarray, descriptors: np.ndarray 
     st.plotly_chart(fig, key="explain_map")
 
 
-def draw_card(card: ClusterCard, frame: pd.DataFrame, *, title: str | None = None) -> None:
+def draw_card(card: ClusterCard, frame: pd.DataFrame, *, title: str | None = None, typical: bool = True) -> None:
+    """A cluster card; ``typical=False`` leaves out the typical posters (a selection's are shown above it)."""
     with st.container(border=True):
         st.markdown(f"**{title or card.name.capitalize()}** · {card.size:,} posters")
         for sentence in card.sentences:
             st.markdown(f"- {sentence}")
-        st.image(thumbnails(frame["path"].iloc[card.typical]), width=90,
-                 caption=[frame["title"].iat[row] for row in card.typical])
+        if typical:
+            st.image(thumbnails(frame["path"].iloc[card.typical]), width=90,
+                     caption=[frame["title"].iat[row] for row in card.typical])
         left, right = st.columns(2)
         shown = card.enrichment[["genre", "with_genre", "share", "share_all", "ratio", "q"]].head(5)
         left.dataframe(shown, hide_index=True, key=f"enrichment_{card.name}", column_config={
@@ -227,6 +235,8 @@ def _cluster_order(name: str) -> tuple[int, int]:
 def descriptor_boxplots(dataset) -> None:
     """Per-genre box plots of one visual descriptor."""
     st.subheader("Visual descriptors by genre")
+    if not st.toggle("Show brightness, colour and edge statistics per genre", key="descriptors_on"):
+        return
     if not _descriptor_gate(dataset, "compute_descriptors_data"):
         return
     result = _descriptors(str(dataset.root), len(dataset), dataset)
@@ -246,6 +256,8 @@ def descriptor_boxplots(dataset) -> None:
 def gradcam_section(run: Run, dataset) -> None:
     """Where the run's model looks on a test poster or an upload, for the genre the user picks."""
     st.subheader("Where the model looks (Grad-CAM)")
+    if not st.toggle("Show a heatmap of where the model looks (about 2 s per poster and genre)", key="gradcam_on"):
+        return
     if run.config.feature_view not in VIEW_LAYERS:
         st.info(f"Grad-CAM needs a run on VGG16 features ({', '.join(VIEW_LAYERS)}).")
         return

@@ -305,8 +305,6 @@ if embedding is not None:
         draw_selection(posters, rows)
     else:
         st.caption("Drag a box or lasso on the map to see those posters and their genres.")
-    mosaic_section(posters.frame, embedding.coords, rows)
-    clusters_section(dataset, posters.frame, posters.Y, posters.genres, embedding.coords, source.key, source.X, rows)
 
 draw_neighbours(posters, source)
 
@@ -317,3 +315,7 @@ st.caption("For each genre: among posters with it, the share of their k nearest 
 if neighbour_index_ready(source):
     k = agreement_controls(len(posters.Y))
     draw_agreement(agreement_table(source.key, labels_key, k, source.X, posters.Y, posters.genres), k)
+
+if embedding is not None:
+    mosaic_section(posters.frame, embedding.coords, rows)
+    clusters_section(dataset, posters.frame, posters.Y, posters.genres, embedding.coords, source.key, source.X, rows)

@@ -74,6 +74,7 @@ def test_data_page_draws_descriptor_boxplots(tiny_dataset):
     at.run()
     at.switch_page("pages/data.py").run()
     assert not at.exception, at.exception
+    at.toggle(key="descriptors_on").set_value(True).run()
     at.selectbox(key="descriptor_box").set_value("saturation").run()
     boxes = chart(at, "descriptor_boxplot")["data"]
     assert boxes[0]["type"] == "box" and boxes[0]["y"] is not None
@@ -81,6 +82,7 @@ def test_data_page_draws_descriptor_boxplots(tiny_dataset):
 
 def test_gradcam_overlay_for_a_test_poster(tiny_dataset, saved_run):  # noqa: F811
     at = open_predictions(tiny_dataset, saved_run.folder)
+    at.toggle(key="gradcam_on").set_value(True).run()
     genres = at.selectbox(key="gradcam_genre").options
     assert len(genres) == len(saved_run.vocabulary)
     at.slider(key="gradcam_opacity").set_value(0.8).run()

@@ -166,19 +166,27 @@ def thumbnail_atlas(paths: Sequence[Path], *, root: Path | None = None, workers:
     and each thumbnail under its own, so a dataset that changes decodes only its new posters.
     """
     folder = root or _thumb_folder()
-    keys = [memo_file_sha256(path) for path in paths]
-    atlas_path = folder / "atlases" / f"{stable_hash(keys)}.npy"
-    shape = (len(keys), THUMB_HEIGHT, THUMB_WIDTH, 3)
+    atlas_path = _atlas_path(paths, folder)
+    shape = (len(paths), THUMB_HEIGHT, THUMB_WIDTH, 3)
     try:
         return np.asarray(load_npy(atlas_path, shape=shape, dtype="uint8", mmap=False))
     except (FileNotFoundError, CacheError):
         pass
-    log.info("assembling a thumbnail atlas of %d posters into %s", len(keys), atlas_path)
+    log.info("assembling a thumbnail atlas of %d posters into %s", len(paths), atlas_path)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         tiles = list(pool.map(lambda path: _tile_or_grey(path, folder), paths))
     atlas = np.stack(tiles) if tiles else np.empty(shape, dtype=np.uint8)
     atomic_save_npy(atlas_path, atlas)
     return atlas
+
+
+def atlas_cached(paths: Sequence[Path], *, root: Path | None = None) -> bool:
+    """Whether the atlas of exactly these files is on disk (reading it then takes milliseconds)."""
+    return _atlas_path(paths, root or _thumb_folder()).is_file()
+
+
+def _atlas_path(paths: Sequence[Path], folder: Path) -> Path:
+    return folder / "atlases" / f"{stable_hash([memo_file_sha256(path) for path in paths])}.npy"
 
 
 def _thumb_folder() -> Path:
