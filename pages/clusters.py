@@ -15,6 +15,7 @@ from core.errors import PosterGenreError
 from core.model.experiment import genre_labels
 from core.features.views import FEATURE_VIEWS
 from core.model.runs import Run
+from pages._explain import clusters_section, mosaic_section
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import all_runs, dataset_runs, require_runs, run_selector, thumbnails, view_matrix
 
@@ -311,3 +312,7 @@ st.caption("For each genre: among posters with it, the share of their k nearest 
 if neighbour_index_ready(source):
     k = agreement_controls(len(posters.Y))
     draw_agreement(agreement_table(source.key, labels_key, k, source.X, posters.Y, posters.genres), k)
+
+if embedding is not None:
+    mosaic_section(posters.frame, embedding.coords, rows)
+    clusters_section(dataset, posters.frame, posters.Y, posters.genres, embedding.coords, source.key, source.X, rows)

@@ -24,6 +24,7 @@ from core.sources.url_table import UrlTableConfig, download_url_table
 from pages._shared import (DEMO, dataset_caption, dataset_root, feature_config, feature_status, fingerprint,
                            forget_features, get_dataset, get_weights, load_settings, progress_bar, route_through_app,
                            save_settings, weights_notice)
+from pages._explain import descriptor_boxplots
 from pages._widgets import first_page, page_number, show_poster
 
 PAGE_SIZE = 48
@@ -466,6 +467,7 @@ show_report(dataset, report)
 
 st.subheader("Genres")
 genre_charts(dataset)
+descriptor_boxplots(dataset)
 
 st.subheader("Features")
 if weights_controls() is not None:

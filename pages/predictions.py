@@ -18,6 +18,7 @@ from core.data.images import check_image_bytes
 from core.analysis.metrics import per_genre_report
 from core.model.predict import PosterPrediction, Predictor, ScoredPosters, score_test_posters
 from core.model.runs import Run
+from pages._explain import gradcam_section
 from pages._shared import active_dataset, fingerprint, require_features, route_through_app
 from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
                             random_run_warning, require_runs, run_selector, show_per_genre, show_poster,
@@ -292,3 +293,4 @@ with genres_tab:
     draw_per_genre(run, scored.Y, scored.scores)
 with upload_tab:
     draw_upload(run, features, dataset)
+gradcam_section(run, dataset)
