@@ -47,6 +47,9 @@ DESCRIPTORS = {
     "edge_density": "share of pixels on an edge (Sobel)",
     "aspect_ratio": "width / height of the original file",
 }
+NOT_DEFINED = -1.0
+"""How the cache stores a descriptor an image does not have (the dominant hue of a grey poster, NaN in
+memory): every descriptor is >= 0, and cached arrays must be finite."""
 NAMES = tuple(DESCRIPTORS)
 DESCRIPTOR_SIDE = 128
 GREY_CHROMA = 0.1
@@ -125,9 +128,10 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
         done = [(key, row) for key, (row, _) in zip(todo, results) if row is not None]
         failures = {key: error for key, (_, error) in zip(todo, results) if error is not None}
         if done:
-            store.add([key for key, _ in done], np.stack([row for _, row in done]))
+            store.add([key for key, _ in done], np.nan_to_num(np.stack([row for _, row in done]), nan=NOT_DEFINED))
     kept = [i for i, key in enumerate(keys) if key in store]
     values = store.gather([keys[i] for i in kept]) if kept else np.empty((0, len(NAMES)), np.float32)
+    values[values == NOT_DEFINED] = np.nan
     failed = [Skipped(poster.id, failures.get(key, "could not be decoded"), str(poster.path))
               for poster, key in zip(dataset.posters, keys) if key not in store]
     return Descriptors(values=values, ids=[dataset.posters[i].id for i in kept], failed=failed,
