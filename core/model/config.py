@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, replace
 from core.errors import TrainingError
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+MEMBER_MODES = ("stacked", "sequential")
+"""How an ensemble trains: all members in one Keras model (one batched matmul per layer), or one by one."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class TrainConfig:
     ensemble: int = 1
     k: int = 3
     threshold: float = 0.5
+    member_mode: str = "stacked"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}
