@@ -151,6 +151,7 @@ def train_config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from core.model.experiment import run_experiment
+    from core.model.quickstart import dataset_info
     from core.model.runs import save_run
     from core.model.config import check_config
 
@@ -165,15 +166,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         line.show(f"epoch {entry.epoch}/{config.epochs} loss {entry.loss:.4f}{val}", final=entry.epoch == config.epochs)
 
     result = run_experiment(dataset, features, config, on_epoch=on_epoch)
-    folder = save_run(result, args.out, dataset_info=_dataset_info(dataset))
+    folder = save_run(result, args.out, dataset_info=dataset_info(dataset))
     print(_summary(result.evaluation, features.weights))
     print(f"run saved to {folder} ({result.seconds:.1f}s, {len(result.history)} epochs)")
     return 0
-
-
-def _dataset_info(dataset) -> dict:
-    return {"root": str(dataset.root.resolve()), "name": dataset.name, "synthetic": dataset.synthetic,
-            "n_posters": len(dataset)}
 
 
 def _summary(evaluation, weights) -> str:
