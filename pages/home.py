@@ -3,9 +3,44 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, feature_status,
-                           fingerprint, route_through_app, weights_notice)
+from core.errors import PosterGenreError
+from core.model.config import PRESETS
+from core.model.quickstart import QUICK_START_PRESET, quick_start
+from pages._shared import (_cached_features, active_dataset, active_weights, dataset_caption, feature_config,
+                           feature_status, fingerprint, route_through_app, weights_notice)
 from pages._widgets import dataset_runs
+
+
+def start_button_label(dataset) -> str:
+    return "Explore the demo" if dataset.synthetic else f"Extract the features and train `{QUICK_START_PRESET}`"
+
+
+def one_click_start(dataset) -> bool:
+    """Extract what is missing and train the recommended preset, with one progress bar for each."""
+    extraction = st.progress(0.0, text="Loading VGG16 (the first time in this server also loads TensorFlow)…")
+    training = st.empty()
+
+    def on_extract(progress) -> None:
+        extraction.progress(progress.done / progress.total if progress.total else 1.0,
+                            text=f"Extracting features {progress.line()}")
+
+    def on_epoch(entry) -> None:
+        validation = "" if entry.val_loss is None else f", validation loss {entry.val_loss:.3f}"
+        training.progress(min(entry.epoch / epochs, 1.0), text=f"Training `{QUICK_START_PRESET}`: epoch "
+                                                               f"{entry.epoch}, member {entry.member}{validation}")
+
+    epochs = PRESETS[QUICK_START_PRESET].epochs
+    try:
+        started = quick_start(dataset, feature_config(), on_extract=on_extract, on_epoch=on_epoch)
+    except PosterGenreError as err:
+        st.error(str(err))
+        return False
+    _cached_features.clear()
+    feature_status.clear()
+    extraction.progress(1.0, text=f"Features ready: {len(started.features.ids):,} posters")
+    training.progress(1.0, text=f"`{QUICK_START_PRESET}` " + ("trained and saved" if started.trained
+                                                              else "was already trained"))
+    return True
 
 route_through_app()
 st.title("Poster Genre Explorer")
@@ -28,7 +63,18 @@ if weights is not None:
         st.page_link("pages/data.py", label="Extract the missing features on the Data page",
                      icon=":material/folder_open:")
 
-st.metric("Saved training runs on this dataset", len(dataset_runs(dataset)))
+runs = dataset_runs(dataset)
+st.metric("Saved training runs on this dataset", len(runs))
+if weights is not None and (cached < total or not runs):
+    st.markdown("One click extracts the features and trains the recommended model, so that every page has "
+                "something to show" + (" (about half a minute on a laptop)." if dataset.synthetic else "."))
+    if st.button(start_button_label(dataset), key="quick_start", type="primary",
+                 icon=":material/play_arrow:") and one_click_start(dataset):
+        st.session_state.quick_start_done = True
+        st.rerun()
+if st.session_state.pop("quick_start_done", False):
+    st.success("Done: features extracted and the recommended model trained; the Train, Clusters and "
+               "Predictions pages are populated.")
 
 st.subheader("The path through the app")
 st.markdown(

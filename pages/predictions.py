@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.datasets import Dataset
-from core.analysis.embeddings import nearest_to_vector
+from core.analysis.neighbours import nearest_to_vector
 from core.errors import ImageError, PosterGenreError
 from core.features.pipeline import FeatureSet
 from core.features.views import feature_view

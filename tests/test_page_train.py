@@ -34,7 +34,7 @@ from core.model.runs import load_run, runs_root
 APP = Path(__file__).resolve().parents[1] / "app.py"
 CONTROL_KEYS = ("feature_view", "hidden", "dropout", "input_dropout", "power_normalize", "standardize",
                 "learning_rate", "optimizer", "epochs", "batch_size", "test_size", "ensemble", "validation_split",
-                "early_stopping", "patience", "seed", "k", "threshold")
+                "early_stopping", "patience", "seed", "k", "threshold", "member_mode")
 
 
 @pytest.fixture

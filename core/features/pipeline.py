@@ -86,8 +86,11 @@ def content_keys(paths: Sequence[Path]) -> list[str]:
 
 
 def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[FeatureStore, Weights, str]:
-    """The cache of one configuration: keyed by everything that changes the features."""
-    import keras
+    """The cache of one configuration: keyed by everything that changes the features.
+
+    The Keras version is read from the package metadata (the same string as ``keras.__version__``),
+    so a page that only checks the cache does not import TensorFlow."""
+    from importlib import metadata
 
     weights = weights or resolve_weights(config.weights)
     precision = resolve_precision(config.precision)
@@ -97,7 +100,7 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
         "image_size": config.image_size,
         "resize": config.resize,
         "precision": precision,
-        "keras": keras.__version__,
+        "keras": metadata.version("keras"),
         "pipeline": PIPELINE_VERSION,
     }
     return FeatureStore(stable_hash(description), ROW_DIM, description), weights, precision
