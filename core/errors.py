@@ -56,3 +56,7 @@ class RateLimitError(DownloadError):
 
 class UnsafePickleError(PosterGenreError):
     """A pickle holds something other than plain data and was refused unread."""
+
+
+class EngineError(PosterGenreError):
+    """A distributed extraction engine is not installed, not reachable, or cannot run the job."""

@@ -24,6 +24,7 @@ from pages._shared import (_cached_features, dataset_caption, dataset_root, DEMO
                            fingerprint, get_dataset, get_weights, load_settings, route_through_app, save_settings,
                            weights_notice)
 from pages._widgets import first_page, page_number, show_poster
+from pages._engine import RayEngine, engine_controls
 
 PAGE_SIZE = 48
 GRID_COLUMNS = 6
@@ -248,9 +249,10 @@ def extraction_section(dataset: Dataset) -> None:
     config = feature_config()
     status = st.empty()
     show_cache_status(status, dataset, config)
+    engine = engine_controls()
     if st.button("Extract features", key="extract", type="primary",
                  help="Computes only the posters whose features are not cached yet."):
-        if run_extraction(dataset, config):
+        if run_extraction(dataset, config, engine):
             show_cache_status(status, dataset, config)
     last = st.session_state.get("extraction")
     if last and last["source"] == (str(dataset.root), config):
@@ -268,14 +270,14 @@ def show_cache_status(box, dataset: Dataset, config: FeatureConfig) -> None:
                        "(undecodable posters are retried each time).")
 
 
-def run_extraction(dataset: Dataset, config: FeatureConfig) -> bool:
+def run_extraction(dataset: Dataset, config: FeatureConfig, engine: RayEngine | None = None) -> bool:
     bar = st.progress(0.0, text="Loading VGG16…")
 
     def update(progress: Progress) -> None:
         bar.progress(progress.done / progress.total if progress.total else 1.0, text=progress.line())
 
     try:
-        features = extract_features(dataset, config, progress=update)
+        features = extract_features(dataset, config, progress=update, engine=engine)
     except WeightsError as err:
         bar.empty()
         st.error(str(err))

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from core.errors import PosterGenreError
 from core.progress import ProgressLine
+from core.features.ray_engine import ENGINES, RAY_ADDRESS_ENV, engine_for
 from core.features.weights import WEIGHTS_ENV
 
 
@@ -62,6 +63,19 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
                              f"default ${WEIGHTS_ENV} or imagenet")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per VGG16 batch")
+    scale = parser.add_argument_group("extraction engine (Ray needs: pip install -r requirements-scale.txt)")
+    scale.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: in this process (default); ray: Ray Data on a Ray cluster")
+    scale.add_argument("--ray-address", default=None,
+                       help=f"auto, HOST:6379 or ray://HOST:10001 (default ${RAY_ADDRESS_ENV}, else a local Ray)")
+    scale.add_argument("--actors", type=int, default=None, help="VGG16 actors (default: one per GPU, else per node)")
+    scale.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
+
+
+def engine_from_args(args: argparse.Namespace):
+    """``None`` (in-process) or the ``RayEngine`` the flags describe."""
+    return engine_for(args.engine, args.ray_address, args.actors, args.gpus_per_actor)
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
@@ -115,8 +129,10 @@ def _features(args: argparse.Namespace, dataset):
 
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
                            batch_size=args.batch_size_extract)
+    engine = engine_from_args(args)
     line = ProgressLine("extracting")
-    features = extract_features(dataset, config, progress=lambda p: line.show(p.line(), final=p.done == p.total))
+    features = extract_features(dataset, config, engine=engine,
+                                progress=lambda p: line.show(p.line(), final=p.done == p.total))
     for item in features.failed:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
     if features.weights.is_random:

@@ -45,6 +45,12 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+Engine = Callable[[FeatureStore, "list[tuple[Path, str]]", FeatureConfig, Weights, str, "ProgressFn | None"],
+                  "dict[str, str]"]
+"""Computes the missing rows into the store and returns the reason for each undecodable poster.
+
+The in-process default is ``_compute``; ``core.features.ray_engine.RayEngine`` runs on a Ray cluster.
+"""
 
 
 @dataclass
@@ -123,7 +129,7 @@ def _only_known_failures(store: FeatureStore, keys: list[str]) -> bool:
 
 
 def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), *,
-                     progress: ProgressFn | None = None) -> FeatureSet:
+                     progress: ProgressFn | None = None, engine: Engine | None = None) -> FeatureSet:
     """Features for every decodable poster of ``dataset``; only what is not cached is computed."""
     if config.resize not in RESAMPLING:
         raise ValueError(f"unknown resize method {config.resize!r}; choose from {sorted(RESAMPLING)}")
@@ -135,7 +141,7 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
     n_computed = 0
     for attempt in range(2):
         todo = [(path_of[key], key) for key in store.missing(keys) if key not in failed]
-        new_failures = _compute(store, todo, config, weights, precision, progress)
+        new_failures = (engine or _compute)(store, todo, config, weights, precision, progress)
         failed.update(new_failures)
         store.remember_failures(new_failures)
         n_computed += len(todo) - len(new_failures)
