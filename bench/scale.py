@@ -71,7 +71,7 @@ def projection(actor_rate: float, startup: float, decode_per_core: float, label:
     for actors in ACTOR_COUNTS:
         rate = actors * actor_rate
         lines.append(f"{actors:>8} {rate:>10.0f} {hours(startup + MILLION / rate):>12} "
-                     f"{rate / decode_per_core:>20.0f}")
+                     f"{rate / decode_per_core:>20.1f}")
     return "\n".join(lines)
 
 

@@ -45,8 +45,8 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
-Engine = Callable[[FeatureStore, "list[tuple[Path, str]]", FeatureConfig, Weights, str, "ProgressFn | None"],
-                  "dict[str, str]"]
+Engine = Callable[[FeatureStore, list[tuple[Path, str]], FeatureConfig, Weights, str, ProgressFn | None],
+                  dict[str, str]]
 """Computes the missing rows into the store and returns the reason for each undecodable poster.
 
 The in-process default is ``_compute``; ``core.features.ray_engine.RayEngine`` runs on a Ray cluster.

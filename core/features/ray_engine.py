@@ -76,7 +76,6 @@ def connect(address: str | None = None, **local_options: Any):
         raise EngineError(f"cannot reach the Ray cluster at {address!r} ({err})",
                           "start it with `ray start --head` and pass --ray-address auto, "
                           "or ray://HEAD:10001 from another machine") from err
-    ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 
 
@@ -175,8 +174,10 @@ class RayEngine:
                  actors: int, gpus_per_actor: float):
         """The lazy Ray Dataset of ``{key, row, error}`` batches for ``todo``."""
         blocks = math.ceil(len(todo) / (config.batch_size * BATCHES_PER_BLOCK))
+        context = ray.data.DataContext.get_current()
         # One output block per extraction batch, so the driver stores (and a killed job keeps) each batch.
-        ray.data.DataContext.get_current().target_max_block_size = config.batch_size * ROW_DIM * 4
+        context.target_max_block_size = config.batch_size * ROW_DIM * 4
+        context.enable_progress_bars = context.print_on_execution_start = False
         items = [{"key": key, "path": str(path)} for path, key in todo]
         return (ray.data.from_items(items, override_num_blocks=blocks)
                 .map_batches(_decode, fn_kwargs={"config": config}, batch_size=config.batch_size,
