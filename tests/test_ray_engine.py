@@ -4,6 +4,8 @@ Behaviours locked in:
 - the Ray engine's rows equal the in-process rows (to bfloat16 tolerance), in the same feature store;
 - posters already cached are not sent to the cluster, and a second run computes nothing;
 - a poster that fails to decode is reported by name with the in-process reason;
+- the driver stores each batch as it arrives, so a job killed after one batch keeps that batch;
+- a failure on the workers becomes an ``EngineError`` naming the workers' own error;
 - actors are planned one per GPU, or one per node without GPUs, and impossible plans are refused;
 - without Ray, ``--engine ray`` explains how to install it; the CLI flags build the engine;
 - the Data page offers the Ray cluster only when an address is configured, and says how to install Ray.
@@ -16,6 +18,7 @@ import builtins
 import importlib.util
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +27,10 @@ from core.cli.main import build_parser, engine_from_args, main
 from core.data.datasets import Dataset, load_dataset
 from core.errors import EngineError
 from core.features.pipeline import FeatureConfig, extract_features
+from core.features.extractor import ROW_DIM
 from core.features.ray_engine import RayEngine, engine_for, import_ray, plan_actors
+from core.features.store import FeatureStore
+from core.features.weights import resolve_weights
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed: python -m pip install -r requirements-scale.txt")
@@ -174,3 +180,44 @@ def test_data_page_offers_ray_only_when_an_address_is_configured(monkeypatch, ti
     choice.set_value("ray").run()
     errors = " | ".join(str(error.value) for error in at.error)
     assert "not installed" in errors and "requirements-scale.txt" in errors and "runs in this process" in errors
+
+
+def fake_batch(keys: list[str], errors: list[str]) -> dict[str, np.ndarray]:
+    rows = np.stack([np.full(ROW_DIM, float(i), np.float32) for i in range(len(keys))])
+    return {"key": np.array(keys), "row": rows, "error": np.array(errors)}
+
+
+def test_killed_job_keeps_the_batches_already_stored(tmp_path):
+    store = FeatureStore("fake", ROW_DIM, root=tmp_path)
+    batches = [fake_batch(["a", "b"], ["", "b.jpg: not an image"]), fake_batch(["c"], [""])]
+
+    def kill(progress) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        RayEngine._store_batches(iter(batches), store, total=3, progress=kill)
+    reopened = FeatureStore("fake", ROW_DIM, root=tmp_path)
+    assert reopened.missing(["a", "b", "c"]) == ["b", "c"]
+    assert RayEngine._store_batches(iter(batches[1:]), reopened, total=1, progress=None) == {}
+    np.testing.assert_array_equal(reopened.gather(["a", "c"]), np.zeros((2, ROW_DIM), np.float32))
+
+
+def test_worker_failure_names_the_workers_error(monkeypatch, tmp_path):
+    class FakeRayError(Exception):
+        pass
+
+    class FailingJob:
+        def iter_batches(self, **_):
+            raise FakeRayError("ActorDiedError: the actor died\n  File ray_engine.py\n"
+                               "core.errors.WeightsError: a Ray worker resolved weights 'w.h5' to file:sha256:1")
+            yield
+
+    fake_ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0}, nodes=lambda: [{"Alive": True}],
+                               exceptions=SimpleNamespace(RayError=FakeRayError))
+    monkeypatch.setattr("core.features.ray_engine.connect", lambda address: fake_ray)
+    monkeypatch.setattr(RayEngine, "pipeline", staticmethod(lambda *args: FailingJob()))
+    weights = resolve_weights("none")
+    with pytest.raises(EngineError, match="the Ray job failed: core.errors.WeightsError: a Ray worker") as caught:
+        RayEngine()(FeatureStore("fake", ROW_DIM, root=tmp_path), [(tmp_path / "a.jpg", "a")], CONFIG, weights,
+                    "float32", None)
+    assert "same paths" in caught.value.hint

@@ -152,10 +152,21 @@ class RayEngine:
         ray = connect(self.address)
         actors, gpus = plan_actors(ray.cluster_resources(), sum(n["Alive"] for n in ray.nodes()),
                                    self.actors, self.gpus_per_actor)
+        batches = self.pipeline(ray, todo, config, weights, precision, actors, gpus).iter_batches(
+            batch_size=config.batch_size, batch_format="numpy")
+        try:
+            return self._store_batches(batches, store, len(todo), progress)
+        except ray.exceptions.RayError as err:
+            raise EngineError(f"the Ray job failed: {_last_line(err)}",
+                              "the workers' traceback is above; every node needs the dataset folder and "
+                              "the weights file at the same paths") from err
+
+    @staticmethod
+    def _store_batches(batches, store: FeatureStore, total: int, progress: ProgressFn | None) -> dict[str, str]:
+        """Write each batch as it arrives; the reasons of the posters that could not be decoded."""
         failed: dict[str, str] = {}
         started, done = time.perf_counter(), 0
-        for batch in self.pipeline(ray, todo, config, weights, precision, actors, gpus).iter_batches(
-                batch_size=config.batch_size, batch_format="numpy"):
+        for batch in batches:
             decoded = batch["error"] == ""
             if decoded.any():
                 store.add([str(key) for key in batch["key"][decoded]], batch["row"][decoded])
@@ -165,8 +176,8 @@ class RayEngine:
             if progress:
                 elapsed = time.perf_counter() - started
                 rate = done / elapsed if elapsed > 0 else 0.0
-                left = (len(todo) - done) / rate if rate > 0 else None
-                progress(Progress(done, len(todo), rate, left, len(failed)))
+                left = (total - done) / rate if rate > 0 else None
+                progress(Progress(done, total, rate, left, len(failed)))
         return failed
 
     @staticmethod
@@ -187,6 +198,12 @@ class RayEngine:
                                                     "weights_identity": weights.identity,
                                                     "precision": precision, "image_size": config.image_size},
                              compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor))
+
+
+def _last_line(err: Exception) -> str:
+    """The worker's own exception line, which Ray puts last after the remote traceback."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def engine_for(name: str = "local", address: str | None = None, actors: int | None = None,
