@@ -5,7 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +50,14 @@ def check_feature_config(config: FeatureConfig) -> None:
         raise ConfigError("invalid feature options: " + "; ".join(problems),
                           f"the defaults are batch size {default.batch_size}, image size {default.image_size}, "
                           f"resize {default.resize}, precision {default.precision}")
+
+
+Engine = Callable[[FeatureStore, list[tuple[Path, str]], FeatureConfig, Weights, str, ProgressFn | None],
+                  dict[str, str]]
+"""Computes the missing rows into the store and returns the reason for each undecodable poster.
+
+The in-process default is ``_compute``; ``core.features.ray_engine.RayEngine`` runs on a Ray cluster.
+"""
 
 
 @dataclass
@@ -131,7 +139,7 @@ def _only_known_failures(store: FeatureStore, keys: list[str]) -> bool:
 
 
 def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), *,
-                     progress: ProgressFn | None = None) -> FeatureSet:
+                     progress: ProgressFn | None = None, engine: Engine | None = None) -> FeatureSet:
     """Features for every decodable poster of ``dataset``; only what is not cached is computed.
 
     Computing happens under the store's lock, after re-reading the store: a second extraction of the
@@ -149,7 +157,7 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
         if any(key not in failed for key in store.missing(keys)):
             with store.locked():
                 todo = [(path_of[key], key) for key in store.missing(keys) if key not in failed]
-                new_failures = _compute(store, todo, config, weights, precision, progress)
+                new_failures = (engine or _compute)(store, todo, config, weights, precision, progress)
                 store.remember_failures(new_failures)
             failed.update(new_failures)
             computed.update(key for _, key in todo if key not in new_failures)
