@@ -4,10 +4,11 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import PosterGenreError
+from core.model.classifier import training_fraction
 from core.model.config import PRESETS
 from core.model.quickstart import QUICK_START_PRESET, quick_start
-from pages._shared import (_cached_features, active_dataset, active_weights, dataset_caption, feature_config,
-                           feature_status, fingerprint, route_through_app, weights_notice)
+from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, feature_status,
+                           fingerprint, forget_features, progress_bar, route_through_app, weights_notice)
 from pages._widgets import dataset_runs
 
 
@@ -17,30 +18,28 @@ def start_button_label(dataset) -> str:
 
 def one_click_start(dataset) -> bool:
     """Extract what is missing and train the recommended preset, with one progress bar for each."""
-    extraction = st.progress(0.0, text="Loading VGG16 (the first time in this server also loads TensorFlow)…")
-    training = st.empty()
-
-    def on_extract(progress) -> None:
-        extraction.progress(progress.done / progress.total if progress.total else 1.0,
-                            text=f"Extracting features {progress.line()}")
+    config = PRESETS[QUICK_START_PRESET]
+    extraction, training = st.empty(), st.empty()
 
     def on_epoch(entry) -> None:
         validation = "" if entry.val_loss is None else f", validation loss {entry.val_loss:.3f}"
-        training.progress(min(entry.epoch / epochs, 1.0), text=f"Training `{QUICK_START_PRESET}`: epoch "
-                                                               f"{entry.epoch}, member {entry.member}{validation}")
+        training.progress(training_fraction(config, entry.member, entry.epoch),
+                          text=f"Training `{QUICK_START_PRESET}`: epoch {entry.epoch}/{config.epochs}{validation}")
 
-    epochs = PRESETS[QUICK_START_PRESET].epochs
     try:
-        started = quick_start(dataset, feature_config(), on_extract=on_extract, on_epoch=on_epoch)
+        started = quick_start(dataset, feature_config(), config=config,
+                              on_extract=progress_bar(extraction, "Loading VGG16 (the first time in this server "
+                                                                  "also loads TensorFlow)…"),
+                              on_epoch=on_epoch)
     except PosterGenreError as err:
         st.error(str(err))
         return False
-    _cached_features.clear()
-    feature_status.clear()
+    forget_features()
     extraction.progress(1.0, text=f"Features ready: {len(started.features.ids):,} posters")
     training.progress(1.0, text=f"`{QUICK_START_PRESET}` " + ("trained and saved" if started.trained
                                                               else "was already trained"))
     return True
+
 
 route_through_app()
 st.title("Poster Genre Explorer")
