@@ -59,20 +59,23 @@ def server(tiny_features):
 
     dataset, features = tiny_features
     result = run_experiment(dataset, features, TrainConfig(feature_view="avg", hidden=(16,), epochs=2))
-    save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name,
-                                   "synthetic": True, "n_posters": len(dataset)})
+    save_run(result)
     atomic_write_json(cache_root() / "ui_settings.json",
                       {"dataset": str(dataset.root), "weights": "none", "precision": "auto"})
+    yield from _streamlit(dict(os.environ))
+
+
+def _streamlit(env: dict[str, str]):
+    """``streamlit run app.py`` on a free loopback port with ``env``; yields its URL, then stops it."""
     port = _free_port()
     log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_for_port(port, process, Path(log.name))
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         try:
@@ -291,22 +294,7 @@ def fresh_server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("fresh-cache")
     dataset = make_demo_dataset(tmp_path_factory.mktemp("fresh") / "set", DemoConfig(n_posters=40, seed=11))
     atomic_write_json(cache / "ui_settings.json", {"dataset": str(dataset), "weights": "none", "precision": "auto"})
-    env = {**os.environ, "POSTER_GENRE_CACHE": str(cache)}
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile(prefix="streamlit-fresh-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_for_port(port, process, Path(log.name))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    yield from _streamlit({**os.environ, "POSTER_GENRE_CACHE": str(cache)})
 
 
 def test_one_click_on_home_extracts_trains_and_populates_every_page(fresh_server, browser):
