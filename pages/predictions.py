@@ -62,19 +62,17 @@ def scored_posters(run_token: tuple, root: str, dataset_fingerprint: tuple, _run
     return score_test_posters(_run, _dataset)
 
 
-def outcome_mask(table: pd.DataFrame, outcome: str, k: int) -> pd.Series:
-    """A hit is a true genre among the top k; "all hits" means as many as possible, min(k, true genres)."""
-    best = np.minimum(table["n_true"], k)
+def outcome_mask(table: pd.DataFrame, outcome: str) -> pd.Series:
     return {
         "all posters": pd.Series(True, index=table.index),
-        "all hits": table["hits"] == best,
-        "at least one miss": table["hits"] < best,
+        "all hits": table["hits"] == table["max_hits"],
+        "at least one miss": table["hits"] < table["max_hits"],
         "no hit": table["hits"] == 0,
     }[outcome]
 
 
 def select_posters(table: pd.DataFrame, view: GridView, k: int) -> pd.DataFrame:
-    mask = outcome_mask(table, view.outcome, k)
+    mask = outcome_mask(table, view.outcome)
     low, high = view.confidence
     mask &= table["confidence"].between(low, high)
     if view.genre != ANY_GENRE:
