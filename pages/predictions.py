@@ -71,7 +71,7 @@ def outcome_mask(table: pd.DataFrame, outcome: str) -> pd.Series:
     }[outcome]
 
 
-def select_posters(table: pd.DataFrame, view: GridView, k: int) -> pd.DataFrame:
+def select_posters(table: pd.DataFrame, view: GridView) -> pd.DataFrame:
     mask = outcome_mask(table, view.outcome)
     low, high = view.confidence
     mask &= table["confidence"].between(low, high)
@@ -273,7 +273,7 @@ draw_headline(run)
 posters_tab, genres_tab, upload_tab = st.tabs(["Test posters", "Per genre", "Upload a poster"])
 with posters_tab:
     view = grid_controls(run.vocabulary.genres)
-    shown = select_posters(table, view, k)
+    shown = select_posters(table, view)
     st.markdown("#### Poster detail")
     detail_id = detail_controls(shown, table)
     detail_index = int(np.flatnonzero(table["id"].to_numpy() == detail_id)[0])
