@@ -303,8 +303,10 @@ def test_one_click_on_home_extracts_trains_and_populates_every_page(fresh_server
     assert "extract" in _body(browser).lower(), "a fresh server should have no features yet"
     browser.get(fresh_server)
     _wait_until_done(browser)
-    button = next(b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
-                  if b.text.strip().startswith("Explore"))
+    buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
+               if "Explore the demo" in b.text]
+    assert buttons, f"no one-click button on Home: {_body(browser)[:800]}"
+    button = buttons[0]
     button.click()
     _wait_until_done(browser, timeout=300)
     browser.save_screenshot(str(_artifacts() / "home-after-one-click.png"))
