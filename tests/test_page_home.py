@@ -101,5 +101,5 @@ def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
     assert metrics["Posters with cached features"] == "24 / 24"
     assert metrics["Saved training runs on this dataset"] == "1"
     [run] = runs_for_dataset(root)
-    assert run.config.ensemble == 8 and run.metrics["random_weights"] is True
+    assert run.config.ensemble == 8 and run.weights.is_random
     assert not [button for button in at.button if button.key == "quick_start"], "nothing left to start"
