@@ -290,5 +290,5 @@ def gradcam_section(run: Run, dataset) -> None:
     st.image(overlay(pixels, heatmap.resized(width, height), opacity), width=360,
              caption=f"{genre}: probability {heatmap.probability:.0%} · gradients at {' + '.join(heatmap.layers)} · "
                      + ("from cache" if heatmap.from_cache else f"{heatmap.seconds:.2f} s"))
-    if run.metrics.get("random_weights"):
+    if run.weights.is_random:
         st.warning("⚠️ RANDOM VGG16 weights: this heatmap shows the mechanics, not what a real model looks at.")
