@@ -13,6 +13,8 @@ Behaviours locked in:
   descending and ~1 for a duplicate; nearest_to_vector finds the vector's own row, refuses a wrong width;
 - knn_genre_agreement: observed ~1, chance ~ base rate and lift > 1 on separated blobs; lift ~1 on
   random labels; overall row first, then genres by support; read-only inputs are left untouched;
+- exact_neighbours (the graph handed to UMAP) equals brute-force neighbours for every metric, the
+  point itself first at distance 0, with umap's distance definitions;
 - primary_genre picks each poster's least frequent genre; genre_membership picks one column.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ import pandas as pd
 import pytest
 
 from core.analysis import neighbours
-from core.analysis.maps import NO_GENRE, UmapConfig, compute_umap, genre_membership, primary_genre, reduce_pca
+from core.analysis.maps import (NO_GENRE, UmapConfig, compute_umap, exact_neighbours, genre_membership,
+                                primary_genre, reduce_pca)
 from core.analysis.neighbours import (OVERALL, knn_genre_agreement, knn_indices, nearest_neighbors,
                                       nearest_to_vector)
 from core.cache import load_npy
@@ -240,3 +243,20 @@ def test_knn_agreement_reuses_precomputed_neighbours(blobs):
     pd.testing.assert_frame_equal(direct, reused)
     with pytest.raises(PosterGenreError, match=r"shape \(150, 20\) do not cover k=30"):
         knn_genre_agreement(X, Y, GENRES, k=30, neighbours=neighbours)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "correlation"])
+def test_exact_neighbours_match_brute_force_with_self_first(monkeypatch, metric):
+    from scipy.spatial.distance import cdist
+
+    monkeypatch.setattr("core.analysis.maps.KNN_BLOCK_ROWS", 16)
+    points = np.random.default_rng(5).normal(size=(60, 7)).astype(np.float32)
+    expected = cdist(points.astype(np.float64), points.astype(np.float64), metric=metric)
+    np.fill_diagonal(expected, -1.0)
+
+    indices, distances = exact_neighbours(points, 6, metric)
+
+    np.testing.assert_array_equal(indices[:, 0], np.arange(60))
+    np.testing.assert_array_equal(indices, np.argsort(expected, axis=1, kind="stable")[:, :6])
+    np.testing.assert_allclose(distances[:, 1:], np.sort(expected, axis=1)[:, 1:6], atol=1e-5)
+    assert (distances[:, 0] == 0).all() and distances.dtype == np.float32
