@@ -30,6 +30,9 @@ EMBEDDING_VERSION = 2  # 2: exact neighbour graph handed to UMAP
 METRICS = ("cosine", "euclidean", "correlation")
 MIN_POSTERS = 5
 RANDOMIZED_PCA_MIN_DIM = 2048
+# 3 power iterations instead of scikit-learn's 7: on 1,500 real posters the 50 components keep 25.6%
+# of the variance instead of 26.0% (the leading ones are unchanged) in less than half the time.
+RANDOMIZED_PCA_POWER_ITERATIONS = 3
 NO_GENRE = "(none)"
 WARM_UP_POSTERS = 200
 NUMBA_CACHE_ENV = "NUMBA_CACHE_DIR"
@@ -91,8 +94,9 @@ def reduce_pca(X: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarr
     if not np.isfinite(work.sum(dtype=np.float64)):
         raise PosterGenreError("the feature matrix holds NaN or infinite values",
                                "the feature cache is probably damaged: recompute the features")
-    solver = "randomized" if d > RANDOMIZED_PCA_MIN_DIM else "auto"
-    pca = PCA(n_components=k, svd_solver=solver, random_state=seed, copy=False)
+    randomized = d > RANDOMIZED_PCA_MIN_DIM
+    pca = PCA(n_components=k, svd_solver="randomized" if randomized else "auto", random_state=seed, copy=False,
+              iterated_power=RANDOMIZED_PCA_POWER_ITERATIONS if randomized else "auto")
     return np.ascontiguousarray(pca.fit_transform(work), dtype=np.float32)
 
 
