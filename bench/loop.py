@@ -10,8 +10,7 @@
 - umap: the first map of the 25,088-d features with a cold numba cache, then with a warm one, then
   read from the disk cache; then, in one process, PCA and the UMAP fit with UMAP's own neighbour
   search (the previous path) against the exact graph handed in;
-- knn: exact neighbour statistics (k=50) over all posters, the previous all-BLAS search against the
-  density-split one.
+- knn: exact neighbour statistics (k=50) over all posters.
 """
 from __future__ import annotations
 
@@ -133,18 +132,8 @@ def bench_knn(features) -> None:
 
     X = features.features
     started = time.perf_counter()
-    knn_indices(X[:64], k=5, method="sparse")
-    print(f"knn: sparse kernels compiled or loaded from the numba cache in {time.perf_counter() - started:.1f}s")
-    seconds, found = {}, {}
-    for method in ("dense", "auto"):
-        started = time.perf_counter()
-        found[method] = knn_indices(X, k=50, method=method)
-        seconds[method] = time.perf_counter() - started
-        print(f"knn: exact k=50 neighbours of {X.shape[0]:,} x {X.shape[1]:,}, method={method!r}: "
-              f"{seconds[method]:.1f}s", flush=True)
-    same = (found["dense"] == found["auto"]).all(axis=1).mean()
-    print(f"knn: speed-up {seconds['dense'] / seconds['auto']:.2f}x; identical neighbour lists for {same:.1%} "
-          f"of posters (the others swap equal or float32-close similarities)")
+    knn_indices(X, k=50)
+    print(f"knn: exact k=50 neighbours of {X.shape[0]:,} x {X.shape[1]:,}: {time.perf_counter() - started:.1f}s")
 
 
 def main() -> None:
