@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 STORE_DTYPES = ("float32", "float16")
+_ROW_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -65,21 +67,17 @@ class FeatureStore:
         if description is not None and not (self.folder / "config.json").exists():
             atomic_write_json(self.folder / "config.json", description)
         self._shards: list[Shard] = []
-        self._index: dict[str, tuple[int, int]] = {}
+        self._index: dict[str, int] = {}
         self.refresh()
 
     def refresh(self) -> None:
-        self._shards, self._index = [], {}
-        for sidecar in sorted(self.folder.glob("shard-*.json")):
-            shard = self._read_sidecar(sidecar)
-            if shard is not None:
-                self._remember(shard)
-
-    def _remember(self, shard: Shard) -> None:
-        number = len(self._shards)
-        self._shards.append(shard)
-        for row, key in enumerate(shard.keys):
-            self._index.setdefault(key, (number, row))
+        """Re-read the sidecars; a key in several shards is read from the first (by name)."""
+        names = sorted(entry.name for entry in os.scandir(self.folder)
+                       if entry.name.startswith("shard-") and entry.name.endswith(".json"))
+        self._shards = [shard for shard in map(self._read_sidecar, (self.folder / name for name in names)) if shard]
+        self._index = {}
+        for number in reversed(range(len(self._shards))):
+            self._index.update(zip(self._shards[number].keys, _placements(number, len(self._shards[number].keys))))
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -125,12 +123,14 @@ class FeatureStore:
         sidecar = {"keys": list(keys), "rows": len(keys), "dim": self.dim, "dtype": self.dtype,
                    "bytes": len(data), "sha256": bytes_sha256(data)}
         atomic_write_json(self.folder / f"{name}.json", sidecar)
-        self._remember(Shard(self.folder / f"{name}.npy", tuple(keys), sidecar["sha256"]))
+        self._shards.append(Shard(self.folder / f"{name}.npy", tuple(keys), sidecar["sha256"]))
+        for key, placement in zip(keys, _placements(len(self._shards) - 1, len(keys))):
+            self._index.setdefault(key, placement)
 
     def open(self, keys: Sequence[str]) -> ShardedRows:
         """The rows of ``keys`` in order, by reference to the shards (``KeyError`` for a key not stored)."""
-        placement = np.array([self._index[key] for key in keys], dtype=np.int64).reshape(len(keys), 2)
-        return ShardedRows(self, list(self._shards), placement[:, 0], placement[:, 1])
+        placement = np.fromiter((self._index[key] for key in keys), dtype=np.int64, count=len(keys))
+        return ShardedRows(self, list(self._shards), placement >> _ROW_BITS, placement & (1 << _ROW_BITS) - 1)
 
     def gather(self, keys: Sequence[str]) -> np.ndarray:
         """The rows for ``keys`` in order as one float32 array, every shard checked.
@@ -260,6 +260,11 @@ class ShardedRows:
 
 def _as_slice(columns: range) -> slice | np.ndarray:
     return slice(columns.start, columns.stop) if columns.step == 1 else np.asarray(columns)
+
+
+def _placements(number: int, rows: int) -> range:
+    """Where the rows of shard ``number`` live, one int each (shard number in the high bits, row in the low)."""
+    return range(number << _ROW_BITS, (number << _ROW_BITS) + rows)
 
 
 def _run_or_index(index: np.ndarray) -> slice | np.ndarray:
