@@ -137,7 +137,7 @@ def link_user_cache(cache: Path) -> None:
 
 def umap_timing(dataset_dir: Path, weights: str) -> tuple[float, float]:
     from core.data.datasets import load_dataset
-    from core.analysis.embeddings import UmapConfig, compute_umap
+    from core.analysis.maps import UmapConfig, compute_umap
     from core.features.pipeline import FeatureConfig, cached_features
 
     dataset, _ = load_dataset(dataset_dir)

@@ -60,3 +60,7 @@ class UnsafePickleError(PosterGenreError):
 
 class ConfigError(PosterGenreError):
     """An option is outside the range where it means something (batch size 0, k above the genre count...)."""
+
+
+class EngineError(PosterGenreError):
+    """A distributed extraction engine is not installed, not reachable, or cannot run the job."""

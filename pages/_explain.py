@@ -13,7 +13,7 @@ import plotly.express as px
 import streamlit as st
 
 from core.analysis.clusters import ClusterCard, ClusterConfig, cluster_cards, find_clusters, selection_card
-from core.analysis.embeddings import reduce_pca
+from core.analysis.maps import reduce_pca
 from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, atlas_cached, mosaic_image,
                                   mosaic_layout, thumbnail_atlas)
 from core.data.images import thumbnail

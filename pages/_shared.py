@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import threading
 from pathlib import Path
 
-import keras  # noqa: F401  (imported before the freeze below)
 import streamlit as st
 
 from core.cache import atomic_write_json, cache_root
@@ -21,16 +22,38 @@ from core.features.views import FLATTEN_UNAVAILABLE
 from core.features.weights import Weights, default_weights_spec, resolve_weights
 from core.progress import Progress, ProgressFn
 
-# After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
-# garbage-collector pass over TensorFlow's hundreds of thousands of objects (~0.3 s apiece here).
-# Freezing the long-lived objects once per process keeps them out of those passes.
-gc.freeze()
-
 DEMO = "demo"
 SETTINGS_FILE = "ui_settings.json"
+WARM_UP_ENV = "POSTER_GENRE_WARM_UP"
+"""Set to 0 to skip the background warm-up (the tests do: each AppTest would pay it again)."""
 
 
 _ROUTED = False
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_in_background() -> threading.Thread:
+    """Import TensorFlow and compile UMAP's kernels in a daemon thread, once per server process.
+
+    No page that merely shows cached results imports TensorFlow, so the first paint does not wait for
+    it (~5 s here); by the time someone trains or maps, the imports and the numba compilation are done.
+    """
+    thread = threading.Thread(target=_warm_up, name="poster-genre-warm-up", daemon=True)
+    if os.environ.get(WARM_UP_ENV, "1") != "0":
+        thread.start()
+    return thread
+
+
+def _warm_up() -> None:
+    import keras  # noqa: F401
+
+    # After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
+    # garbage-collector pass over TensorFlow's hundreds of thousands of objects (~0.3 s apiece here).
+    # Freezing the long-lived objects keeps them out of those passes.
+    gc.freeze()
+    from core.analysis.maps import warm_up
+
+    warm_up()
 
 
 def route_through_app() -> None:

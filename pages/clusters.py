@@ -8,9 +8,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.analysis.embeddings import (METRICS, Embedding, UmapConfig, cached_knn_indices, cached_umap, compute_umap,
-                             genre_membership, knn_genre_agreement, knn_indices, nearest_neighbors,
-                             primary_genre)
+from core.analysis.maps import METRICS, Embedding, UmapConfig, cached_umap, compute_umap, genre_membership, primary_genre
+from core.analysis.neighbours import cached_knn_indices, knn_genre_agreement, knn_indices, nearest_neighbors
 from core.errors import PosterGenreError
 from core.model.experiment import genre_labels
 from core.features.views import FEATURE_VIEWS

@@ -27,6 +27,7 @@ from pages._shared import (DEMO, dataset_caption, dataset_root, feature_config, 
 from pages._explain import descriptor_boxplots
 from pages._storage import storage_controls
 from pages._widgets import first_page, page_number, show_poster
+from pages._engine import RayEngine, engine_controls
 
 PAGE_SIZE = 48
 GRID_COLUMNS = 6
@@ -234,9 +235,10 @@ def extraction_section(dataset: Dataset) -> None:
     config = feature_config()
     status = st.empty()
     show_cache_status(status, dataset, config)
+    engine = engine_controls()
     if st.button("Extract features", key="extract", type="primary",
                  help="Computes only the posters whose features are not cached yet."):
-        if run_extraction(dataset, config):
+        if run_extraction(dataset, config, engine):
             show_cache_status(status, dataset, config)
     last = st.session_state.get("extraction")
     if last and last["source"] == (str(dataset.root), config):
@@ -254,10 +256,10 @@ def show_cache_status(box, dataset: Dataset, config: FeatureConfig) -> None:
                        "(undecodable posters are retried each time).")
 
 
-def run_extraction(dataset: Dataset, config: FeatureConfig) -> bool:
+def run_extraction(dataset: Dataset, config: FeatureConfig, engine: RayEngine | None = None) -> bool:
     box = st.empty()
     try:
-        features = extract_features(dataset, config, progress=progress_bar(box, "Loading VGG16…"))
+        features = extract_features(dataset, config, progress=progress_bar(box, "Loading VGG16…"), engine=engine)
     except WeightsError as err:
         box.empty()
         st.error(str(err))

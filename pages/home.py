@@ -3,9 +3,43 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import PosterGenreError
+from core.model.classifier import training_fraction
+from core.model.config import PRESETS
+from core.model.quickstart import QUICK_START_PRESET, quick_start
 from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, feature_status,
-                           fingerprint, route_through_app, weights_notice)
+                           fingerprint, forget_features, progress_bar, route_through_app, weights_notice)
 from pages._widgets import dataset_runs
+
+
+def start_button_label(dataset) -> str:
+    return "Explore the demo" if dataset.synthetic else f"Extract the features and train `{QUICK_START_PRESET}`"
+
+
+def one_click_start(dataset) -> bool:
+    """Extract what is missing and train the recommended preset, with one progress bar for each."""
+    config = PRESETS[QUICK_START_PRESET]
+    extraction, training = st.empty(), st.empty()
+
+    def on_epoch(entry) -> None:
+        validation = "" if entry.val_loss is None else f", validation loss {entry.val_loss:.3f}"
+        training.progress(training_fraction(config, entry.member, entry.epoch),
+                          text=f"Training `{QUICK_START_PRESET}`: epoch {entry.epoch}/{config.epochs}{validation}")
+
+    try:
+        started = quick_start(dataset, feature_config(), config=config,
+                              on_extract=progress_bar(extraction, "Loading VGG16 (the first time in this server "
+                                                                  "also loads TensorFlow)…"),
+                              on_epoch=on_epoch)
+    except PosterGenreError as err:
+        st.error(str(err))
+        return False
+    forget_features()
+    extraction.progress(1.0, text=f"Features ready: {len(started.features.ids):,} posters")
+    training.progress(1.0, text=f"`{QUICK_START_PRESET}` " + ("trained and saved" if started.trained
+                                                              else "was already trained"))
+    return True
+
 
 route_through_app()
 st.title("Poster Genre Explorer")
@@ -28,7 +62,18 @@ if weights is not None:
         st.page_link("pages/data.py", label="Extract the missing features on the Data page",
                      icon=":material/folder_open:")
 
-st.metric("Saved training runs on this dataset", len(dataset_runs(dataset)))
+runs = dataset_runs(dataset)
+st.metric("Saved training runs on this dataset", len(runs))
+if weights is not None and (cached < total or not runs):
+    st.markdown("One click extracts the features and trains the recommended model, so that every page has "
+                "something to show" + (" (about half a minute on a laptop)." if dataset.synthetic else "."))
+    if st.button(start_button_label(dataset), key="quick_start", type="primary",
+                 icon=":material/play_arrow:") and one_click_start(dataset):
+        st.session_state.quick_start_done = True
+        st.rerun()
+if st.session_state.pop("quick_start_done", False):
+    st.success("Done: features extracted and the recommended model trained; the Train, Clusters and "
+               "Predictions pages are populated.")
 
 st.subheader("The path through the app")
 st.markdown(

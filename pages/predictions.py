@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.datasets import Dataset
-from core.analysis.embeddings import nearest_to_vector
+from core.analysis.neighbours import nearest_to_vector
 from core.errors import ImageError, PosterGenreError
 from core.features.pipeline import FeatureSet
 from core.features.views import feature_view
@@ -62,19 +62,17 @@ def scored_posters(run_token: tuple, root: str, dataset_fingerprint: tuple, _run
     return score_test_posters(_run, _dataset)
 
 
-def outcome_mask(table: pd.DataFrame, outcome: str, k: int) -> pd.Series:
-    """A hit is a true genre among the top k; "all hits" means as many as possible, min(k, true genres)."""
-    best = np.minimum(table["n_true"], k)
+def outcome_mask(table: pd.DataFrame, outcome: str) -> pd.Series:
     return {
         "all posters": pd.Series(True, index=table.index),
-        "all hits": table["hits"] == best,
-        "at least one miss": table["hits"] < best,
+        "all hits": table["hits"] == table["max_hits"],
+        "at least one miss": table["hits"] < table["max_hits"],
         "no hit": table["hits"] == 0,
     }[outcome]
 
 
-def select_posters(table: pd.DataFrame, view: GridView, k: int) -> pd.DataFrame:
-    mask = outcome_mask(table, view.outcome, k)
+def select_posters(table: pd.DataFrame, view: GridView) -> pd.DataFrame:
+    mask = outcome_mask(table, view.outcome)
     low, high = view.confidence
     mask &= table["confidence"].between(low, high)
     if view.genre != ANY_GENRE:
@@ -275,7 +273,7 @@ draw_headline(run)
 posters_tab, genres_tab, upload_tab = st.tabs(["Test posters", "Per genre", "Upload a poster"])
 with posters_tab:
     view = grid_controls(run.vocabulary.genres)
-    shown = select_posters(table, view, k)
+    shown = select_posters(table, view)
     st.markdown("#### Poster detail")
     detail_id = detail_controls(shown, table)
     detail_index = int(np.flatnonzero(table["id"].to_numpy() == detail_id)[0])

@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.errors import PosterGenreError, TrainingError
 from core.features.pipeline import FeatureSet
-from core.model.classifier import BatchProgress, EpochLog
+from core.model.classifier import BatchProgress, EpochLog, training_fraction
 from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESETS, TRAIN_OPTIONS, TrainConfig, TrainOption,
                                check_config, config_from_values, config_values)
 from core.model.experiment import ExperimentResult, run_experiment
@@ -27,6 +27,7 @@ CONTROL_COLUMNS = (("Features", "Network"), ("Optimisation",), ("Split, ensemble
 FORM_MEMORY = "train_form"
 HIDDEN_TABLE_COLUMNS = ("run", "epochs run", "precision@k − prior", "mean AP")
 MEMBER_COLOURS = px.colors.qualitative.Plotly
+CHART_EVERY_S = 0.5
 
 
 # ---- controls ---------------------------------------------------------------------------------
@@ -161,16 +162,18 @@ def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict)
                                      "(the first training in this server also loads TensorFlow)…")
     chart = st.empty()
     history: list[EpochLog] = []
+    drawn = {"at": 0.0}
 
     # Mutating ``record`` is not a Streamlit yield point (assigning to session_state is), so the
     # epoch and member are stored even when Stop interrupts at the next st call.
     def on_epoch(entry: EpochLog) -> None:
         history.append(entry)
         record["last_epoch"], record["member"] = entry.epoch, entry.member
-        done = (entry.member - 1 + entry.epoch / config.epochs) / config.ensemble
-        progress.progress(min(done, 1.0), text=epoch_text(entry, config))
-        chart.plotly_chart(loss_figure(history, config.ensemble, "Live loss"),
-                           key=f"live_loss_{entry.member}_{entry.epoch}")
+        progress.progress(training_fraction(config, entry.member, entry.epoch), text=epoch_text(entry, config))
+        if time.monotonic() - drawn["at"] >= CHART_EVERY_S:
+            drawn["at"] = time.monotonic()
+            chart.plotly_chart(loss_figure(history, config.ensemble, "Live loss"),
+                               key=f"live_loss_{entry.member}_{entry.epoch}")
 
     shown = {"at": 0.0}
 
@@ -178,10 +181,10 @@ def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict)
         if time.monotonic() - shown["at"] < 0.25:
             return
         shown["at"] = time.monotonic()
-        member = f"member {step.member}/{config.ensemble} · " if config.ensemble > 1 else ""
-        within = (step.epoch - 1 + step.batch / max(step.batches, 1)) / config.epochs
-        progress.progress(min((step.member - 1 + within) / config.ensemble, 1.0),
-                          text=f"{member}epoch {step.epoch}/{config.epochs} · batch {step.batch}/{step.batches}")
+        member = "" if config.ensemble == 1 else f"{config.ensemble} networks together · " \
+            if config.member_mode == "stacked" else f"member {step.member}/{config.ensemble} · "
+        done = training_fraction(config, step.member, step.epoch - 1 + step.batch / max(step.batches, 1))
+        progress.progress(done, text=f"{member}epoch {step.epoch}/{config.epochs} · batch {step.batch}/{step.batches}")
 
     result = run_experiment(dataset, features, config, on_epoch=on_epoch, on_batch=on_batch)
     progress.progress(1.0, text=f"done: {epochs_text(result.history, config)} epochs in {result.seconds:.1f} s")

@@ -15,6 +15,7 @@ import pytest
 SESSION_CACHE = Path(tempfile.mkdtemp(prefix="pge-test-cache-"))
 os.environ["POSTER_GENRE_CACHE"] = str(SESSION_CACHE)
 os.environ["POSTER_GENRE_WEIGHTS"] = "none"
+os.environ["POSTER_GENRE_WARM_UP"] = "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -4,7 +4,10 @@ in headless Chromium.
 Locks in: each page finishes running without an exception block, shows its title and app.py's
 navigation and sidebar (even when the first request of a fresh server is a deep link), and the
 random-weights warning appears where features are shown; one session can browse while another
-trains; a screenshot of each page is kept in
+trains; "Run sweep" on the Train page trains every combination and draws its chart; the Clusters page
+finds clusters and draws the poster mosaic, and the Predictions page shows a Grad-CAM heatmap; on a
+fresh server with nothing extracted, one click on Home extracts and trains, and the other pages are
+then populated. A screenshot of each page and step is kept in
 ``artifacts/screenshots/`` (override with ARTIFACTS_DIR). Needs Debian's chromium and
 chromium-driver (`.ci/run` installs them); outside CI the test skips, saying so, when they are absent.
 """
@@ -56,20 +59,23 @@ def server(tiny_features):
 
     dataset, features = tiny_features
     result = run_experiment(dataset, features, TrainConfig(feature_view="avg", hidden=(16,), epochs=2))
-    save_run(result, dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name,
-                                   "synthetic": True, "n_posters": len(dataset)})
+    save_run(result)
     atomic_write_json(cache_root() / "ui_settings.json",
                       {"dataset": str(dataset.root), "weights": "none", "precision": "auto"})
+    yield from _streamlit(dict(os.environ))
+
+
+def _streamlit(env: dict[str, str]):
+    """``streamlit run app.py`` on a free loopback port with ``env``; yields its URL, then stops it."""
     port = _free_port()
     log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_for_port(port, process, Path(log.name))
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         try:
@@ -202,3 +208,110 @@ def test_one_session_trains_while_another_browses_then_stops(server, browser):
 def _button(driver, label: str):
     return next(button for button in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
                 if button.text.strip() == label)
+
+
+def _click_text(driver, label: str) -> None:
+    """Click a button (or a toggle's label) by its visible text."""
+    for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button, label'):
+        if element.text.strip() == label:
+            element.click()
+            return
+    raise AssertionError(f"nothing labelled {label!r} on {driver.current_url}")
+
+
+def _set_number(driver, aria_label: str, value: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    field = driver.find_element(By.CSS_SELECTOR, f'input[aria-label="{aria_label}"]')
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(value, Keys.ENTER)
+    _wait_until_done(driver)
+
+
+def _body(driver) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_run_sweep_trains_each_value_and_draws_the_chart(server, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    from core.model.runs import list_runs
+
+    browser.get(f"{server}/train")
+    _wait_until_done(browser)
+    browser.find_element(By.XPATH, '//label[normalize-space()="avg"]').click()
+    _wait_until_done(browser)
+    _set_number(browser, "Epochs", "2")
+    picker = browser.find_element(By.CSS_SELECTOR, ".st-key-sweep_params input")
+    picker.send_keys("Dropout after each hidden layer", Keys.ENTER)
+    _wait_until_done(browser)
+    values = browser.find_element(By.CSS_SELECTOR, ".st-key-sweep_values_dropout input")
+    values.send_keys(Keys.CONTROL, "a")
+    values.send_keys("0,0.5", Keys.ENTER)
+    _wait_until_done(browser)
+    before = len(list_runs())
+    _click_text(browser, "Run sweep")
+    _wait_until_done(browser, timeout=240)
+    charts = browser.find_elements(By.CSS_SELECTOR, ".st-key-sweep_chart")
+    browser.save_screenshot(str(_artifacts() / "train-sweep.png"))
+    assert charts and "frequency prior" in charts[0].text
+    assert "done: 2 runs" in _body(browser)
+    assert len(list_runs()) >= before + 1
+
+
+def test_clusters_page_finds_clusters_and_draws_the_mosaic(server, browser):
+    browser.get(f"{server}/clusters")
+    _wait_until_done(browser)
+    _click_text(browser, "Compute map")
+    _wait_until_done(browser, timeout=240)
+    _click_text(browser, "Find clusters")
+    _wait_until_done(browser, timeout=120)
+    browser.save_screenshot(str(_artifacts() / "clusters-explained.png"))
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert browser.find_elements(By.CSS_SELECTOR, ".st-key-mosaic_chart"), "no poster mosaic"
+    body = _body(browser)
+    assert "Poster mosaic" in body and "Clusters that describe themselves" in body
+    assert "noise" in body
+
+
+def test_predictions_page_shows_a_gradcam_heatmap(server, browser):
+    browser.get(f"{server}/predictions")
+    _wait_until_done(browser)
+    _click_text(browser, "Show a heatmap of where the model looks (about 2 s per poster and genre)")
+    _wait_until_done(browser, timeout=240)
+    browser.save_screenshot(str(_artifacts() / "predictions-gradcam.png"))
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    section = browser.find_element(By.XPATH, '//*[contains(text(), "Where the model looks")]/ancestor::*[@data-testid="stVerticalBlock"][1]')
+    assert section.find_elements(By.CSS_SELECTOR, "img"), "no heatmap image"
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory):
+    """A server with an empty cache whose active dataset has nothing extracted and no run."""
+    from core.cache import atomic_write_json
+    from core.data.demo import DemoConfig, make_demo_dataset
+
+    cache = tmp_path_factory.mktemp("fresh-cache")
+    dataset = make_demo_dataset(tmp_path_factory.mktemp("fresh") / "set", DemoConfig(n_posters=40, seed=11))
+    atomic_write_json(cache / "ui_settings.json", {"dataset": str(dataset), "weights": "none", "precision": "auto"})
+    yield from _streamlit({**os.environ, "POSTER_GENRE_CACHE": str(cache)})
+
+
+def test_one_click_on_home_extracts_trains_and_populates_every_page(fresh_server, browser):
+    browser.get(f"{fresh_server}/train")
+    _wait_until_done(browser)
+    assert "extract" in _body(browser).lower(), "a fresh server should have no features yet"
+    browser.get(fresh_server)
+    _wait_until_done(browser)
+    button = next(b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button')
+                  if b.text.strip().startswith("Explore"))
+    button.click()
+    _wait_until_done(browser, timeout=300)
+    browser.save_screenshot(str(_artifacts() / "home-after-one-click.png"))
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    for path, expected in (("train", "Precision@3"), ("predictions", "Precision@3"), ("clusters", "Compute map")):
+        browser.get(f"{fresh_server}/{path}")
+        _wait_until_done(browser)
+        body = _body(browser)
+        assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), path
+        assert expected in body, f"/{path} is not populated after the one-click start"

@@ -13,7 +13,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from core.analysis.clusters import (NOISE, ClusterConfig, cluster_cards, describe_enrichment, descriptor_effects,
+from core.analysis.clusters import (NOISE, ClusterConfig, cluster_cards, descriptor_effects,
                                     enrichment, find_clusters, selection_card, typical_rows)
 from core.errors import PosterGenreError
 

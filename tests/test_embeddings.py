@@ -1,4 +1,4 @@
-"""core.analysis.embeddings: the UMAP map and the cosine-neighbour statistics behind the Clusters page.
+"""core.analysis.maps and core.analysis.neighbours: the UMAP map and the cosine-neighbour statistics behind the Clusters page.
 
 Behaviours locked in:
 - compute_umap returns finite (n, 2) float32 coordinates in which well-separated blobs stay separated;
@@ -21,21 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.analysis import embeddings
+from core.analysis import neighbours
+from core.analysis.maps import NO_GENRE, UmapConfig, compute_umap, genre_membership, primary_genre, reduce_pca
+from core.analysis.neighbours import (OVERALL, knn_genre_agreement, knn_indices, nearest_neighbors,
+                                      nearest_to_vector)
 from core.cache import load_npy
-from core.analysis.embeddings import (
-    NO_GENRE,
-    OVERALL,
-    UmapConfig,
-    compute_umap,
-    genre_membership,
-    knn_genre_agreement,
-    knn_indices,
-    nearest_neighbors,
-    nearest_to_vector,
-    primary_genre,
-    reduce_pca,
-)
 from core.errors import PosterGenreError
 
 GENRES = ("Action", "Comedy", "Drama")
@@ -152,8 +142,8 @@ def test_reduce_pca_caps_components_and_leaves_input_alone(blobs):
 @pytest.mark.parametrize("gram_max_bytes", [0, 2**20], ids=["blocked", "gram"])
 @pytest.mark.parametrize("chunk_rows", [7, 512])
 def test_knn_indices_match_brute_force_cosine(monkeypatch, chunk_rows, gram_max_bytes):
-    monkeypatch.setattr(embeddings, "CHUNK_ROWS", chunk_rows)
-    monkeypatch.setattr(embeddings, "GRAM_MAX_BYTES", gram_max_bytes)
+    monkeypatch.setattr(neighbours, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(neighbours, "GRAM_MAX_BYTES", gram_max_bytes)
     X = np.random.default_rng(3).normal(size=(45, 16)).astype(np.float32)
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
     similarity = unit @ unit.T

@@ -505,7 +505,7 @@ def test_damaged_view_is_recomputed(name, own_cache, caplog):
 
 
 def test_damaged_knn_cache_is_recomputed(own_cache):
-    from core.analysis.embeddings import _knn_path, knn_indices
+    from core.analysis.neighbours import _knn_path, knn_indices
 
     _, _, reference = own_cache
     first = knn_indices(reference, k=3, features_key="hostile")
@@ -514,7 +514,7 @@ def test_damaged_knn_cache_is_recomputed(own_cache):
 
 
 def test_damaged_umap_cache_is_not_used(own_cache, tmp_path):
-    from core.analysis.embeddings import UmapConfig, _cache_path, cached_umap
+    from core.analysis.maps import UmapConfig, _cache_path, cached_umap
     from core.cache import atomic_save_npy
 
     _, _, reference = own_cache

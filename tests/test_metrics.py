@@ -376,6 +376,7 @@ def test_per_poster_report_matches_hand_values():
     report = per_poster_report(SMALL_TRUE, SMALL_SCORE, ["A", "B"], k=1)
     assert list(report["predicted"]) == [(("A", 0.8),), (("A", 0.5),), (("A", 0.9),)]
     assert list(report["hits"]) == [1, 0, 1] and list(report["n_true"]) == [1, 1, 2]
+    assert list(report["max_hits"]) == [1, 1, 1]
     np.testing.assert_allclose(report["precision"], [1, 0, 1])
     np.testing.assert_allclose(report["recall"], [1, 0, 0.5])
     np.testing.assert_allclose(report["loss"], [0.366985, 0.693147, 0.857399], atol=1e-6)
@@ -383,6 +384,7 @@ def test_per_poster_report_matches_hand_values():
     two = per_poster_report(SMALL_TRUE, SMALL_SCORE, ["A", "B"], k=2)
     np.testing.assert_allclose(two["precision"], [0.5, 0.5, 1])
     np.testing.assert_allclose(two["recall"], [1, 1, 1])
+    assert list(two["max_hits"]) == [1, 1, 2]
 
 
 def test_per_poster_report_rejects_posters_without_a_true_genre_like_the_top_k_metrics():

@@ -9,9 +9,7 @@ and says the weights are RANDOM.
 """
 from __future__ import annotations
 
-import json
 
-import streamlit as st
 from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState
 from streamlit.testing.v1 import AppTest
 

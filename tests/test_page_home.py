@@ -3,6 +3,8 @@
 Behaviours locked in:
 - Home runs without exception, warns about random weights, counts the cached features and the saved
   runs of the active dataset (a run saved afterwards is counted on the next visit);
+- one click on "Explore the demo" extracts a fresh dataset's features and trains and saves `recommended`;
+  afterwards the counts say so and the button is gone;
 - no page script holds a bare expression other than a call (a string placed after the first statement,
   a name, a tuple...): Streamlit "magic" would write it onto the page.
 """
@@ -77,3 +79,27 @@ def test_home_counts_features_and_runs(tiny_features):
         assert int(counted) == before + 1
     finally:
         delete_run(folder)
+
+
+def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
+    from core.data.demo import DemoConfig, make_demo_dataset
+    from core.model.runs import runs_for_dataset
+
+    root = make_demo_dataset(tmp_path / "fresh", DemoConfig(n_posters=24, seed=5))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
+    # In a fresh process the first run reroutes through app.py (pages._shared.route_through_app), and
+    # AppTest then drops the next widget event; a second run is the page a user would click on.
+    at.run().run()
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["Posters with cached features"] == "0 / 24"
+    assert at.button(key="quick_start").label == "Explore the demo"
+    at.button(key="quick_start").click().run()
+    assert not at.exception
+    assert any("recommended model trained" in message.value for message in at.success)
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["Posters with cached features"] == "24 / 24"
+    assert metrics["Saved training runs on this dataset"] == "1"
+    [run] = runs_for_dataset(root)
+    assert run.config.ensemble == 8 and run.metrics["random_weights"] is True
+    assert not [button for button in at.button if button.key == "quick_start"], "nothing left to start"

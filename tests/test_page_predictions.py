@@ -179,7 +179,7 @@ def png_bytes() -> bytes:
 
 def test_uploaded_poster_gets_every_genre_probability_and_its_nearest_training_posters(
         tiny_dataset, tiny_features, saved_run):
-    from core.analysis.embeddings import nearest_to_vector
+    from core.analysis.neighbours import nearest_to_vector
     from core.features.views import feature_view
     from core.model.predict import Predictor
 

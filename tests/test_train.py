@@ -299,3 +299,58 @@ def test_on_batch_reports_progress_inside_each_epoch(data):
     GenreClassifier(dataclasses.replace(FAST, epochs=2, batch_size=40)).fit(X, Y, on_batch=steps.append)
     assert [(s.epoch, s.batch, s.batches) for s in steps] == [(1, 1, 3), (1, 2, 3), (1, 3, 3),
                                                               (2, 1, 3), (2, 2, 3), (2, 3, 3)]
+
+
+def test_stacked_members_keep_their_best_epoch_and_match_one_by_one_reports(data):
+    from core.model.classifier import _member_rows
+    from core.model.stacked import member_bce_numpy
+
+    X, Y = data
+    config = dataclasses.replace(FAST, ensemble=3, early_stopping=True, patience=2, epochs=12, learning_rate=3e-2)
+    logs: list = []
+    model = GenreClassifier(config).fit(X, Y, on_epoch=logs.append)
+    for member, (_, val_rows) in enumerate(_member_rows(len(X), config), start=1):
+        entries = [entry for entry in logs if entry.member == member]
+        assert [entry.epoch for entry in entries] == list(range(1, len(entries) + 1))
+        assert all(np.isfinite(entry.loss) for entry in entries)
+        network = model.model_.get_layer(f"member_{member}")
+        probabilities = np.clip(np.asarray(network.predict(X[val_rows], verbose=0)), 1e-7, 1 - 1e-7)
+        logits = np.log(probabilities / (1 - probabilities))
+        best = min(entry.val_loss for entry in entries)
+        assert member_bce_numpy(logits, Y[val_rows]) == pytest.approx(best, rel=1e-3), "best weights kept"
+    sequential = GenreClassifier(dataclasses.replace(config, member_mode="sequential")).fit(X, Y)
+    assert {entry.member for entry in sequential.history_} == {1, 2, 3}
+    assert sequential.predict_proba(X[:4]).shape == model.predict_proba(X[:4]).shape == (4, Y.shape[1])
+
+
+def test_stacked_ensemble_reports_batches_and_honours_stop(data):
+    X, Y = data
+    config = dataclasses.replace(FAST, ensemble=2, epochs=5)
+    batches: list = []
+    model = GenreClassifier(config).fit(X, Y, on_batch=batches.append, should_stop=lambda: len(batches) >= 3)
+    assert model.stopped_by_user_ and model.epochs_run_ == 1
+    assert batches[0].epoch == 1 and batches[0].batches == -(-len(X) // config.batch_size)
+
+
+def test_unknown_member_mode_is_refused(data):
+    X, Y = data
+    with pytest.raises(TrainingError, match="member mode must be one of stacked, sequential, got 'parallel'"):
+        GenreClassifier(dataclasses.replace(FAST, ensemble=2, member_mode="parallel")).fit(X, Y)
+
+
+def test_member_mode_default_leaves_run_keys_of_other_fields_alone():
+    assert "member_mode" not in {name for name, value in TrainConfig().to_dict().items()
+                                 if TrainConfig(member_mode="stacked").to_dict()[name] != value}
+    assert TrainConfig.from_dict({"member_mode": "sequential"}).member_mode == "sequential"
+
+
+def test_training_fraction_counts_members_in_turn_or_together():
+    from core.model.classifier import training_fraction
+
+    one_by_one = TrainConfig(epochs=10, ensemble=4, member_mode="sequential")
+    stacked = dataclasses.replace(one_by_one, member_mode="stacked")
+    assert training_fraction(one_by_one, 1, 5) == pytest.approx(0.125)
+    assert training_fraction(one_by_one, 3, 10) == pytest.approx(0.75)
+    assert training_fraction(stacked, 3, 5) == pytest.approx(0.5)
+    assert training_fraction(TrainConfig(epochs=4), 1, 2.5) == pytest.approx(0.625)
+    assert training_fraction(stacked, 4, 12) == 1.0

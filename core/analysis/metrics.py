@@ -128,16 +128,19 @@ def binary_cross_entropy_per_poster(y_true: np.ndarray, y_score: np.ndarray) -> 
 def per_poster_report(
     y_true: np.ndarray, y_score: np.ndarray, genres: Sequence[str], *, k: int = 3
 ) -> pd.DataFrame:
-    """One row per poster: its top-k ``(genre, score)`` pairs, hits, number of true genres, precision,
-    recall, loss and top-1 score ("confidence")."""
+    """One row per poster: its top-k ``(genre, score)`` pairs, hits, the most hits it could have
+    (``min(k, true genres)``), number of true genres, precision, recall, loss and top-1 score
+    ("confidence")."""
     labels, scores = _check_pair(y_true, y_score)
     _check_genres(genres, labels.shape[1])
     top = top_k_indices(scores, k=k)
     precision, recall = top_k_precision_recall_per_poster(labels, scores, k=k)
+    n_true = labels.sum(axis=1).astype(np.int64)
     return pd.DataFrame({
         "predicted": [tuple((genres[j], float(scores[i, j])) for j in row) for i, row in enumerate(top)],
         "hits": top_k_hits(labels, scores, k=k).astype(np.int64),
-        "n_true": labels.sum(axis=1).astype(np.int64),
+        "max_hits": np.minimum(n_true, k),
+        "n_true": n_true,
         "precision": precision,
         "recall": recall,
         "loss": binary_cross_entropy_per_poster(labels, scores),

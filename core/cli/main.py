@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from core.errors import PosterGenreError
 from core.features.views import STORAGES
 from core.features.weights import WEIGHTS_ENV
+from core.features.ray_engine import ENGINES, RAY_ADDRESS_ENV, engine_for
 from core.progress import ProgressLine
 
 if TYPE_CHECKING:
@@ -87,6 +86,19 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per VGG16 batch")
     parser.add_argument("--storage", choices=tuple(STORAGES), default="full",
                         help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))
+    scale = parser.add_argument_group("extraction engine (Ray needs: pip install -r requirements-scale.txt)")
+    scale.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: in this process (default); ray: Ray Data on a Ray cluster")
+    scale.add_argument("--ray-address", default=None,
+                       help=f"auto, HOST:6379 or ray://HOST:10001 (default ${RAY_ADDRESS_ENV}, else a local Ray)")
+    scale.add_argument("--actors", type=int, default=None, help="VGG16 actors (default: one per GPU, else per node)")
+    scale.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
+
+
+def engine_from_args(args: argparse.Namespace):
+    """``None`` (in-process) or the ``RayEngine`` the flags describe."""
+    return engine_for(args.engine, args.ray_address, args.actors, args.gpus_per_actor)
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
@@ -154,10 +166,10 @@ def _feature_config(args: argparse.Namespace):
     return config
 
 
-def _features(config, dataset):
+def _features(config, dataset, engine=None):
     from core.features.pipeline import extract_features
 
-    features = extract_features(dataset, config, progress=ProgressLine("extracting"))
+    features = extract_features(dataset, config, engine=engine, progress=ProgressLine("extracting"))
     for item in features.failed:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
     if features.weights.is_random:
@@ -170,8 +182,8 @@ def _features(config, dataset):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    config = _feature_config(args)
-    _features(config, _load(args))
+    config, engine = _feature_config(args), engine_from_args(args)
+    _features(config, _load(args), engine)
     return 0
 
 
@@ -194,10 +206,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = train_config_from_args(args)
     check_config(config)
-    feature_config = _feature_config(args)
+    feature_config, engine = _feature_config(args), engine_from_args(args)
     check_run_destination(args.out)
     dataset = _load(args)
-    features = _features(feature_config, dataset)
+    features = _features(feature_config, dataset, engine)
     line = ProgressLine("training")
 
     def on_epoch(entry) -> None:
@@ -220,10 +232,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = parse_values("seed", args.seeds) if args.seeds else ()
     sweep = SweepConfig(base=base, grid=tuple(parse_assignment(text) for text in args.grid), seeds=seeds)
     configs = check_sweep(sweep)
-    feature_config = _feature_config(args)
+    feature_config, engine = _feature_config(args), engine_from_args(args)
     check_sweep_folder(args.out)
     dataset = _load(args)
-    features = _features(feature_config, dataset)
+    features = _features(feature_config, dataset, engine)
     line = ProgressLine("sweep")
     print(f"sweeping {', '.join(sweep.parameters)}: {len(configs)} runs")
     result = run_sweep(dataset, features, sweep, retrain=args.retrain, on_progress=line)

@@ -5,7 +5,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -58,6 +58,14 @@ def check_feature_config(config: FeatureConfig) -> None:
                           f"resize {default.resize}, precision {default.precision}, storage {default.storage}")
 
 
+Engine = Callable[[FeatureStore, list[tuple[Path, str]], FeatureConfig, Weights, str, ProgressFn | None],
+                  dict[str, str]]
+"""Computes the missing rows into the store and returns the reason for each undecodable poster.
+
+The in-process default is ``_compute``; ``core.features.ray_engine.RayEngine`` runs on a Ray cluster.
+"""
+
+
 @dataclass
 class FeatureSet:
     """Feature rows of a dataset's usable posters, row ``i`` of ``ids[i]``.
@@ -97,8 +105,11 @@ def content_keys(paths: Sequence[Path]) -> list[str]:
 
 
 def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[FeatureStore, Weights, str]:
-    """The cache of one configuration: keyed by everything that changes the features."""
-    import keras
+    """The cache of one configuration: keyed by everything that changes the features.
+
+    The Keras version is read from the package metadata (the same string as ``keras.__version__``),
+    so a page that only checks the cache does not import TensorFlow."""
+    from importlib import metadata
 
     weights = weights or resolve_weights(config.weights)
     precision = resolve_precision(config.precision)
@@ -108,7 +119,7 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
         "image_size": config.image_size,
         "resize": config.resize,
         "precision": precision,
-        "keras": keras.__version__,
+        "keras": metadata.version("keras"),
         "pipeline": PIPELINE_VERSION,
         "dtype": STORE_DTYPE,
         "storage": config.storage,
@@ -143,7 +154,7 @@ def _only_known_failures(store: FeatureStore, keys: list[str]) -> bool:
 
 
 def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), *,
-                     progress: ProgressFn | None = None) -> FeatureSet:
+                     progress: ProgressFn | None = None, engine: Engine | None = None) -> FeatureSet:
     """Features for every decodable poster of ``dataset``; only what is not cached is computed.
 
     Computing happens under the store's lock, after re-reading the store: a second extraction of the
@@ -162,7 +173,7 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
     if store.missing(keys):
         with store.locked():
             todo = [(path_of[key], key) for key in store.missing(keys)]
-            failed = _compute(store, todo, config, weights, precision, progress)
+            failed = (engine or _compute)(store, todo, config, weights, precision, progress)
             store.remember_failures(failed)
         computed = {key for _, key in todo if key not in failed}
     kept = [i for i, key in enumerate(keys) if key not in failed]

@@ -2,6 +2,14 @@
 
 ``GenreClassifier`` reads like a scikit-learn estimator (``fit`` / ``predict_proba``); training
 reports each epoch to a callback so a UI can draw live curves and ask it to stop.
+
+An ensemble trains, by default, as one stacked Keras model: every layer holds all members' weights and
+runs as one batched matmul, each member's loss is masked to its own training folds, and each member is
+early-stopped on its own fold with its best weights kept. After training the members are copied into
+ordinary per-member networks, so a saved ensemble is the same plain Keras model either way.
+``member_mode="sequential"`` trains the members one after the other (the slower, original path).
+A single network trains XLA-compiled (``jit_compile``): on CPU that ran the tutorial's 25,088-d epochs
+about 2x faster here.
 """
 from __future__ import annotations
 
@@ -33,6 +41,8 @@ class BatchProgress:
     batch: int
     batches: int
 
+
+JIT_COMPILE = True
 
 EpochFn = Callable[[EpochLog], None]
 BatchFn = Callable[[BatchProgress], None]
@@ -79,7 +89,8 @@ def build_model(n_features: int, n_genres: int, config: TrainConfig, mean=None, 
             x = layers.Dropout(config.dropout, name=f"dropout_{index + 1}")(x)
     outputs = layers.Dense(n_genres, activation="sigmoid", name="genres")(x)
     model = keras.Model(inputs, outputs, name=name)
-    model.compile(optimizer=_optimizer(config), loss="binary_crossentropy", steps_per_execution=steps_per_execution)
+    model.compile(optimizer=_optimizer(config), loss="binary_crossentropy", steps_per_execution=steps_per_execution,
+                  jit_compile=JIT_COMPILE)
     return model
 
 
@@ -114,6 +125,15 @@ def _optimizer(config: TrainConfig):
     }[config.optimizer](learning_rate=config.learning_rate)
 
 
+def training_fraction(config: TrainConfig, member: int, epochs_done: float) -> float:
+    """Share of a training done once ``member`` has run ``epochs_done`` epochs (fractions within an epoch
+    count): members one after another, or all at once when an ensemble is stacked."""
+    within = min(epochs_done / config.epochs, 1.0)
+    if config.ensemble > 1 and config.member_mode != "stacked":
+        return min((member - 1 + within) / config.ensemble, 1.0)
+    return within
+
+
 class GenreClassifier:
     """Multi-label genre classifier on feature vectors."""
 
@@ -135,7 +155,19 @@ class GenreClassifier:
         if len(X) < max(2, 2 * config.ensemble):
             raise TrainingError(f"need at least {max(2, 2 * config.ensemble)} training posters, got {len(X)}")
         keras.utils.set_random_seed(config.seed)
-        self.history_, self.stopped_by_user_, members = [], False, []
+        self.history_, self.stopped_by_user_ = [], False
+        if config.ensemble > 1 and config.member_mode == "stacked":
+            members = self._fit_stacked(X, Y, on_epoch, should_stop, on_batch)
+        else:
+            members = self._fit_sequential(X, Y, validation, on_epoch, should_stop, on_batch)
+        self.model_ = members[0] if config.ensemble == 1 else average_models(members, X.shape[1])
+        # Each ensemble member stops early on its own; epochs_run_ counts the first member's.
+        self.epochs_run_ = sum(1 for entry in self.history_ if entry.member == 1)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _fit_sequential(self, X, Y, validation, on_epoch, should_stop, on_batch) -> list:
+        config, members = self.config, []
         for member, (fit_rows, val_rows) in enumerate(_member_rows(len(X), config), start=1):
             data = (X[fit_rows], Y[fit_rows])
             member_validation = (X[val_rows], Y[val_rows]) if val_rows is not None else validation
@@ -144,11 +176,27 @@ class GenreClassifier:
             members.append(self._fit_member(data, member_validation, name, reporter))
             if self.stopped_by_user_:
                 break
-        self.model_ = members[0] if config.ensemble == 1 else average_models(members, X.shape[1])
-        # Each ensemble member stops early on its own; epochs_run_ counts the first member's.
-        self.epochs_run_ = sum(1 for entry in self.history_ if entry.member == 1)
-        self.n_features_in_ = X.shape[1]
-        return self
+        return members
+
+    def _fit_stacked(self, X, Y, on_epoch, should_stop, on_batch) -> list:
+        """All members in one model; returns them as ordinary per-member networks."""
+        from core.model.stacked import fit_stacked
+
+        rows = list(_member_rows(len(X), self.config))
+        inputs = signed_sqrt(X) if self.config.power_normalize else X
+        moments = [_moments(inputs[fit]) for fit, _ in rows] if self.config.standardize else None
+        result = fit_stacked(X, Y, rows, self.config, moments, on_epoch=on_epoch, should_stop=should_stop,
+                             on_batch=on_batch)
+        self.history_.extend(result.history)
+        self.stopped_by_user_ = result.stopped
+        members = []
+        for index, weights in enumerate(result.member_weights):
+            mean, variance = moments[index] if moments else (None, None)
+            member = build_model(X.shape[1], Y.shape[1], self.config, mean, variance, name=f"member_{index + 1}")
+            for name, values in weights.items():
+                member.get_layer(name).set_weights(values)
+            members.append(member)
+        return members
 
     def _fit_member(self, data, validation, name: str, reporter):
         import keras

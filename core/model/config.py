@@ -26,6 +26,8 @@ GROUPS = ("Features", "Network", "Optimisation", "Split, ensemble and stopping",
 ENSEMBLE_HELP = ("K networks, each trained on (K−1)/K of the training posters and early-stopped on the "
                  "remaining fold; their genre probabilities are averaged. Steadier than one network, "
                  "K times the training time. With K > 1 the validation fraction is not used.")
+MEMBER_MODES = ("stacked", "sequential")
+"""How an ensemble trains: all members in one Keras model (one batched matmul per layer), or one by one."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class TrainConfig:
     ensemble: int = 1
     k: int = 3
     threshold: float = 0.5
+    member_mode: str = "stacked"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -224,6 +227,10 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 help="Share of the posters held out for the test metrics."),
     TrainOption("ensemble", "int", "Ensemble (networks averaged)", "ensemble", "Split, ensemble and stopping",
                 noun="ensemble size", low=1, step=1, help=ENSEMBLE_HELP),
+    TrainOption("member_mode", "choice", "How an ensemble trains", "member mode", "Split, ensemble and stopping",
+                choices=MEMBER_MODES, choice_notes=("all networks in one model, one batched step each",
+                                                    "one network after another (the original path)"),
+                help="Both give each network its own fold, early stopping and best weights; stacked is faster."),
     TrainOption("validation_split", "float", "Validation fraction (of the rest)", "validation fraction",
                 "Split, ensemble and stopping", low=0.0, high=1.0, high_open=True, step=0.05,
                 help="Share of the training posters that only measures the validation loss (one network)."),
@@ -289,8 +296,11 @@ def check_config(config: TrainConfig, n_genres: int | None = None) -> None:
 
 def settled(config: TrainConfig) -> TrainConfig:
     """``config`` with the options it does not use at their defaults, so equal trainings get one run key:
-    an ensemble validates on its own folds, so its validation fraction is unused."""
-    return replace(config, validation_split=0.0) if config.ensemble > 1 else config
+    an ensemble validates on its own folds, so its validation fraction is unused; a single network has no
+    members to stack."""
+    if config.ensemble > 1:
+        return replace(config, validation_split=0.0)
+    return replace(config, member_mode=TrainConfig.member_mode)
 
 
 def config_values(config: TrainConfig) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from core.analysis.metrics import Evaluation, evaluate
 from core.model.classifier import BatchFn, EpochFn, EpochLog, GenreClassifier, Split, StopFn, make_split
 from core.model.config import TrainConfig, check_config
 
-RUN_VERSION = 1
+RUN_VERSION = 2
+"""2: training is XLA-compiled and ensembles train as one stacked model (different numbers than 1)."""
 
 
 @dataclass(frozen=True)

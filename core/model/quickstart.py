@@ -1,0 +1,43 @@
+"""The one-click start: extract a dataset's features and train the ``recommended`` preset, with progress.
+
+What a newcomer's first click on Home runs (and ``bench.loop`` times), so that every page has
+features and a saved run to show. Cached features and an already saved run are reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.data.datasets import Dataset
+from core.features.pipeline import FeatureConfig, FeatureSet, extract_features
+from core.model.classifier import BatchFn, EpochFn
+from core.model.config import PRESETS, TrainConfig
+from core.progress import ProgressFn
+
+QUICK_START_PRESET = "recommended"
+
+
+@dataclass(frozen=True)
+class QuickStart:
+    features: FeatureSet
+    run_folder: Path
+    trained: bool
+    """False when a saved run for these features and this preset already existed."""
+
+
+def quick_start(dataset: Dataset, feature_config: FeatureConfig = FeatureConfig(), *,
+                config: TrainConfig = PRESETS[QUICK_START_PRESET], on_extract: ProgressFn | None = None,
+                on_epoch: EpochFn | None = None, on_batch: BatchFn | None = None,
+                runs_folder: Path | None = None) -> QuickStart:
+    """Features (computing only what is missing), then a saved run of ``config`` unless one exists."""
+    from core.model.experiment import run_experiment, run_key
+    from core.model.runs import find_run, save_run
+
+    features = extract_features(dataset, feature_config, progress=on_extract)
+    existing = find_run(features, config, runs_folder)
+    if existing is not None:
+        return QuickStart(features, existing.folder, trained=False)
+    result = run_experiment(dataset, features, config, on_epoch=on_epoch, on_batch=on_batch)
+    folder = runs_folder / run_key(features, config) if runs_folder is not None else None
+    return QuickStart(features, save_run(result, folder), trained=True)
+
