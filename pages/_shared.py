@@ -18,6 +18,7 @@ from core.data.datasets import Dataset, LoadReport, Skipped, load_dataset
 from core.data.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
 from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
+from core.features.views import FLATTEN_UNAVAILABLE
 from core.features.weights import Weights, default_weights_spec, resolve_weights
 from core.progress import Progress, ProgressFn
 
@@ -86,6 +87,7 @@ def load_settings() -> dict:
             saved = {}
         st.session_state.settings = {"dataset": DEMO, "weights": default_weights_spec(), "precision": "auto",
                                      **(saved if isinstance(saved, dict) else {})}
+    st.session_state.settings.setdefault("storage", FeatureConfig.storage)
     return st.session_state.settings
 
 
@@ -134,7 +136,7 @@ def active_dataset() -> tuple[Dataset, LoadReport]:
 
 def feature_config() -> FeatureConfig:
     settings = load_settings()
-    return FeatureConfig(weights=settings["weights"], precision=settings["precision"])
+    return FeatureConfig(weights=settings["weights"], precision=settings["precision"], storage=settings["storage"])
 
 
 @st.cache_resource(show_spinner=False)
@@ -187,6 +189,8 @@ def require_features(dataset: Dataset) -> FeatureSet:
         st.page_link("pages/data.py", label="Go to Data → Extract features", icon=":material/folder_open:")
         st.stop()
     weights_notice(features.weights)
+    if features.config.storage == "pooled":
+        st.caption(f"Pooled-only features: {FLATTEN_UNAVAILABLE}.")
     return features
 
 

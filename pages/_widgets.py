@@ -18,7 +18,7 @@ from PIL import Image
 
 import core.model.runs
 from core.analysis.metrics import Interval
-from core.errors import ImageError
+from core.errors import ImageError, PosterGenreError
 from core.features.pipeline import FeatureSet
 from core.data.images import thumbnail
 from core.model.runs import Run
@@ -77,8 +77,13 @@ def _view_matrix(features_key: str, view: str, _features: FeatureSet) -> np.ndar
 
 
 def view_matrix(features: FeatureSet, view: str) -> np.ndarray:
-    """One feature view, held once per process (shared and read-only: never modify it)."""
-    return _view_matrix(features.key, view, features)
+    """One feature view, held once per process (shared and read-only: never modify it); a view the
+    features cannot give (flatten of pooled-only features, a damaged shard) is an error and stops the page."""
+    try:
+        return _view_matrix(features.key, view, features)
+    except PosterGenreError as err:
+        st.error(str(err))
+        st.stop()
 
 
 # ---- saved runs ---------------------------------------------------------------------------------

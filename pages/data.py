@@ -25,6 +25,7 @@ from pages._shared import (DEMO, dataset_caption, dataset_root, feature_config, 
                            forget_features, get_dataset, get_weights, load_settings, progress_bar, route_through_app,
                            save_settings, weights_notice)
 from pages._explain import descriptor_boxplots
+from pages._storage import storage_controls
 from pages._widgets import first_page, page_number, show_poster
 from pages._engine import RayEngine, engine_controls
 
@@ -473,6 +474,7 @@ descriptor_boxplots(dataset)
 
 st.subheader("Features")
 if weights_controls() is not None:
+    storage_controls()
     extraction_section(dataset)
 
 st.subheader("Posters")

@@ -1,20 +1,24 @@
 """Behaviours locked in for feature extraction (``core.features.pipeline``, ``core.features.store``,
 ``core.features.extractor``, ``core.features.weights``), with random VGG16 weights on a 12-poster demo set.
 
-- A cold extraction gives a float32 ``(n, 25600)`` memmap of rows, row ``i`` being the extractor's
-  output for poster ``ids[i]``, with progress reported after every batch; ``features`` is its first
-  25,088 columns (the tutorial's vector) without a copy.
+- A cold extraction gives ``(n, 25600)`` rows kept as float16 shards and read as float32, row ``i``
+  being the extractor's output for poster ``ids[i]`` (within float16 rounding), with progress reported
+  after every batch; ``features`` is its first 25,088 columns, nothing read; the store holds the shards
+  only (no second copy of a dataset's rows), about 51 KB a poster.
 - Re-running computes nothing and returns identical values; adding 3 posters computes exactly 3.
 - An extraction interrupted after its first batch resumes with only the rest, and ends equal to a
   cold full extraction.
-- A corrupt feature shard (flipped bytes or truncated) is detected when a matrix is built from it,
-  removed and recomputed; a shard without its sidecar is recomputed; a damaged matrix is rebuilt
-  without recomputing anything; all with values equal to the cold extraction. A matrix whose bytes
-  were overwritten in place (same size, now ``inf``) fails its checksum and is rebuilt, not reported
-  as cached; computed + cached counts are never negative and never exceed the posters, even when a
-  shard breaks after it was computed.
-- ``check_feature_config`` refuses batch sizes below 1, image sizes below 32, unknown resize and
-  precision with ``ConfigError`` before anything runs.
+- A truncated shard (removed) or one without its sidecar counts as missing and is recomputed by the next
+  extraction; a shard whose bytes changed in place (flipped, or ``inf`` at the same size) fails its
+  checksum when first read: the read raises ``CacheError`` with a hint, the shard is removed, and the
+  next extraction computes exactly its posters; all with values equal to the cold extraction.
+  Computed + cached counts are never negative and never exceed the posters, even when a shard breaks
+  after it was computed.
+- ``check_feature_config`` refuses batch sizes below 1, image sizes below 32, unknown resize,
+  precision and storage with ``ConfigError`` before anything runs.
+- Pooled-only storage keeps ``(n, 1536)`` rows (about 3 KB a poster) in its own store folder; its
+  avg/max/avg45 views equal the full rows' views within float16 rounding, and the flatten view and
+  ``features`` raise ``ConfigError`` saying the tutorial's 25,088-d view is not available.
 - ``cached_features`` / ``cache_status`` compute nothing and tell what is cached.
 - Different precision, weights or image size → a different store folder; batch size does not matter.
 - A poster that fails to decode (truncated JPEG, non-image) is reported in ``failed`` by id with its
@@ -41,12 +45,12 @@ import pytest
 from core.cache import file_sha256
 from core.data.datasets import load_dataset, write_labels
 from core.data.demo import DemoConfig, make_demo_dataset
-from core.errors import ConfigError, WeightsError
+from core.errors import CacheError, ConfigError, WeightsError
 from core.features.extractor import FEATURE_DIM, ROW_DIM, get_extractor, preprocess, resolve_precision
 from core.features.pipeline import (FeatureConfig, cache_status, cached_features, check_feature_config, extract_features,
                                    store_for)
-from core.features.store import FeatureStore
-from core.features.views import feature_view, pool_features
+from core.features.store import FeatureStore, ShardedRows
+from core.features.views import POOLED_DIM, feature_view, pool_features
 from core.data.images import load_pixels
 from core.features.weights import (IMAGENET_FILE_SHA256, IMAGENET_IDENTITY, RANDOM_SEED, default_weights_spec,
                                   resolve_weights, same_weights)
@@ -121,12 +125,13 @@ def _shard_of(folder: Path, index: int = 0) -> Path:
     return sorted(folder.glob("shard-*.npy"))[index]
 
 
-def test_cold_extraction_gives_float32_memmap_with_one_row_per_poster(reference):
+def test_cold_extraction_gives_float16_shards_read_as_float32_rows(reference):
     features = reference.set
     dataset, _ = load_dataset(reference.root)
-    assert isinstance(features.features, np.memmap)
+    assert isinstance(features.features, ShardedRows)
     assert features.features.shape == (12, FEATURE_DIM) == (12, 25088)
-    assert features.features.dtype == np.float32
+    assert features.rows.dtype == np.float16 and reference.values.dtype == np.float32
+    assert features.features[3:5].dtype == np.float32
     assert features.ids == dataset.ids and len(set(features.keys)) == 12
     assert (features.n_computed, features.n_cached, features.failed) == (12, 0, [])
     assert features.weights.is_random and features.precision == resolve_precision("auto")
@@ -144,6 +149,17 @@ def test_row_i_is_the_extractor_output_for_poster_i(reference):
     extractor = get_extractor(resolve_weights("none"), resolve_precision("auto"))
     direct = extractor(np.stack([load_pixels(dataset.paths[i]) for i in (0, 7)]))
     np.testing.assert_allclose(direct, reference.values[[0, 7]], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(reference.values, reference.values.astype(np.float16).astype(np.float32))
+
+
+def test_store_holds_float16_shards_only_about_51_kb_a_poster(reference):
+    shards = sorted((reference.cache / "features").glob("*/shard-*.npy"))
+    assert len(shards) == 3 and all(np.load(path, mmap_mode="r").dtype == np.float16 for path in shards)
+    stored = sum(path.stat().st_size for path in shards)
+    assert ROW_DIM * 2 * 12 < stored < ROW_DIM * 2 * 12 + 3 * 256
+    assert {path.name for path in shards[0].parent.iterdir()} <= (
+        {path.name for path in shards} | {path.with_suffix(".json").name for path in shards}
+        | {"config.json", ".lock"})
 
 
 def test_rerun_computes_nothing_and_returns_identical_values(reference, warm_cache):
@@ -184,44 +200,49 @@ def test_interrupted_extraction_resumes_with_only_the_rest(reference, cold_cache
     np.testing.assert_allclose(np.asarray(resumed.rows), reference.values, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_corrupt_shard_is_detected_removed_and_recomputed(reference, warm_cache, damage):
+def test_truncated_shard_counts_as_missing_and_is_recomputed(reference, warm_cache):
     folder = _store_folder()
-    shutil.rmtree(folder / "matrices")
+    shard = _shard_of(folder, 1)
+    _replace_bytes(shard, shard.read_bytes()[:-50])
+    dataset, _ = load_dataset(reference.root)
+    assert cache_status(dataset, CONFIG) == (8, 12)
+    assert not shard.exists() and not shard.with_suffix(".json").exists()
+    features = extract_features(dataset, CONFIG)
+    assert (features.n_computed, features.n_cached) == (4, 8)
+    np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["flip", "inf"])
+def test_shard_changed_in_place_fails_when_read_is_removed_and_recomputed(reference, warm_cache, damage):
+    folder = _store_folder()
     shard = _shard_of(folder, 1)
     data = bytearray(shard.read_bytes())
     if damage == "flip":
         data[-1000:-990] = bytes(b ^ 0xFF for b in data[-1000:-990])
     else:
-        del data[-50:]
+        data[-4000:-3998] = np.array([np.inf], dtype=np.float16).tobytes()
     _replace_bytes(shard, bytes(data))
     dataset, _ = load_dataset(reference.root)
     features = extract_features(dataset, CONFIG)
-    assert features.n_computed == 4
-    assert not shard.exists()
+    assert (features.n_computed, features.n_cached) == (0, 12)
+    with pytest.raises(CacheError, match=f"feature shard {shard.name} .* was damaged and has been removed") as caught:
+        np.asarray(features.rows)
+    assert "fails its checksum" in str(caught.value) and "extract the features again" in caught.value.hint
+    assert not shard.exists() and not shard.with_suffix(".json").exists()
+    assert cache_status(dataset, CONFIG) == (8, 12)
+    again = extract_features(dataset, CONFIG)
+    assert (again.n_computed, again.n_cached) == (4, 8)
     assert len(list(folder.glob("shard-*.npy"))) == 3
-    np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(again.rows), reference.values, rtol=1e-5, atol=1e-6)
 
 
 def test_shard_without_sidecar_is_recomputed(reference, warm_cache):
     folder = _store_folder()
-    shutil.rmtree(folder / "matrices")
     _shard_of(folder, 0).with_suffix(".json").unlink()
     dataset, _ = load_dataset(reference.root)
     features = extract_features(dataset, CONFIG)
     assert features.n_computed == 4
     np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
-
-
-def test_damaged_matrix_is_rebuilt_without_recomputing(reference, warm_cache):
-    (matrix,) = (_store_folder() / "matrices").glob("*.npy")
-    size = matrix.stat().st_size
-    _replace_bytes(matrix, matrix.read_bytes()[:-4096])
-    dataset, _ = load_dataset(reference.root)
-    features = extract_features(dataset, CONFIG)
-    assert features.n_computed == 0
-    assert matrix.stat().st_size == size
-    np.testing.assert_array_equal(np.asarray(features.rows), reference.values)
 
 
 def test_cached_features_and_status_compute_nothing(reference, warm_cache, tmp_path):
@@ -299,8 +320,35 @@ def test_avg45_view_is_block4_part_then_avg_view(reference):
 def test_flatten_view_is_the_first_25088_columns_without_a_copy(reference):
     assert reference.set.rows.shape == (12, ROW_DIM) == (12, 25600)
     flat = reference.set.view("flatten")
-    assert flat.shape == (12, FEATURE_DIM) and np.shares_memory(flat, reference.set.rows)
+    assert isinstance(flat, ShardedRows) and flat.shape == (12, FEATURE_DIM)
+    np.testing.assert_array_equal(np.asarray(flat), reference.values[:, :FEATURE_DIM])
     np.testing.assert_array_equal(feature_view(reference.values, "flatten"), reference.values[:, :FEATURE_DIM])
+
+
+def test_pooled_storage_keeps_pooled_views_only(reference, warm_cache, capsys):
+    from core.cli.main import main
+
+    pooled = FeatureConfig(weights="none", batch_size=4, storage="pooled")
+    assert main(["extract", "--dataset", str(reference.root), "--weights", "none", "--batch-size-extract", "4",
+                 "--storage", "pooled"]) == 0
+    assert "12 posters x 1536 (pooled)" in capsys.readouterr().out
+    dataset, _ = load_dataset(reference.root)
+    features = extract_features(dataset, pooled)
+    assert (features.n_computed, features.n_cached) == (0, 12) and features.rows.shape == (12, POOLED_DIM) == (12, 1536)
+    folder = store_for(pooled)[0].folder
+    assert folder != _store_folder() and features.key != reference.set.key
+    assert sum(path.stat().st_size for path in folder.glob("shard-*.npy")) < 12 * 3200
+    for name in ("avg", "max", "avg45"):
+        full = reference.set.view(name)
+        view = features.view(name)
+        assert view.shape == full.shape and view.dtype == np.float32
+        np.testing.assert_allclose(view, full, rtol=2e-3, atol=1e-3 * np.abs(full).max())
+    message = "the tutorial's 25,088-d view is not available for this dataset: it was extracted in pooled-only mode"
+    with pytest.raises(ConfigError, match=message) as caught:
+        features.view("flatten")
+    assert "--storage full" in caught.value.hint and "avg45" in caught.value.hint
+    with pytest.raises(ConfigError, match=message):
+        features.features
 
 
 def test_unknown_view_raises(reference):
@@ -408,33 +456,27 @@ def test_imagenet_download_failure_hints_at_a_local_file(monkeypatch):
     assert "local file" in caught.value.hint and "--weights" in caught.value.hint
 
 
-def test_matrix_overwritten_in_place_with_inf_is_rebuilt_not_cached(reference, warm_cache):
-    (matrix,) = (_store_folder() / "matrices").glob("*.npy")
-    data = bytearray(matrix.read_bytes())
-    data[-4000:-3996] = np.array([np.inf], dtype=np.float32).tobytes()
-    _replace_bytes(matrix, bytes(data))
-    dataset, _ = load_dataset(reference.root)
-    features = extract_features(dataset, CONFIG)
-    assert (features.n_computed, features.n_cached) == (0, 12)
-    assert np.isfinite(np.asarray(features.rows)).all()
-    np.testing.assert_array_equal(np.asarray(features.rows), reference.values)
-
-
 def test_counts_stay_within_the_posters_when_a_fresh_shard_breaks(reference, cold_cache, monkeypatch):
-    gather = FeatureStore.gather
+    store_open = FeatureStore.open
     broken: list[Path] = []
 
-    def gather_after_damage(self, keys):
+    def open_after_damage(self, keys):
         if not broken:
             broken.append(_shard_of(self.folder, 0))
-            _replace_bytes(broken[0], broken[0].read_bytes()[:-100])
-        return gather(self, keys)
+            data = bytearray(broken[0].read_bytes())
+            data[-100:-98] = bytes(b ^ 0xFF for b in data[-100:-98])
+            _replace_bytes(broken[0], bytes(data))
+        return store_open(self, keys)
 
-    monkeypatch.setattr(FeatureStore, "gather", gather_after_damage)
+    monkeypatch.setattr(FeatureStore, "open", open_after_damage)
     dataset, _ = load_dataset(reference.root)
     features = extract_features(dataset, CONFIG)
     assert (features.n_computed, features.n_cached) == (12, 0)
-    np.testing.assert_allclose(np.asarray(features.rows), reference.values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CacheError, match="was damaged"):
+        features.view("avg")
+    again = extract_features(dataset, CONFIG)
+    assert (again.n_computed, again.n_cached) == (4, 8)
+    np.testing.assert_allclose(np.asarray(again.rows), reference.values, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -444,6 +486,7 @@ def test_counts_stay_within_the_posters_when_a_fresh_shard_breaks(reference, col
     ({"image_size": 16}, "image size must be a whole number ≥ 32, got 16"),
     ({"resize": "cubic"}, "resize must be one of"),
     ({"precision": "float16"}, "precision must be one of"),
+    ({"storage": "tiny"}, "storage must be one of full, pooled, got 'tiny'"),
 ])
 def test_feature_options_out_of_range_are_refused_before_work(change, message, cold_cache, reference):
     import dataclasses

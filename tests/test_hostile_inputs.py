@@ -12,9 +12,10 @@ this message), never a traceback and never a silently wrong result:
   a folder among predict's images, all images unreadable, a run made with ImageNet weights applied
   with ``--weights none``, ``train --out`` naming a file or a folder of the user's, wrong-shaped
   ``metrics.json``/``split.json``: one ``error:`` line and exit 1, or the RANDOM warning.
-- cache corruption of each cached file: shards, shard sidecars, assembled matrices (flipped bytes,
-  missing checksum), views, knn and UMAP caches are rebuilt with the same values; damaged run files
-  are refused with a message that promises no rebuild.
+- cache corruption of each cached file: truncated shards and shard sidecars are recomputed, a shard
+  with flipped bytes is refused when read and recomputed by the next extraction, views, knn and UMAP
+  caches are rebuilt with the same values; damaged run files are refused with a message that
+  promises no rebuild.
 - concurrency: two extractions of the same posters at once compute each poster once.
 
 Downloads into existing folders belong to the downloader and are not covered here.
@@ -436,35 +437,20 @@ def _shard(config) -> Path:
     return sorted(_store_folder(config).glob("shard-*.npy"))[0]
 
 
-def _matrix(config) -> Path:
-    return next((_store_folder(config) / "matrices").glob("*.npy"))
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data[:-64])
 
 
 CACHE_CASES = {
     # name: (damage, posters computed again, message logged)
-    "shard bytes flipped, matrix gone": (lambda config: (corrupt(_shard(config)), _drop_matrices(config)), 4,
-                                         "fails its checksum"),
+    "shard truncated": (lambda config: _truncate(_shard(config)), 4, "its sidecar says"),
     "shard sidecar of the wrong shape": (lambda config: _shard(config).with_suffix(".json").write_text('{"keys": 5}'),
                                          4, "ignoring feature shard"),
-    "matrix bytes flipped": (lambda config: corrupt(_matrix(config)), 0,
-                             "fails its checksum: its bytes changed after it was written; rebuilding the feature matrix"),
-    "matrix checksum missing": (lambda config: Path(str(_matrix(config)) + ".sha256").unlink(), 0,
-                                "has no checksum"),
-    "matrix holding inf": (lambda config: _write_inf(_matrix(config)), 0, "rebuilding the feature matrix"),
     "failures.json of the wrong shape": (lambda config: (_store_folder(config) / "failures.json").write_text('{"a": 1}'),
                                          0, ""),
 }
-
-
-def _drop_matrices(config) -> None:
-    shutil.rmtree(_store_folder(config) / "matrices")
-
-
-def _write_inf(path: Path) -> None:
-    array = np.load(path)
-    array[0, 0] = np.inf
-    np.save(path, array)
-    os.utime(path, ns=(0, path.stat().st_mtime_ns + 2_000_000_000))
 
 
 @pytest.mark.parametrize("case", list(CACHE_CASES))
@@ -483,6 +469,21 @@ def test_damaged_feature_cache_is_rebuilt_with_the_same_values(case, own_cache, 
     assert folder_hashes(dataset.root) == before
     again = extract_features(dataset, config)
     assert again.n_computed == 0 and again.n_cached == len(dataset)
+
+
+def test_shard_with_flipped_bytes_is_refused_when_read_then_recomputed(own_cache, caplog):
+    from core.errors import CacheError
+    from core.features.pipeline import extract_features
+
+    dataset, config, reference = own_cache
+    corrupt(_shard(config))
+    features = extract_features(dataset, config)
+    with caplog.at_level(logging.WARNING), pytest.raises(CacheError, match="was damaged and has been removed"):
+        np.asarray(features.rows)
+    assert "fails its checksum" in caplog.text
+    again = extract_features(dataset, config)
+    assert (again.n_computed, again.n_cached) == (4, len(dataset) - 4)
+    np.testing.assert_allclose(np.asarray(again.rows), reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["avg", "avg45"])

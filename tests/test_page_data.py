@@ -10,6 +10,8 @@ Locks in:
 - "Extract features" on a fresh dataset computes every poster, reports computed/cached/failed and
   lists an undecodable poster by id with its reason; clicking again computes nothing;
 - random weights show the not-ImageNet warning, and choosing them on the page is saved;
+- choosing pooled-only storage is saved, says the 25,088-d flatten view will be missing, and the
+  cache count is that of the pooled store;
 - a weights file path that does not exist is an error and leaves the active weights unchanged;
 - the TMDB form downloads from a fake TMDB into the cache's datasets folder, the result can be made
   the active dataset, and the API key appears nowhere on the page;
@@ -140,6 +142,15 @@ def test_second_extraction_computes_nothing(extracted):
     assert not at.exception
     assert metric(at, "Computed") == "0"
     assert metric(at, "Taken from cache") == "12"
+
+
+def test_pooled_storage_is_saved_says_flatten_is_gone_and_counts_its_own_cache(extracted):
+    at = open_page(extracted["root"])
+    at.radio(key="storage").set_value("pooled").run()
+    assert not at.exception
+    assert saved_settings()["storage"] == "pooled"
+    assert "no 25,088-d flatten view" in texts(at.info)
+    assert metric(at, "Posters with cached features (these weights and precision)") == "0 / 13"
 
 
 def test_random_weights_warn_and_choosing_them_is_saved(tiny_dataset):

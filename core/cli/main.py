@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from core.errors import PosterGenreError
+from core.features.views import STORAGES
 from core.features.weights import WEIGHTS_ENV
 from core.features.ray_engine import ENGINES, RAY_ADDRESS_ENV, engine_for
 from core.progress import ProgressLine
@@ -83,6 +84,8 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
                              f"default ${WEIGHTS_ENV} or imagenet")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
     parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per VGG16 batch")
+    parser.add_argument("--storage", choices=tuple(STORAGES), default="full",
+                        help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))
     scale = parser.add_argument_group("extraction engine (Ray needs: pip install -r requirements-scale.txt)")
     scale.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: in this process (default); ray: Ray Data on a Ray cluster")
@@ -158,7 +161,7 @@ def _feature_config(args: argparse.Namespace):
     from core.features.weights import resolve_weights
 
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
-                           batch_size=args.batch_size_extract)
+                           batch_size=args.batch_size_extract, storage=args.storage)
     check_feature_config(config)
     return config
 
@@ -171,7 +174,8 @@ def _features(config, dataset, engine=None):
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
     if features.weights.is_random:
         print("WARNING: RANDOM weights (weights=none): these are not ImageNet features", file=sys.stderr)
-    print(f"features: {len(features.ids)} posters x {features.features.shape[1]} from {features.weights.label}, "
+    width = features.rows.shape[1] if features.config.storage == "pooled" else features.features.shape[1]
+    print(f"features: {len(features.ids)} posters x {width} ({features.config.storage}) from {features.weights.label}, "
           f"{features.precision}; computed {features.n_computed}, cached {features.n_cached}, "
           f"failed {len(features.failed)} ({features.seconds:.1f}s)")
     return features

@@ -11,15 +11,17 @@ import numpy as np
 
 from core.cache import memo_file_sha256, stable_hash
 from core.data.datasets import Dataset, Skipped
-from core.errors import CacheError, ConfigError, ImageError
-from core.features.extractor import FEATURE_DIM, PRECISIONS, ROW_DIM, get_extractor, resolve_precision
-from core.features.store import FeatureStore
-from core.features.views import feature_view
+from core.errors import ConfigError, ImageError
+from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
+from core.features.store import FeatureStore, ShardedRows
+from core.features.views import STORAGES, STORED_DIMS, feature_view, pooled_rows
 from core.data.images import RESAMPLING, load_pixels
 from core.features.weights import Weights, resolve_weights
 from core.progress import ProgressFn, ProgressTracker
 
-PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-2"
+PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-3"
+"""Part of every feature cache key; 3: rows kept as float16 (float32 caches of 2 are extracted again)."""
+STORE_DTYPE = "float16"
 MIN_IMAGE_SIZE = 32
 """The smallest input VGG16's five poolings accept."""
 
@@ -31,6 +33,8 @@ class FeatureConfig:
     image_size: int = 224
     resize: str = "bilinear"
     batch_size: int = 32
+    storage: str = "full"
+    """``core.features.views.STORAGES``: full rows, or pooled views only for very large sets."""
 
 
 def check_feature_config(config: FeatureConfig) -> None:
@@ -45,11 +49,13 @@ def check_feature_config(config: FeatureConfig) -> None:
         problems.append(f"resize must be one of {', '.join(RESAMPLING)}, got {config.resize!r}")
     if config.precision not in PRECISIONS:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.storage not in STORAGES:
+        problems.append(f"storage must be one of {', '.join(STORAGES)}, got {config.storage!r}")
     if problems:
         default = FeatureConfig()
         raise ConfigError("invalid feature options: " + "; ".join(problems),
                           f"the defaults are batch size {default.batch_size}, image size {default.image_size}, "
-                          f"resize {default.resize}, precision {default.precision}")
+                          f"resize {default.resize}, precision {default.precision}, storage {default.storage}")
 
 
 Engine = Callable[[FeatureStore, list[tuple[Path, str]], FeatureConfig, Weights, str, ProgressFn | None],
@@ -62,9 +68,13 @@ The in-process default is ``_compute``; ``core.features.ray_engine.RayEngine`` r
 
 @dataclass
 class FeatureSet:
-    """Feature rows (see ``core.features.extractor``) of a dataset's usable posters, row ``i`` of ``ids[i]``."""
+    """Feature rows of a dataset's usable posters, row ``i`` of ``ids[i]``.
 
-    rows: np.ndarray
+    ``rows`` reads float32 from the float16 shards of the store (``ShardedRows``); each row is the
+    extractor's (``core.features.extractor``), or its pooled part when ``config.storage`` is "pooled".
+    """
+
+    rows: ShardedRows
     ids: list[str]
     keys: list[str]
     weights: Weights
@@ -77,12 +87,13 @@ class FeatureSet:
     seconds: float = 0.0
 
     @property
-    def features(self) -> np.ndarray:
-        """The tutorial's flattened 25,088-d vectors (a view of ``rows``, nothing copied)."""
-        return self.rows[:, :FEATURE_DIM]
+    def features(self) -> ShardedRows:
+        """The tutorial's flattened 25,088-d vectors (columns of ``rows``, nothing read or copied)."""
+        return self.view("flatten")
 
-    def view(self, name: str = "flatten") -> np.ndarray:
-        return feature_view(self.rows, name, cache_key=self.key)
+    def view(self, name: str = "flatten") -> np.ndarray | ShardedRows:
+        """One of ``FEATURE_VIEWS``; ``ConfigError`` for "flatten" on pooled-only features."""
+        return feature_view(self.rows, name, cache_key=self.key, storage=self.config.storage)
 
     def view_key(self, name: str) -> str:
         return f"{self.key}-{name}"
@@ -110,8 +121,12 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
         "precision": precision,
         "keras": metadata.version("keras"),
         "pipeline": PIPELINE_VERSION,
+        "dtype": STORE_DTYPE,
+        "storage": config.storage,
     }
-    return FeatureStore(stable_hash(description), ROW_DIM, description), weights, precision
+    store = FeatureStore(stable_hash(description), STORED_DIMS[config.storage], description, dtype=STORE_DTYPE,
+                         prepare=pooled_rows if config.storage == "pooled" else None)
+    return store, weights, precision
 
 
 def cached_features(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -> FeatureSet | None:
@@ -144,7 +159,9 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
 
     Computing happens under the store's lock, after re-reading the store: a second extraction of the
     same posters (another process or dashboard session) waits for the first and reuses its rows.
-    A damaged matrix or shard is dropped and rebuilt (shards by extracting their posters again).
+    The rows are opened by reference to the shards (nothing is read here); a shard whose sidecar or
+    size is wrong counts as missing and is extracted again, one whose bytes changed is found and
+    removed when first read (``core.features.store``), and the next extraction recomputes it.
     """
     check_feature_config(config)
     started = time.perf_counter()
@@ -153,27 +170,17 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
     path_of = dict(zip(keys, dataset.paths))
     failed: dict[str, str] = {}
     computed: set[str] = set()
-    for attempt in range(2):
-        if any(key not in failed for key in store.missing(keys)):
-            with store.locked():
-                todo = [(path_of[key], key) for key in store.missing(keys) if key not in failed]
-                new_failures = (engine or _compute)(store, todo, config, weights, precision, progress)
-                store.remember_failures(new_failures)
-            failed.update(new_failures)
-            computed.update(key for _, key in todo if key not in new_failures)
-        kept = [i for i, key in enumerate(keys) if key not in failed]
-        kept_keys = [keys[i] for i in kept]
-        try:
-            matrix = store.open_matrix(kept_keys)
-            if matrix is None:
-                matrix = store.build_matrix(kept_keys)
-            break
-        except CacheError:
-            if attempt:
-                raise
+    if store.missing(keys):
+        with store.locked():
+            todo = [(path_of[key], key) for key in store.missing(keys)]
+            failed = (engine or _compute)(store, todo, config, weights, precision, progress)
+            store.remember_failures(failed)
+        computed = {key for _, key in todo if key not in failed}
+    kept = [i for i, key in enumerate(keys) if key not in failed]
+    kept_keys = [keys[i] for i in kept]
     posters = dataset.posters
     return FeatureSet(
-        rows=matrix, ids=[posters[i].id for i in kept], keys=kept_keys, weights=weights,
+        rows=store.open(kept_keys), ids=[posters[i].id for i in kept], keys=kept_keys, weights=weights,
         precision=precision, config=config, key=store.matrix_key(kept_keys),
         failed=[Skipped(p.id, failed[k], str(p.path)) for p, k in zip(posters, keys) if k in failed],
         n_computed=len(computed), n_cached=len(set(kept_keys) - computed),

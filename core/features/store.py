@@ -1,14 +1,18 @@
-"""The per-image feature cache and the per-dataset feature matrices built from it.
+"""The per-image feature cache, and each dataset's matrix assembled from it by reference.
 
 Layout under ``cache_root()/features/<config key>/``:
 
-- ``shard-*.npy`` + ``shard-*.json``: features of one extraction batch, rows keyed by the sha256 of
-  each image file's bytes. The .json is written after the .npy and names its row count and checksum,
-  so a shard without a readable, matching sidecar is ignored and its images are extracted again.
-- ``matrices/<key>.npy`` + ``.json`` + ``.npy.sha256``: the rows of one dataset in dataset order,
-  memory-mapped on load after its checksum is verified; a damaged matrix is rebuilt from the shards.
+- ``shard-*.npy`` + ``shard-*.json``: the rows of one extraction batch (float16 for VGG16 features),
+  keyed by the sha256 of each image file's bytes. The .json is written after the .npy and names its
+  row count, dtype, size and checksum, so a shard without a readable, matching sidecar is ignored and
+  its images are extracted again.
 - ``.lock``: held while posters are extracted into the store, so a second extraction of the same
   posters waits and then finds them cached instead of computing them twice.
+
+A dataset's matrix is not a file: ``open`` returns ``ShardedRows``, an index (shard, row) per poster
+over memory-mapped shards, so nothing is copied and opening costs the sidecars only. Each shard is
+checked (``load_npy``: checksum and finiteness) the first time its rows are read in a process; a damaged
+one is removed and the read raises ``CacheError``, and the next extraction computes its posters again.
 
 Everything is written atomically, so killing an extraction loses at most the batch in flight.
 """
@@ -16,18 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, bytes_sha256, cache_root, file_lock,
-                        load_npy, npy_bytes, read_json, stable_hash)
+from core.cache import (atomic_write_bytes, atomic_write_json, bytes_sha256, cache_root, file_lock, load_npy,
+                        npy_bytes, read_json, stable_hash)
 from core.errors import CacheError
 
 log = logging.getLogger(__name__)
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+STORE_DTYPES = ("float32", "float16")
+_ROW_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -38,27 +47,37 @@ class Shard:
 
 
 class FeatureStore:
-    """Cached feature rows for one extraction configuration (weights, size, resize, precision...)."""
+    """Cached feature rows for one extraction configuration (weights, size, resize, precision, storage...).
 
-    def __init__(self, config_key: str, dim: int, description: dict | None = None,
-                 root: Path | None = None) -> None:
+    ``dtype`` is how rows are kept on disk (float16 values are clipped to ±65,504 first); reads always
+    give float32. ``prepare`` maps a batch as extracted to the rows kept (a pooled-only store pools
+    full rows), so every writer hands ``add`` the extractor's float32 output.
+    """
+
+    def __init__(self, config_key: str, dim: int, description: dict | None = None, root: Path | None = None, *,
+                 dtype: str = "float32", prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
         self.config_key = config_key
         self.dim = dim
+        self.dtype = dtype
+        self.prepare = prepare
         self.folder = (root or cache_root() / "features") / config_key
         self.folder.mkdir(parents=True, exist_ok=True)
         if description is not None and not (self.folder / "config.json").exists():
             atomic_write_json(self.folder / "config.json", description)
-        self._index: dict[str, tuple[Shard, int]] = {}
+        self._shards: list[Shard] = []
+        self._index: dict[str, int] = {}
         self.refresh()
 
     def refresh(self) -> None:
+        """Re-read the sidecars; a key in several shards is read from the first (by name)."""
+        names = sorted(entry.name for entry in os.scandir(self.folder)
+                       if entry.name.startswith("shard-") and entry.name.endswith(".json"))
+        self._shards = [shard for shard in map(self._read_sidecar, (self.folder / name for name in names)) if shard]
         self._index = {}
-        for sidecar in sorted(self.folder.glob("shard-*.json")):
-            shard = self._read_sidecar(sidecar)
-            if shard is None:
-                continue
-            for row, key in enumerate(shard.keys):
-                self._index.setdefault(key, (shard, row))
+        for number in reversed(range(len(self._shards))):
+            self._index.update(zip(self._shards[number].keys, _placements(number, len(self._shards[number].keys))))
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -91,92 +110,166 @@ class FeatureStore:
 
     def add(self, keys: Sequence[str], rows: np.ndarray) -> None:
         """Store one batch as a new shard (data first, then its sidecar)."""
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.float32)
+        if self.prepare is not None:
+            rows = self.prepare(rows)
         if rows.shape != (len(keys), self.dim):
             raise CacheError(f"feature batch has shape {rows.shape}, expected {(len(keys), self.dim)}")
+        if self.dtype == "float16":
+            rows = np.clip(rows, -FLOAT16_MAX, FLOAT16_MAX)
         name = f"shard-{uuid.uuid4().hex}"
-        data = npy_bytes(rows)
+        data = npy_bytes(np.ascontiguousarray(rows, dtype=self.dtype))
         atomic_write_bytes(self.folder / f"{name}.npy", data)
-        sidecar = {"keys": list(keys), "rows": len(keys), "dim": self.dim, "sha256": bytes_sha256(data)}
+        sidecar = {"keys": list(keys), "rows": len(keys), "dim": self.dim, "dtype": self.dtype,
+                   "bytes": len(data), "sha256": bytes_sha256(data)}
         atomic_write_json(self.folder / f"{name}.json", sidecar)
-        shard = Shard(self.folder / f"{name}.npy", tuple(keys), sidecar["sha256"])
-        for row, key in enumerate(keys):
-            self._index.setdefault(key, (shard, row))
+        self._shards.append(Shard(self.folder / f"{name}.npy", tuple(keys), sidecar["sha256"]))
+        for key, placement in zip(keys, _placements(len(self._shards) - 1, len(keys))):
+            self._index.setdefault(key, placement)
+
+    def open(self, keys: Sequence[str]) -> ShardedRows:
+        """The rows of ``keys`` in order, by reference to the shards (``KeyError`` for a key not stored)."""
+        placement = np.fromiter((self._index[key] for key in keys), dtype=np.int64, count=len(keys))
+        return ShardedRows(self, list(self._shards), placement >> _ROW_BITS, placement & (1 << _ROW_BITS) - 1)
 
     def gather(self, keys: Sequence[str]) -> np.ndarray:
-        """The rows for ``keys`` in order, after checking each shard's checksum.
+        """The rows for ``keys`` in order as one float32 array, every shard checked.
 
-        A shard that fails its check is deleted and ``CacheError`` lists what must be recomputed.
+        A shard that fails its check is deleted and ``CacheError`` says its posters must be recomputed.
         """
-        out = np.empty((len(keys), self.dim), dtype=np.float32)
-        by_shard: dict[Shard, list[tuple[int, int]]] = {}
-        for position, key in enumerate(keys):
-            shard, row = self._index[key]
-            by_shard.setdefault(shard, []).append((position, row))
-        bad: list[Shard] = []
-        for shard, pairs in by_shard.items():
-            rows = self._read_shard(shard)
-            if rows is None:
-                bad.append(shard)
-                continue
-            positions, indices = zip(*pairs)
-            out[list(positions)] = rows[list(indices)]
-        if bad:
-            for shard in bad:
-                self._discard(shard)
-            self.refresh()
-            raise CacheError(f"{len(bad)} corrupt feature shard(s) removed from {self.folder}",
-                             "their posters are extracted again")
-        return out
+        return np.asarray(self.open(keys))
+
+    def matrix_key(self, keys: Sequence[str]) -> str:
+        """Identifies the matrix of exactly these posters' rows in this configuration."""
+        return stable_hash({"config": self.config_key, "keys": list(keys)})
 
     def _read_sidecar(self, sidecar: Path) -> Shard | None:
         data_path = sidecar.with_suffix(".npy")
         try:
             meta = read_json(sidecar)
             keys = tuple(meta["keys"])
-            if meta["rows"] != len(keys) or meta["dim"] != self.dim or not data_path.exists():
-                raise CacheError(f"{sidecar} does not match its data file")
+            if meta["rows"] != len(keys) or meta["dim"] != self.dim or meta.get("dtype", "float32") != self.dtype:
+                raise CacheError(f"{sidecar} does not describe {self.dtype} rows of {self.dim} values")
+            size = data_path.stat().st_size
+            if meta.get("bytes", size) != size:
+                self._discard(data_path)
+                raise CacheError(f"{data_path.name} holds {size} bytes, its sidecar says {meta['bytes']}; removed")
             return Shard(data_path, keys, str(meta["sha256"]))
         except (CacheError, KeyError, TypeError, FileNotFoundError) as err:
             log.warning("ignoring feature shard %s: %s", sidecar.name, err)
             return None
 
-    def _read_shard(self, shard: Shard) -> np.ndarray | None:
+    def read_shard(self, shard: Shard) -> np.ndarray:
+        """A shard's rows, memory-mapped after ``load_npy``'s checks; a damaged shard is removed."""
         try:
-            return load_npy(shard.path, shape=(len(shard.keys), self.dim), dtype="float32", mmap=False,
-                            sha256=shard.sha256)
+            return load_npy(shard.path, shape=(len(shard.keys), self.dim), dtype=self.dtype, sha256=shard.sha256)
         except (CacheError, OSError) as err:
             log.warning("corrupt feature shard %s: %s", shard.path.name, err)
-            return None
+            self._discard(shard.path)
+            self.refresh()
+            raise CacheError(f"feature shard {shard.path.name} in {self.folder} was damaged and has been removed "
+                             f"({err})", f"extract the features again: its {len(shard.keys)} posters are "
+                                         "computed again") from err
 
-    def _discard(self, shard: Shard) -> None:
-        shard.path.unlink(missing_ok=True)
-        shard.path.with_suffix(".json").unlink(missing_ok=True)
 
-    # Dataset matrices -----------------------------------------------------------------------
+    def _discard(self, data_path: Path) -> None:
+        """Remove a damaged shard (sidecars are written last, so a complete one never changes size)."""
+        data_path.unlink(missing_ok=True)
+        data_path.with_suffix(".json").unlink(missing_ok=True)
 
-    def matrix_key(self, keys: Sequence[str]) -> str:
-        return stable_hash({"config": self.config_key, "keys": list(keys)})
 
-    def open_matrix(self, keys: Sequence[str]) -> np.ndarray | None:
-        """The memory-mapped matrix for exactly these keys, or ``None`` if absent or damaged."""
-        key = self.matrix_key(keys)
-        path = self.folder / "matrices" / f"{key}.npy"
-        try:
-            meta = read_json(path.with_suffix(".json"))
-            if meta.get("keys_hash") != stable_hash(list(keys)):
-                raise CacheError(f"{path} was built for other posters")
-            return load_npy(path, shape=(len(keys), self.dim), dtype="float32", mmap=True)
-        except FileNotFoundError:
-            return None
-        except CacheError as err:
-            log.warning("%s; rebuilding the feature matrix from its shards", err)
-            return None
+class ShardedRows:
+    """A read-only ``(posters, columns)`` matrix whose rows stay in a store's shards.
 
-    def build_matrix(self, keys: Sequence[str]) -> np.ndarray:
-        key = self.matrix_key(keys)
-        path = self.folder / "matrices" / f"{key}.npy"
-        atomic_save_npy(path, self.gather(keys))
-        atomic_write_json(path.with_suffix(".json"), {"keys_hash": stable_hash(list(keys)),
-                                                      "rows": len(keys), "dim": self.dim})
-        return load_npy(path, shape=(len(keys), self.dim), dtype="float32", mmap=True)
+    It answers ``shape``, ``len`` and indexing like an array: ``m[i]``, ``m[a:b]``, ``m[index_array]``,
+    ``m[rows, columns]`` and ``np.asarray(m)`` return float32 arrays read from the shards, while
+    ``m[:, columns]`` is another ``ShardedRows`` over fewer columns (nothing read). ``dtype`` is the
+    dtype on disk, so code that converts with ``astype(np.float32)`` gets a real array.
+    """
+
+    ndim = 2
+
+    def __init__(self, store: FeatureStore, shards: list[Shard], shard_of: np.ndarray, row_of: np.ndarray,
+                 columns: range | None = None, _open: dict[int, np.ndarray] | None = None) -> None:
+        self._store = store
+        self._shards = shards
+        self._shard_of = shard_of
+        self._row_of = row_of
+        self._columns = columns if columns is not None else range(store.dim)
+        self._open = _open if _open is not None else {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self._shard_of), len(self._columns)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._store.dtype)
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def shards(self) -> int:
+        """How many shards hold these rows."""
+        return len(np.unique(self._shard_of))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ShardedRows(shape={self.shape}, dtype={self.dtype}, shards={self.shards}, folder={self._store.folder})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._read(np.arange(len(self)), _as_slice(self._columns))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def astype(self, dtype, copy: bool = True) -> np.ndarray:
+        return np.asarray(self, dtype=dtype)
+
+    def __getitem__(self, item) -> np.ndarray | ShardedRows:
+        rows, columns = item if isinstance(item, tuple) and len(item) == 2 else (item, slice(None))
+        if isinstance(rows, slice) and rows == slice(None) and isinstance(columns, slice):
+            return ShardedRows(self._store, self._shards, self._shard_of, self._row_of, self._columns[columns],
+                               self._open)
+        index = np.arange(len(self))[rows]
+        if isinstance(columns, slice):
+            out = self._read(np.atleast_1d(index), _as_slice(self._columns[columns]))
+        else:
+            out = self._read(np.atleast_1d(index), _as_slice(self._columns))[:, columns]
+        return out[0] if np.ndim(index) == 0 else out
+
+    def _read(self, index: np.ndarray, columns: slice | np.ndarray) -> np.ndarray:
+        width = len(range(self._store.dim)[columns]) if isinstance(columns, slice) else len(columns)
+        out = np.empty((len(index), width), dtype=np.float32)
+        shard_of, row_of = self._shard_of[index], self._row_of[index]
+        order = np.argsort(shard_of, kind="stable")
+        starts = np.flatnonzero(np.diff(shard_of[order], prepend=-1))
+        for group in np.split(order, starts[1:]):
+            if len(group):
+                data = self._data(int(shard_of[group[0]]))
+                out[_run_or_index(group)] = data[_run_or_index(row_of[group])][:, columns]
+        return out
+
+    def _data(self, number: int) -> np.ndarray:
+        if number not in self._open:
+            self._open[number] = self._store.read_shard(self._shards[number])
+        return self._open[number]
+
+
+def _as_slice(columns: range) -> slice | np.ndarray:
+    return slice(columns.start, columns.stop) if columns.step == 1 else np.asarray(columns)
+
+
+def _placements(number: int, rows: int) -> range:
+    """Where the rows of shard ``number`` live, one int each (shard number in the high bits, row in the low)."""
+    return range(number << _ROW_BITS, (number << _ROW_BITS) + rows)
+
+
+def _run_or_index(index: np.ndarray) -> slice | np.ndarray:
+    """A slice for consecutive indices (the usual case: datasets list posters in extraction order), so
+    the read is one view and one float16 → float32 conversion instead of a gather and a scatter."""
+    first, last = int(index[0]), int(index[-1])
+    consecutive = last - first == len(index) - 1 and (len(index) < 3 or bool(np.all(np.diff(index) == 1)))
+    return slice(first, last + 1) if consecutive else index

@@ -1,4 +1,9 @@
-"""Views of a cached feature row: the tutorial's flattened block5_pool, or poolings of the same pass."""
+"""Views of a cached feature row: the tutorial's flattened block5_pool, or poolings of the same pass.
+
+A store keeps one of two row layouts (``STORAGES``): the full row of ``core.features.extractor``, or a
+pooled-only row of ``POOLED_DIM`` values (block4 average, block5 average, block5 max) for very large
+sets; the pooled views are then column ranges of it, and the flattened view does not exist.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,8 +11,8 @@ import logging
 import numpy as np
 
 from core.cache import atomic_save_npy, load_npy
-from core.errors import CacheError
-from core.features.extractor import BLOCK4_DIM, FEATURE_DIM, FEATURE_SHAPE
+from core.errors import CacheError, ConfigError
+from core.features.extractor import BLOCK4_DIM, FEATURE_DIM, FEATURE_SHAPE, ROW_DIM
 
 FEATURE_VIEWS = {
     "flatten": "VGG16 block5_pool flattened (25,088-d, as the tutorial)",
@@ -19,16 +24,31 @@ log = logging.getLogger(__name__)
 CHANNELS = FEATURE_SHAPE[-1]
 VIEW_DIMS = {"flatten": FEATURE_DIM, "avg": CHANNELS, "max": CHANNELS, "avg45": BLOCK4_DIM + CHANNELS}
 
+STORAGES = {
+    "full": "full rows: the tutorial's 25,088-d block5_pool and every pooled view (about 51 KB a poster)",
+    "pooled": "pooled views only (about 3 KB a poster), for very large sets: no 25,088-d flatten view",
+}
+POOLED_DIM = BLOCK4_DIM + 2 * CHANNELS
+STORED_DIMS = {"full": ROW_DIM, "pooled": POOLED_DIM}
+POOLED_COLUMNS = {"avg45": slice(0, BLOCK4_DIM + CHANNELS), "avg": slice(BLOCK4_DIM, BLOCK4_DIM + CHANNELS),
+                  "max": slice(BLOCK4_DIM + CHANNELS, POOLED_DIM)}
+"""Where each view lies in a pooled-only row: ``[block4 avg | block5 avg | block5 max]``."""
+FLATTEN_UNAVAILABLE = ("the tutorial's 25,088-d view is not available for this dataset: it was extracted in "
+                       "pooled-only mode")
 
-def feature_view(rows: np.ndarray, name: str, *, cache_key: str | None = None) -> np.ndarray:
+
+def feature_view(rows, name: str, *, cache_key: str | None = None, storage: str = "full") -> np.ndarray:
     """The tutorial's flattened vector, or a pooling of the same forward pass's maps.
 
-    Pooled views are derived from the cached rows (Keras flattens channels last, so the first
-    25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is given;
-    a cached view that fails its checks is computed again and overwritten.
+    For full rows, pooled views are derived from the cached rows (Keras flattens channels last, so the
+    first 25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is
+    given; a cached view that fails its checks is computed again and overwritten. For pooled-only rows
+    they are read straight from their columns, and ``flatten`` raises ``ConfigError``.
     """
     if name not in FEATURE_VIEWS:
         raise ValueError(f"unknown feature view {name!r}; choose from {', '.join(FEATURE_VIEWS)}")
+    if storage == "pooled":
+        return _pooled_view(rows, name)
     if name == "flatten":
         return rows[:, :FEATURE_DIM]
     from core.cache import cache_root
@@ -45,11 +65,19 @@ def feature_view(rows: np.ndarray, name: str, *, cache_key: str | None = None) -
     return pooled
 
 
-def pool_features(rows: np.ndarray, name: str, chunk: int = 1024) -> np.ndarray:
-    """A pooled view of feature rows, computed in chunks (works on a memmap)."""
+def _pooled_view(rows, name: str) -> np.ndarray:
+    if name == "flatten":
+        raise ConfigError(FLATTEN_UNAVAILABLE,
+                          "choose the avg, max or avg45 view, or extract the features again with full storage "
+                          "(Data page → Feature storage, or --storage full)")
+    return np.asarray(rows[:, POOLED_COLUMNS[name]], dtype=np.float32)
+
+
+def pool_features(rows, name: str, chunk: int = 1024) -> np.ndarray:
+    """A pooled view of full feature rows, computed in float32 in chunks (works on a memmap or shards)."""
     out = np.empty((len(rows), VIEW_DIMS[name]), dtype=np.float32)
     for start in range(0, len(rows), chunk):
-        block = np.asarray(rows[start:start + chunk])
+        block = np.asarray(rows[start:start + chunk], dtype=np.float32)
         top = block[:, :FEATURE_DIM].reshape(len(block), -1, CHANNELS)
         if name == "avg":
             out[start:start + chunk] = top.mean(axis=1)
@@ -58,3 +86,8 @@ def pool_features(rows: np.ndarray, name: str, chunk: int = 1024) -> np.ndarray:
         else:
             out[start:start + chunk] = np.hstack([block[:, FEATURE_DIM:], top.mean(axis=1)])
     return out
+
+
+def pooled_rows(rows: np.ndarray) -> np.ndarray:
+    """Full rows → pooled-only rows (``POOLED_COLUMNS``), what a pooled-only store keeps of a batch."""
+    return np.hstack([pool_features(rows, "avg45"), pool_features(rows, "max")])
