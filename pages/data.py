@@ -126,6 +126,8 @@ def show_report(dataset: Dataset, report: LoadReport) -> None:
             st.dataframe(skipped_frame(report.skipped), hide_index=True, key="skipped_table")
     else:
         st.caption("Nothing skipped: every label row has its image and every image its row.")
+    if report.genre_merges:
+        st.info("Genres written several ways were merged:  \n" + "  \n".join(report.merge_lines()))
 
 
 # --- genres ------------------------------------------------------------------------------------

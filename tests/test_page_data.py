@@ -89,6 +89,17 @@ def test_page_shows_report_charts_and_grid(tiny_dataset):
     assert not at.exception and len(at.get("plotly_chart")) == 2
 
 
+def test_genre_spellings_merged_on_load_are_listed(tiny_dataset, tmp_path):
+    root = tmp_path / "spellings"
+    shutil.copytree(tiny_dataset, root)
+    header, first, *rest = (root / "labels.csv").read_text(encoding="utf-8").splitlines()
+    genre = first.rsplit(",", 1)[1]
+    (root / "labels.csv").write_text("\n".join([header, first.upper().replace("DEMO", "demo"), *rest]) + "\n",
+                                     encoding="utf-8")
+    at = open_page(root)
+    assert f"genre {genre!r} also written as {genre.upper()!r}; merged into {genre!r}" in texts(at.info)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: tmp / "nowhere", "does not exist"),
     (lambda tmp: (tmp / "posters").mkdir() or tmp, "labels.csv is missing"),
