@@ -10,7 +10,7 @@
   ``(n, n_genres)`` probabilities in [0, 1]; ``on_epoch`` is called once per epoch with finite
   losses; ``should_stop`` stops after the current epoch; early stopping on a validation set stops
   before the epoch budget; ``standardize`` adds a Normalization layer holding the training moments;
-  ``hidden_representation`` is ``(n, last hidden size)``; mismatched inputs are refused; ``on_batch``
+  ``hidden_activations`` is ``(n, last hidden size)``; mismatched inputs are refused; ``on_batch``
   reports progress inside every epoch (so a UI moves before the first epoch ends): every batch when an
   epoch has under 8, else every compiled call of about a quarter epoch; ``input_dropout`` puts a
   Dropout between the standardisation and the first hidden layer.
@@ -143,7 +143,7 @@ def test_predict_before_fit_says_call_fit_first(data):
     with pytest.raises(TrainingError, match="call fit first"):
         GenreClassifier(FAST).predict_proba(data[0])
     with pytest.raises(TrainingError, match="not fitted"):
-        GenreClassifier(FAST).hidden_representation(data[0])
+        GenreClassifier(FAST).hidden_activations(data[0])
 
 
 def test_fit_predict_shapes_probabilities_and_epoch_reports(data):
@@ -158,7 +158,7 @@ def test_fit_predict_shapes_probabilities_and_epoch_reports(data):
     assert all(np.isfinite(entry.loss) and entry.val_loss is None and entry.seconds >= 0 for entry in seen)
     assert classifier.history_ == seen and classifier.epochs_run_ == 3
     assert classifier.n_features_in_ == X.shape[1] and classifier.stopped_by_user_ is False
-    assert classifier.hidden_representation(X[:7]).shape == (7, 16)
+    assert classifier.hidden_activations(X[:7]).shape == (7, 16)
 
 
 def test_fit_refuses_misaligned_or_tiny_inputs(data):
@@ -254,7 +254,7 @@ def test_ensemble_trains_each_member_on_its_own_fold_and_averages(data):
     members = [model.model_.get_layer(f"member_{m}") for m in (1, 2, 3)]
     expected = np.mean([np.asarray(member.predict(X[:5], verbose=0)) for member in members], axis=0)
     np.testing.assert_allclose(model.predict_proba(X[:5]), expected, rtol=1e-5, atol=1e-6)
-    assert model.hidden_representation(X[:4]).shape == (4, 16)
+    assert model.hidden_activations(X[:4]).shape == (4, 16)
 
 
 def test_ensemble_folds_partition_the_training_rows():

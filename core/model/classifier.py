@@ -221,7 +221,7 @@ class GenreClassifier:
         model = self._fitted()
         return np.asarray(model.predict(np.asarray(X, dtype=np.float32), batch_size=batch_size, verbose=0))
 
-    def hidden_representation(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def hidden_activations(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Activations of the last hidden layer: what the classifier 'sees' (for UMAP of a run)."""
         probe = hidden_model(self._fitted(), self.config)
         return np.asarray(probe.predict(np.asarray(X, dtype=np.float32), batch_size=batch_size, verbose=0))
