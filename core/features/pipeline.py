@@ -13,6 +13,7 @@ from core.cache import memo_file_sha256, stable_hash
 from core.data.datasets import Dataset, Skipped
 from core.errors import ConfigError, ImageError
 from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
+from core.features.migrate import carry_over
 from core.features.store import FeatureStore, ShardedRows
 from core.features.views import STORAGES, STORED_DIMS, feature_view, pooled_rows
 from core.data.images import RESAMPLING, load_pixels
@@ -137,6 +138,8 @@ def cached_features(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -
     """
     store, _, _ = store_for(config)
     keys = content_keys(dataset.paths)
+    if store.missing(keys):
+        carry_over(store, keys)
     if store.missing(keys) and not _only_known_failures(store, keys):
         return None
     return extract_features(dataset, config)
@@ -170,6 +173,8 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
     path_of = dict(zip(keys, dataset.paths))
     failed: dict[str, str] = {}
     computed: set[str] = set()
+    if store.missing(keys):
+        carry_over(store, keys)
     if store.missing(keys):
         with store.locked():
             todo = [(path_of[key], key) for key in store.missing(keys)]
