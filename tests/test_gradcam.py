@@ -43,7 +43,7 @@ def _poster(rng: np.random.Generator, square: tuple[int, int, int, int] | None) 
 
 def _square_run(root, square, weights: str, *, power_normalize: bool):
     """A saved avg45 run telling posters with the square from plain ones (all its test posters right)."""
-    (root / "posters").mkdir()
+    (root / "posters").mkdir(parents=True)
     rng = np.random.default_rng(7)
     rows = []
     for index in range(N_POSTERS):
