@@ -2,10 +2,11 @@
 
 Locks in: the TensorFlow view equals the cached feature view; the guarded signed square root keeps its
 values and has a finite gradient (0 at 0); the guarded network returns the saved network's logits; on
-synthetic posters where a genre is a checkerboard square in a fixed place, the genre's heatmap peaks in
-the square's quarter of the poster and puts 1.5 times the square's area share of its mass or more on it
-(random VGG16 weights); heatmaps are cached per (run, poster, genre); a genre outside the run's
-vocabulary is refused; the overlay blends by opacity.
+synthetic posters where a genre is a checkerboard square in a fixed place, the genre's heatmap
+concentrates on the square (random VGG16 weights: twice the square's share of the map or more, peak in
+the square's corner of the poster; ImageNet weights, when the shared file is present: most of the mass);
+heatmaps are cached per (run, poster, genre); a genre outside the run's vocabulary is refused; the
+overlay blends by opacity.
 """
 from __future__ import annotations
 
@@ -19,51 +20,76 @@ from core.features.pipeline import FeatureConfig, extract_features
 from core.features.views import FEATURE_DIM, feature_view
 from core.model.config import TrainConfig
 from core.model.experiment import run_experiment
-from core.model.gradcam import GradCam, guarded_network, guarded_signed_sqrt, mass_share, overlay, view_tensor
+from core.model.gradcam import (HEATMAP_SIDE, GradCam, guarded_network, guarded_signed_sqrt, mass_share, overlay,
+                                view_tensor)
 from core.model.runs import load_run, save_run
 
 SIDE = 224
-SQUARE = (24, 24, 96, 96)  # left, top, right, bottom in poster pixels
+SQUARE = (24, 24, 96, 96)  # left, top, right, bottom in poster pixels: 10.3% of the poster
+LARGE_SQUARE = (32, 32, 144, 144)  # 25% of the poster
 N_POSTERS = 32
-AREA_SHARE = (SQUARE[2] - SQUARE[0]) * (SQUARE[3] - SQUARE[1]) / SIDE**2
-MIN_SQUARE_SHARE = 1.5 * AREA_SHARE
-"""The square covers 10.3% of the poster. Measured share of the "Square" heatmap's mass on it (random
-weights, avg45 run, 4 posters): 0.205 to 0.247 (2.0 to 2.4 times its area), with the peak in the
-square's quarter of the poster; not "mostly" on it, because
-block5's 16-px cells blur the map beyond the square's edges and random filters leave a floor of about
-0.15 (of the peak) over the whole poster."""
 
 
-def _poster(rng: np.random.Generator, square: bool) -> Image.Image:
+def _poster(rng: np.random.Generator, square: tuple[int, int, int, int] | None) -> Image.Image:
     """A smooth background of a random colour; "Square" posters add a black-and-white checkerboard square."""
     base = rng.integers(60, 200, size=3)
     pixels = np.clip(base + rng.normal(0, 4, size=(SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
     if square:
-        left, top, right, bottom = SQUARE
+        left, top, right, bottom = square
         y, x = np.mgrid[top:bottom, left:right]
         pixels[top:bottom, left:right] = (((x // 8) + (y // 8)) % 2 * 255)[..., None]
     return Image.fromarray(pixels)
 
 
-@pytest.fixture(scope="module")
-def square_run(tmp_path_factory):
-    """A saved run (avg45 view, signed square root) telling posters with the square from plain ones."""
-    root = tmp_path_factory.mktemp("squares")
-    (root / "posters").mkdir()
+def _square_run(root, square, weights: str, *, power_normalize: bool):
+    """A saved avg45 run telling posters with the square from plain ones (all its test posters right)."""
+    (root / "posters").mkdir(parents=True)
     rng = np.random.default_rng(7)
     rows = []
     for index in range(N_POSTERS):
-        square = index % 2 == 0
-        _poster(rng, square).save(root / "posters" / f"p{index}.png")
-        rows.append((f"p{index}", f"poster {index}", ("Square",) if square else ("Plain",)))
+        has_square = index % 2 == 0
+        _poster(rng, square if has_square else None).save(root / "posters" / f"p{index}.png")
+        rows.append((f"p{index}", f"poster {index}", ("Square",) if has_square else ("Plain",)))
     write_labels(root, rows)
     dataset, _ = load_dataset(root)
-    features = extract_features(dataset, FeatureConfig(weights="none"))
-    config = TrainConfig(feature_view="avg45", hidden=(32,), power_normalize=True, standardize=True,
-                         optimizer="adam", learning_rate=1e-3, epochs=30, batch_size=8, k=1, test_size=0.25)
+    features = extract_features(dataset, FeatureConfig(weights=weights))
+    config = TrainConfig(feature_view="avg45", hidden=(32,), power_normalize=power_normalize,
+                         standardize=power_normalize, optimizer="adam", learning_rate=1e-3, epochs=30, batch_size=8,
+                         k=1, test_size=0.25)
     result = run_experiment(dataset, features, config)
     assert result.evaluation.to_dict()["precision_at_k"] == 1.0
-    return load_run(save_run(result, tmp_path_factory.mktemp("runs") / "squares")), dataset
+    return load_run(save_run(result, root / "run")), dataset
+
+
+def _cells_inside(square: tuple[int, int, int, int], side: int = HEATMAP_SIDE) -> np.ndarray:
+    """The heatmap's own cells (``side`` x ``side``) whose centres lie inside the square: the share is
+    measured at the map's resolution, so it does not reward bilinear smoothing of the cell edges."""
+    left, top, right, bottom = square
+    centres = (np.arange(side) + 0.5) * SIDE / side
+    mask = np.zeros((side, side), dtype=bool)
+    mask[np.ix_((centres >= top) & (centres < bottom), (centres >= left) & (centres < right))] = True
+    return mask
+
+
+def _square_shares(gradcam: GradCam, dataset, square) -> tuple[list[float], float]:
+    """The "Square" heatmap's mass share on the square for every poster with one, and the square's share
+    of the map's cells."""
+    mask = _cells_inside(square)
+    shares = []
+    for poster in dataset.posters:
+        if poster.genres != ("Square",):
+            continue
+        heatmap = gradcam.heatmap(poster.path, "Square")
+        assert heatmap.values.shape == (HEATMAP_SIDE, HEATMAP_SIDE) and heatmap.values.max() == pytest.approx(1.0)
+        assert heatmap.probability > 0.5
+        shares.append(mass_share(heatmap.values, mask))
+    return shares, float(mask.mean())
+
+
+@pytest.fixture(scope="module")
+def square_run(tmp_path_factory):
+    """Random VGG16 weights; the run square-roots and standardises its features (as the recommended preset)."""
+    return _square_run(tmp_path_factory.mktemp("squares"), SQUARE, "none", power_normalize=True)
 
 
 @pytest.fixture(scope="module")
@@ -106,21 +132,35 @@ def test_guarded_network_returns_the_saved_networks_logits(square_run):
     np.testing.assert_allclose(expit(logits), np.asarray(model(X)), rtol=1e-5, atol=1e-6)
 
 
-def test_heatmap_mass_falls_on_the_genre_shape(square_run, gradcam):
+def test_heatmap_mass_concentrates_on_the_genre_shape_with_random_weights(square_run, gradcam):
+    """Measured on the 16 "Square" posters (random weights, 10.3% square = 81 of 784 cells): 0.21 to 0.25 of
+    the mass on the square, 2.0 to 2.4 times its share of the map, never "mostly": random filters respond to
+    the plain background too (the raw map's floor is about 0.1 of its peak over the whole poster) and blur
+    the square beyond its edges (block5's 16-px cells; the peak may sit just outside the square)."""
     _, dataset = square_run
-    left, top, right, bottom = SQUARE
-    mask = np.zeros((SIDE, SIDE), dtype=bool)
-    mask[top:bottom, left:right] = True
-    shares = []
-    for poster in [p for p in dataset.posters if p.genres == ("Square",)][:4]:
-        heatmap = gradcam.heatmap(poster.path, "Square")
-        assert heatmap.values.shape == (28, 28) and heatmap.values.max() == pytest.approx(1.0)
-        assert heatmap.probability > 0.5
-        full = heatmap.resized(SIDE, SIDE)
-        row, column = np.unravel_index(np.argmax(full), full.shape)
-        assert row < SIDE // 2 and column < SIDE // 2, (row, column)
-        shares.append(mass_share(full, mask))
-    assert min(shares) > MIN_SQUARE_SHARE, shares
+    shares, area = _square_shares(gradcam, dataset, SQUARE)
+    assert len(shares) == N_POSTERS // 2
+    assert min(shares) >= 1.75 * area, (shares, area)
+    for poster in [p for p in dataset.posters if p.genres == ("Square",)]:
+        values = gradcam.heatmap(poster.path, "Square").values
+        row, column = np.unravel_index(np.argmax(values), values.shape)
+        assert row < HEATMAP_SIDE // 2 and column < HEATMAP_SIDE // 2, (poster.id, row, column)
+
+
+def test_heatmap_mass_falls_mostly_on_the_genre_shape_with_imagenet_weights(imagenet_weights, tmp_path):
+    """ImageNet weights, a square covering 25% of the poster, a run without the signed square root and
+    standardisation. Measured on 6 posters: 0.57 to 0.77 of the mass on the square (block4_conv3 alone:
+    0.61 to 0.83; block5_conv3 alone: about its area share, 0.21 to 0.29, so the avg45 map's localisation
+    comes from block4 here). Not asserted because it does not hold: the same posters with the signed square
+root and standardisation of the recommended preset put only 0.10 to 0.17 on the square, less than its
+area. Grad-CAM credits each channel with gradient x activation and no baseline, and standardisation
+divides by each feature's spread over the posters, so channels that fire on every poster's background
+(large value, small spread) dominate the map."""
+    run, dataset = _square_run(tmp_path / "squares", LARGE_SQUARE, str(imagenet_weights), power_normalize=False)
+    shares, area = _square_shares(GradCam(run, str(imagenet_weights), cache_dir=tmp_path / "gradcam"), dataset,
+                                  LARGE_SQUARE)
+    assert float(np.median(shares)) > 0.5, shares
+    assert min(shares) > 1.5 * area, shares
 
 
 def test_heatmaps_are_cached_per_run_poster_and_genre(square_run, gradcam):
