@@ -27,7 +27,7 @@ NEIGHBOUR_SEARCH_RATE = 2e10  # n² · d per second of the exact all-pairs searc
 AUTO_NEIGHBOUR_SECONDS = 3.0
 APPROXIMATE_SEARCH_RATE = 2e8  # n · d per second of the NN-descent index on 2 cores (100,000 x 1,024: ~8 min)
 APPROXIMATE_MAX_BYTES = 2 * 2**30  # the index holds a float32 copy of the matrix
-WEBGL_MIN_POINTS = 1000  # plotly express's own switch to WebGL; box and lasso selection work in both
+WEBGL_MIN_POINTS = 1000  # above it WebGL, as plotly express chose by itself; box and lasso selection work in both
 PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
 
 
@@ -209,7 +209,7 @@ def map_figure(posters: Posters, coords: np.ndarray, color: str):
     fig = px.scatter(data, x="x", y="y", color="colour", custom_data=["row"], hover_name="title",
                      hover_data={"genres": True, "x": False, "y": False, "colour": False},
                      category_orders={"colour": order}, color_discrete_map=colours,
-                     render_mode="webgl" if len(data) >= WEBGL_MIN_POINTS else "svg")
+                     render_mode="webgl" if len(data) > WEBGL_MIN_POINTS else "svg")
     fig.update_traces(marker={"size": 6 if len(data) > 1000 else 9, "opacity": 0.8})
     fig.update_layout(height=620, legend_title_text="", margin={"l": 0, "r": 0, "t": 10, "b": 0},
                       xaxis={"visible": False}, yaxis={"visible": False})

@@ -131,7 +131,7 @@ def _pca(k: int, d: int, seed: int):
 
 
 def _reduce_pca_fitted_on(X: np.ndarray, fit_rows: np.ndarray, n_components: int, seed: int) -> np.ndarray:
-    work = np.array(X[fit_rows], dtype=np.float32, order="C", copy=True)
+    work = np.ascontiguousarray(X[fit_rows], dtype=np.float32)  # indexing by rows copies already
     k = min(int(n_components), min(work.shape) - 1)
     if k < 1:
         raise PosterGenreError(f"PCA needs at least 2 posters and 2 features, got a {work.shape[0]} x "
