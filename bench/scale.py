@@ -1,4 +1,5 @@
-"""Extraction on Ray against in-process, and what 1M posters would take on N actors.
+"""Extraction on Ray against in-process, what 1M posters would take on N actors, and the dashboard
+at 100,000 posters.
 
 Both engines extract the same posters into empty caches in this run, so their throughputs compare like
 with like: local Ray / in-process (target >= 0.8: Ray's overhead stays small). "Steady" rates leave out
@@ -7,6 +8,12 @@ is linear in actors from the measured per-actor rate, plus the measured start-up
 on a CPU the GPU figures are projected from ``--gpu-actor-rate`` or, failing that, the CPU rate.
 
     python -m bench.scale [--dataset DIR] [--weights PATH|imagenet] [--n 256] [--gpu-actor-rate R]
+
+With ``--posters N`` it measures the dashboard instead (``bench/_dashboard_scale.py``): a synthetic
+dataset of N posters whose cached rows are the dev set's real features resampled with noise, built
+once into ``--build-dir`` and reused, then every step a user takes timed against its target.
+
+    python -m bench.scale --posters 100000 [--build-dir /tmp/poster-genre-scale] [--skip train,map]
 """
 from __future__ import annotations
 
@@ -85,8 +92,23 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=None, help="local Ray actors (default: the engine's plan)")
     parser.add_argument("--gpu-actor-rate", type=float, default=None,
                         help="posters/s of one GPU actor measured elsewhere, for the GPU projection")
+    parser.add_argument("--posters", type=int, default=None,
+                        help="measure the dashboard on a synthetic dataset of this many posters instead")
+    parser.add_argument("--build-dir", type=Path, default=None,
+                        help="where the synthetic dataset and its feature cache are built (reused when built)")
+    parser.add_argument("--skip", default="", help="dashboard steps to leave out, comma-separated "
+                        "(open, map, neighbours, train, memory)")
+    parser.add_argument("--map-view", default="flatten", help="feature view of the timed map (the page's default)")
     args = parser.parse_args()
+    if args.posters:
+        from bench import _dashboard_scale
 
+        _dashboard_scale.run(args)
+        return
+    extraction_bench(args)
+
+
+def extraction_bench(args) -> None:
     from core.data.datasets import Dataset, load_dataset
     from core.features.extractor import resolve_precision
     from core.features.pipeline import FeatureConfig

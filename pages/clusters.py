@@ -8,8 +8,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.analysis.maps import METRICS, Embedding, UmapConfig, cached_umap, compute_umap, genre_membership, primary_genre
-from core.analysis.neighbours import cached_knn_indices, knn_genre_agreement, knn_indices, nearest_neighbors
+from core.analysis.maps import (METRICS, SAMPLE_SIZE, SAMPLE_THRESHOLD, Embedding, UmapConfig, cached_umap,
+                                compute_umap, genre_membership, primary_genre)
+from core.analysis.neighbours import (APPROXIMATE_THRESHOLD, approximate, cached_knn_indices, knn_genre_agreement,
+                                      knn_indices, nearest_neighbors)
 from core.errors import PosterGenreError
 from core.model.experiment import genre_labels
 from core.features.views import FEATURE_VIEWS
@@ -23,6 +25,9 @@ SELECTION_CAP = 40
 PRIMARY = "(primary genre)"
 NEIGHBOUR_SEARCH_RATE = 2e10  # n² · d per second of the exact all-pairs search on 2 cores (4,596 x 25,088: 27 s)
 AUTO_NEIGHBOUR_SECONDS = 3.0
+APPROXIMATE_SEARCH_RATE = 2e8  # n · d per second of the NN-descent index on 2 cores (100,000 x 1,024: ~8 min)
+APPROXIMATE_MAX_BYTES = 2 * 2**30  # the index holds a float32 copy of the matrix
+WEBGL_MIN_POINTS = 1000  # above it WebGL, as plotly express chose by itself; box and lasso selection work in both
 PALETTE = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
 
 
@@ -89,7 +94,15 @@ def neighbour_index(matrix_key: str, _X) -> np.ndarray:
 def neighbour_index_ready(source: MapSource) -> bool:
     """Fast searches run at once; a long one (flattened features: ~30 s) waits for a click."""
     n, d = source.X.shape
-    seconds = n * n * d / NEIGHBOUR_SEARCH_RATE
+    if approximate(n):
+        st.caption(f"Neighbours are approximate above {APPROXIMATE_THRESHOLD:,} posters: an NN-descent index "
+                   "(pynndescent) instead of the exact search, whose cost grows as the square of the posters "
+                   "(its recall against exact neighbours is measured by bench/scale.py).")
+        if n * d * 4 > APPROXIMATE_MAX_BYTES and cached_knn_indices(source.key, k=K_MAX, n=n) is None:
+            st.info(f"The approximate index of {n:,} posters in {d:,} dimensions would hold "
+                    f"{n * d * 4 / 2**30:.0f} GB in memory: pick a pooled feature view for neighbour statistics.")
+            return False
+    seconds = n * d / APPROXIMATE_SEARCH_RATE if approximate(n) else n * n * d / NEIGHBOUR_SEARCH_RATE
     if seconds <= AUTO_NEIGHBOUR_SECONDS or cached_knn_indices(source.key, k=K_MAX, n=n) is not None:
         return True
     st.info(f"Finding the {K_MAX} nearest neighbours of all {n:,} posters in {d:,} dimensions takes about "
@@ -161,8 +174,11 @@ def color_controls(genres: tuple[str, ...]) -> str:
 def compute_map(source: MapSource, config: UmapConfig) -> Embedding | None:
     if not map_on_disk(source, config):
         n, d = source.X.shape
+        sample = (f" UMAP is fitted on a random sample of {SAMPLE_SIZE:,} posters and the others are placed on "
+                  "it, as a full fit at this size would take far too long." if n > SAMPLE_THRESHOLD else "")
         st.info(f"This map is not computed yet: UMAP of {n:,} × {d:,} features (after PCA to "
-                f"{config.pca_components}) takes from seconds to a few minutes; it is cached on disk afterwards.")
+                f"{config.pca_components}) takes from seconds to a few minutes; it is cached on disk afterwards."
+                + sample)
         if not st.button("Compute map", key="compute_map", type="primary"):
             return None
     try:
@@ -173,6 +189,9 @@ def compute_map(source: MapSource, config: UmapConfig) -> Embedding | None:
         return None
     st.caption(f"Map loaded from the disk cache in {embedding.seconds:.2f} s" if embedding.from_cache
                else f"Map computed in {embedding.seconds:.1f} s (now cached on disk)")
+    if embedding.fitted_on:
+        st.caption(f"Fitted on a sample of {embedding.fitted_on:,} of the {len(embedding.coords):,} posters "
+                   "(PCA and UMAP); the others were placed on it with UMAP's transform.")
     return embedding
 
 
@@ -189,7 +208,8 @@ def map_figure(posters: Posters, coords: np.ndarray, color: str):
         order, colours = [outside, color], {outside: "#c8c8c8", color: "#d62728"}
     fig = px.scatter(data, x="x", y="y", color="colour", custom_data=["row"], hover_name="title",
                      hover_data={"genres": True, "x": False, "y": False, "colour": False},
-                     category_orders={"colour": order}, color_discrete_map=colours)
+                     category_orders={"colour": order}, color_discrete_map=colours,
+                     render_mode="webgl" if len(data) > WEBGL_MIN_POINTS else "svg")
     fig.update_traces(marker={"size": 6 if len(data) > 1000 else 9, "opacity": 0.8})
     fig.update_layout(height=620, legend_title_text="", margin={"l": 0, "r": 0, "t": 10, "b": 0},
                       xaxis={"visible": False}, yaxis={"visible": False})

@@ -260,3 +260,77 @@ def test_exact_neighbours_match_brute_force_with_self_first(monkeypatch, metric)
     np.testing.assert_array_equal(indices, np.argsort(expected, axis=1, kind="stable")[:, :6])
     np.testing.assert_allclose(distances[:, 1:], np.sort(expected, axis=1)[:, 1:6], atol=1e-5)
     assert (distances[:, 0] == 0).all() and distances.dtype == np.float32
+
+
+# ---- 100,000 posters: a map fitted on a sample, approximate neighbours ------------------------------
+
+@pytest.fixture
+def small_sample(monkeypatch):
+    """Above 100 posters the map is fitted on 100 of them, the rest placed 30 at a time."""
+    from core.analysis import maps
+
+    monkeypatch.setattr(maps, "SAMPLE_THRESHOLD", 100)
+    monkeypatch.setattr(maps, "SAMPLE_SIZE", 100)
+    monkeypatch.setattr(maps, "PLACE_BLOCK_ROWS", 30)
+    fitted = []
+    original = maps._fitted_umap
+    monkeypatch.setattr(maps, "_fitted_umap", lambda points, config, **kw: fitted.append(len(points))
+                        or original(points, config, **kw))
+    return fitted
+
+
+def test_map_above_the_threshold_is_fitted_on_a_seeded_sample_and_places_every_poster(
+        small_sample, blobs, tmp_path):
+    from sklearn.metrics import silhouette_score
+
+    X, _, blob = blobs
+    first = compute_umap(X, CONFIG, features_key="blobs", cache_dir=tmp_path / "a")
+    second = compute_umap(X, CONFIG, features_key="blobs", cache_dir=tmp_path / "b")
+    assert small_sample == [100, 100]
+    assert first.fitted_on == 100 and not first.from_cache
+    assert first.coords.shape == (len(X), 2) and np.isfinite(first.coords).all()
+    np.testing.assert_array_equal(first.coords, second.coords)
+    assert silhouette_score(first.coords, blob) > 0.6
+    again = compute_umap(X, CONFIG, features_key="blobs", cache_dir=tmp_path / "a")
+    assert again.from_cache and again.fitted_on == 100
+
+
+def test_map_sample_is_seeded_and_absent_below_the_threshold(small_sample):
+    from core.analysis.maps import map_sample
+
+    assert map_sample(100, seed=1) is None
+    sample = map_sample(150, seed=1)
+    assert len(sample) == 100 == len(np.unique(sample)) and np.all(np.diff(sample) > 0) and sample[-1] < 150
+    np.testing.assert_array_equal(sample, map_sample(150, seed=1))
+    assert not np.array_equal(sample, map_sample(150, seed=2))
+
+
+def test_map_below_the_threshold_is_fitted_on_every_poster(umap_runs):
+    assert umap_runs[0].fitted_on is None
+
+
+def test_knn_recall_is_the_share_of_exact_neighbours_found():
+    assert neighbours.knn_recall(np.array([[1, 2], [3, 4]]), np.array([[2, 1], [3, 5]])) == 0.75
+    with pytest.raises(PosterGenreError, match="cannot be compared"):
+        neighbours.knn_recall(np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_exact_knn_of_some_posters_equals_their_rows_of_the_full_search(blobs):
+    X = blobs[0]
+    rows = np.array([0, 7, 64, 149])
+    np.testing.assert_array_equal(neighbours.exact_knn_of(X, rows, k=6), knn_indices(X, k=6)[rows])
+
+
+def test_neighbours_above_the_threshold_are_approximate_with_high_recall(monkeypatch):
+    """Runs pynndescent for real (its numba compilation costs tens of seconds once per process)."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32)) * 3
+    X = (centres[np.repeat(np.arange(20), 30)] + rng.normal(size=(600, 32))).astype(np.float32)
+    exact = knn_indices(X, k=10)
+    assert not neighbours.approximate(len(X))
+    monkeypatch.setattr(neighbours, "APPROXIMATE_THRESHOLD", 500)
+    assert neighbours.approximate(len(X))
+    found = knn_indices(X, k=10)
+    assert found.shape == (600, 10)
+    assert not (found == np.arange(600)[:, None]).any()
+    assert neighbours.knn_recall(found, exact) >= 0.95

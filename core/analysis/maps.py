@@ -7,6 +7,11 @@ UMAP's numba kernels are compiled on first use, which costs more than a map of a
 posters; ``configure_numba_cache`` keeps the compiled code under the product's cache, so the
 compilation is paid once per install, and ``warm_up`` (run in a background thread at server start)
 pays it before anyone asks for a map.
+
+Above ``SAMPLE_THRESHOLD`` posters the map is fitted on a seeded random sample of ``SAMPLE_SIZE``
+(PCA and UMAP both) and every other poster is placed with UMAP's ``transform`` against the sample's
+exact neighbours: at 100,000 posters a full fit would hold a 10 GB copy of the flattened features
+and take far longer than a user waits.
 """
 from __future__ import annotations
 
@@ -37,6 +42,10 @@ NO_GENRE = "(none)"
 WARM_UP_POSTERS = 200
 NUMBA_CACHE_ENV = "NUMBA_CACHE_DIR"
 KNN_BLOCK_ROWS = 1024
+SAMPLE_THRESHOLD = 20_000
+SAMPLE_SIZE = 20_000
+PLACE_BLOCK_ROWS = 16_384
+PCA_TRANSFORM_ROWS = 2048
 
 
 def configure_numba_cache() -> Path:
@@ -73,31 +82,70 @@ class Embedding:
     features_key: str
     from_cache: bool
     seconds: float
+    fitted_on: int | None = None
+    """How many posters UMAP was fitted on when it was fitted on a sample (the rest were placed with
+    ``transform``); ``None`` when fitted on all of them."""
 
 
-def reduce_pca(X: np.ndarray, n_components: int = 50, seed: int = 0) -> np.ndarray:
+def map_sample(n: int, seed: int) -> np.ndarray | None:
+    """Sorted row indices the map of ``n`` posters is fitted on, or ``None`` to fit on all of them."""
+    if n <= SAMPLE_THRESHOLD:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(SAMPLE_SIZE, n), replace=False))
+
+
+def _sample_size(n: int) -> int | None:
+    return min(SAMPLE_SIZE, n) if n > SAMPLE_THRESHOLD else None
+
+
+def reduce_pca(X: np.ndarray, n_components: int = 50, seed: int = 0, *,
+               fit_rows: np.ndarray | None = None) -> np.ndarray:
     """PCA scores ``(n, k)`` float32 with ``k = min(n_components, min(n, d) - 1)``.
 
     Centring needs one writable copy of ``X``; it is made here once and handed to scikit-learn with
     ``copy=False`` (a read-only memmap would otherwise be copied twice: once to make it writable,
-    once to centre it).
+    once to centre it). With ``fit_rows`` only those rows are copied and fitted on, and every row is
+    projected ``PCA_TRANSFORM_ROWS`` at a time.
     """
     X = check_matrix(X)
     n, d = X.shape
+    if fit_rows is not None:
+        return _reduce_pca_fitted_on(X, np.asarray(fit_rows), n_components, seed)
     k = min(int(n_components), min(n, d) - 1)
     if k < 1:
         raise PosterGenreError(f"PCA needs at least 2 posters and 2 features, got a {n} x {d} matrix",
                                "compute features for more posters")
-    from sklearn.decomposition import PCA
-
     work = np.array(X, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(work.sum(dtype=np.float64)):
         raise PosterGenreError("the feature matrix holds NaN or infinite values",
                                "the feature cache is probably damaged: recompute the features")
+    return np.ascontiguousarray(_pca(k, d, seed).fit_transform(work), dtype=np.float32)
+
+
+def _pca(k: int, d: int, seed: int):
+    from sklearn.decomposition import PCA
+
     randomized = d > RANDOMIZED_PCA_MIN_DIM
-    pca = PCA(n_components=k, svd_solver="randomized" if randomized else "auto", random_state=seed, copy=False,
-              iterated_power=RANDOMIZED_PCA_POWER_ITERATIONS if randomized else "auto")
-    return np.ascontiguousarray(pca.fit_transform(work), dtype=np.float32)
+    return PCA(n_components=k, svd_solver="randomized" if randomized else "auto", random_state=seed, copy=False,
+               iterated_power=RANDOMIZED_PCA_POWER_ITERATIONS if randomized else "auto")
+
+
+def _reduce_pca_fitted_on(X: np.ndarray, fit_rows: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    work = np.ascontiguousarray(X[fit_rows], dtype=np.float32)  # indexing by rows copies already
+    k = min(int(n_components), min(work.shape) - 1)
+    if k < 1:
+        raise PosterGenreError(f"PCA needs at least 2 posters and 2 features, got a {work.shape[0]} x "
+                               f"{work.shape[1]} sample", "compute features for more posters")
+    if not np.isfinite(work.sum(dtype=np.float64)):
+        raise PosterGenreError("the feature matrix holds NaN or infinite values",
+                               "the feature cache is probably damaged: recompute the features")
+    pca = _pca(k, work.shape[1], seed).fit(work)
+    del work
+    scores = np.empty((X.shape[0], k), dtype=np.float32)
+    for start in range(0, X.shape[0], PCA_TRANSFORM_ROWS):
+        scores[start:start + PCA_TRANSFORM_ROWS] = pca.transform(np.asarray(X[start:start + PCA_TRANSFORM_ROWS],
+                                                                            dtype=np.float32))
+    return scores
 
 
 def compute_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
@@ -117,8 +165,8 @@ def compute_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
         log.info("computing UMAP of %d x %d features (%s) into %s", n, X.shape[1], config, path)
         coords = _run_umap(X, config)
         atomic_save_npy(path, coords)
-    return Embedding(coords=coords, config=config, features_key=features_key,
-                     from_cache=from_cache, seconds=time.perf_counter() - started)
+    return Embedding(coords=coords, config=config, features_key=features_key, from_cache=from_cache,
+                     seconds=time.perf_counter() - started, fitted_on=_sample_size(n))
 
 
 def cached_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
@@ -129,7 +177,7 @@ def cached_umap(X: np.ndarray, config: UmapConfig, *, features_key: str,
     if coords is None:
         return None
     return Embedding(coords=coords, config=config, features_key=features_key, from_cache=True,
-                     seconds=time.perf_counter() - started)
+                     seconds=time.perf_counter() - started, fitted_on=_sample_size(X.shape[0]))
 
 
 def primary_genre(Y: np.ndarray, genres: Sequence[str]) -> list[str]:
@@ -167,8 +215,11 @@ def _check_config(config: UmapConfig) -> None:
 
 def _cache_path(X: np.ndarray, config: UmapConfig, features_key: str, cache_dir: Path | None) -> Path:
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "umap"
-    key = stable_hash({"features_key": features_key, "config": asdict(config), "n": X.shape[0],
-                       "d": X.shape[1], "version": _generator_version()})
+    fields = {"features_key": features_key, "config": asdict(config), "n": X.shape[0], "d": X.shape[1],
+              "version": _generator_version()}
+    if _sample_size(X.shape[0]) is not None:
+        fields["fitted_on_sample"] = _sample_size(X.shape[0])
+    key = stable_hash(fields)
     return folder / f"{key}.npy"
 
 
@@ -194,7 +245,12 @@ def _load_cached(path: Path, n: int) -> np.ndarray | None:
 
 
 def _run_umap(X: np.ndarray, config: UmapConfig) -> np.ndarray:
-    coords = _umap_of(reduce_pca(X, config.pca_components, seed=config.seed), config)
+    sample = map_sample(X.shape[0], config.seed)
+    if sample is None:
+        coords = _umap_of(reduce_pca(X, config.pca_components, seed=config.seed), config)
+    else:
+        coords = _umap_placed(reduce_pca(X, config.pca_components, seed=config.seed, fit_rows=sample),
+                              sample, config)
     if not np.isfinite(coords).all():
         raise PosterGenreError("UMAP produced NaN or infinite coordinates",
                                "the features may be constant or duplicated; try another metric")
@@ -202,6 +258,57 @@ def _run_umap(X: np.ndarray, config: UmapConfig) -> np.ndarray:
 
 
 def _umap_of(points: np.ndarray, config: UmapConfig, *, neighbour_search: str = "exact") -> np.ndarray:
+    return np.ascontiguousarray(_fitted_umap(points, config, neighbour_search=neighbour_search).embedding_,
+                                dtype=np.float32)
+
+
+def _umap_placed(points: np.ndarray, sample: np.ndarray, config: UmapConfig) -> np.ndarray:
+    """UMAP fitted on ``points[sample]``; every other point placed by ``transform`` from its exact
+    neighbours among the sample, ``PLACE_BLOCK_ROWS`` points at a time."""
+    reducer = _fitted_umap(points[sample], config)
+    coords = np.empty((len(points), 2), dtype=np.float32)
+    coords[sample] = reducer.embedding_
+    rest = np.setdiff1d(np.arange(len(points)), sample)
+    for start in range(0, len(rest), PLACE_BLOCK_ROWS):
+        block = rest[start:start + PLACE_BLOCK_ROWS]
+        coords[block] = _transform(reducer, points[block], points[sample], config.metric)
+    return coords
+
+
+def _transform(reducer, queries: np.ndarray, reference: np.ndarray, metric: str) -> np.ndarray:
+    """UMAP's ``transform`` of ``queries`` from their exact neighbours among the fitted points.
+
+    A reducer fitted on a precomputed graph has no search index, so its own ``transform`` refuses;
+    these are the steps of umap-learn 0.5's ``transform`` after its neighbour search (membership
+    strengths, weighted-mean initial placement, the layout against the fixed fitted embedding).
+    """
+    import scipy.sparse
+    from umap.layouts import optimize_layout_euclidean
+    from umap.umap_ import (compute_membership_strengths, init_graph_transform, make_epochs_per_sample,
+                            smooth_knn_dist)
+
+    indices, distances = _nearest(queries, reference, reducer._n_neighbors, metric)
+    indices[distances >= reducer._disconnection_distance] = -1
+    sigmas, rhos = smooth_knn_dist(distances, float(reducer._n_neighbors),
+                                   local_connectivity=max(0.0, reducer.local_connectivity - 1.0))
+    rows, cols, vals, _ = compute_membership_strengths(indices, distances, sigmas, rhos, bipartite=True)
+    graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(len(queries), len(reference)))
+    csr = graph.tocsr()
+    csr.eliminate_zeros()
+    embedding = init_graph_transform(csr, reducer.embedding_)
+    n_epochs = 100 if len(queries) <= 10_000 else 30
+    graph.data[graph.data < graph.data.max() / n_epochs] = 0.0
+    graph.eliminate_zeros()
+    rng_state = np.random.RandomState(reducer.transform_seed).randint(np.iinfo(np.int32).min,
+                                                                      np.iinfo(np.int32).max, 3).astype(np.int64)
+    embedding = optimize_layout_euclidean(
+        embedding, reducer.embedding_.astype(np.float32, copy=True), graph.row, graph.col, n_epochs,
+        len(reference), make_epochs_per_sample(graph.data, n_epochs), reducer._a, reducer._b, rng_state,
+        reducer.repulsion_strength, reducer._initial_alpha / 4.0, reducer.negative_sample_rate, False)
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def _fitted_umap(points: np.ndarray, config: UmapConfig, *, neighbour_search: str = "exact"):
     """UMAP of the PCA scores with the exact neighbour graph handed in (``precomputed_knn``).
 
     UMAP's own search is an all-pairs distance matrix through a Python-level callable below 4,096
@@ -223,7 +330,7 @@ def _umap_of(points: np.ndarray, config: UmapConfig, *, neighbour_search: str = 
                         metric=config.metric, random_state=config.seed, n_jobs=1, precomputed_knn=precomputed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
-        return np.ascontiguousarray(reducer.fit_transform(points), dtype=np.float32)
+        return reducer.fit(points)
 
 
 def exact_neighbours(points: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -233,29 +340,43 @@ def exact_neighbours(points: np.ndarray, k: int, metric: str) -> tuple[np.ndarra
     Distances follow umap's definitions (cosine and correlation: 1 - similarity, 0 for two zero
     vectors and 1 for one; euclidean). Rows are computed ``KNN_BLOCK_ROWS`` at a time.
     """
+    return _nearest(points, points, k, metric, itself=True)
+
+
+def _prepared(points: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data = np.asarray(points, dtype=np.float64)
     if metric == "correlation":
         data = data - data.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(data, axis=1)
     if metric != "euclidean":
         data = data / np.where(norms == 0, 1.0, norms)[:, None]
-    squared = np.einsum("ij,ij->i", data, data)
-    n = data.shape[0]
+    return data, norms == 0, np.einsum("ij,ij->i", data, data)
+
+
+def _nearest(queries: np.ndarray, reference: np.ndarray, k: int, metric: str, *,
+             itself: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest ``reference`` rows of each query row; ``itself``: the queries are the
+    reference, and each row's own index comes first."""
+    data, zero, squared = _prepared(reference, metric)
+    queried, query_zero, query_squared = (data, zero, squared) if itself else _prepared(queries, metric)
+    n = queried.shape[0]
     indices = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, KNN_BLOCK_ROWS):
-        block = data[start:start + KNN_BLOCK_ROWS]
+        block = queried[start:start + KNN_BLOCK_ROWS]
         products = block @ data.T
         if metric == "euclidean":
-            dist = np.sqrt(np.clip(squared[start:start + len(block), None] + squared[None, :] - 2 * products, 0, None))
+            dist = np.sqrt(np.clip(query_squared[start:start + len(block), None] + squared[None, :] - 2 * products,
+                                   0, None))
         else:
             dist = 1.0 - products
-            zero = norms == 0
+            block_zero = query_zero[start:start + len(block)]
             dist[:, zero] = 1.0
-            dist[zero[start:start + len(block)]] = 1.0
-            dist[np.ix_(zero[start:start + len(block)], zero)] = 0.0
-        rows = np.arange(len(block))
-        dist[rows, start + rows] = -np.inf
+            dist[block_zero] = 1.0
+            dist[np.ix_(block_zero, zero)] = 0.0
+        if itself:
+            rows = np.arange(len(block))
+            dist[rows, start + rows] = -np.inf
         candidates = np.argpartition(dist, k - 1, axis=1)[:, :k]
         picked = np.take_along_axis(dist, candidates, axis=1)
         order = np.lexsort((candidates, picked), axis=1)

@@ -3,6 +3,10 @@
 ``X`` is an ``(n, d)`` float32 feature matrix that may be a read-only memmap (d = 25,088 for flattened
 VGG16 features); nothing here writes to it. Neighbours are exact cosine neighbours: matrix products
 against the raw matrix divided by the row norms, so no normalised copy of ``X`` is ever made.
+
+``knn_indices`` of more than ``APPROXIMATE_THRESHOLD`` posters is approximate instead: an NN-descent
+graph (pynndescent, which umap-learn brings), since the exact all-pairs search grows as n² (100,000
+posters of 1,024-d: about 20 minutes on 2 cores). ``knn_recall`` measures what that costs.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from core.cache import atomic_save_npy, cache_root, load_npy, stable_hash
 from core.errors import CacheError, PosterGenreError
 
 CHUNK_ROWS = 512
+APPROXIMATE_THRESHOLD = 20_000
+APPROXIMATE_SEED = 0
 GRAM_MAX_BYTES = 512 * 2**20
 OVERALL = "overall"
 
@@ -43,8 +49,14 @@ def nearest_to_vector(X: np.ndarray, vector: np.ndarray, *, n: int = 8) -> tuple
     return _top(_cosine_to(X, vector), min(n, X.shape[0]))
 
 
+def approximate(n: int) -> bool:
+    """Whether ``knn_indices`` of ``n`` posters is approximate (NN-descent) rather than exact."""
+    return n > APPROXIMATE_THRESHOLD
+
+
 def knn_indices(X: np.ndarray, *, k: int = 10, features_key: str | None = None) -> np.ndarray:
-    """``(n, k)`` indices of each poster's ``k`` cosine neighbours (itself excluded), nearest first.
+    """``(n, k)`` indices of each poster's ``k`` cosine neighbours (itself excluded), nearest first;
+    approximate above ``APPROXIMATE_THRESHOLD`` posters (``approximate``).
 
     With ``features_key`` the result is cached on disk: exact neighbours over 25,088-d features
     take tens of seconds on a laptop, and they never change for the same features.
@@ -64,6 +76,8 @@ def knn_indices(X: np.ndarray, *, k: int = 10, features_key: str | None = None) 
         raise PosterGenreError(f"neighbours need at least 2 posters, got {rows}",
                                "compute features for more posters")
     k = min(int(k), rows - 1)
+    if approximate(rows):
+        return approximate_knn_indices(X, k=k)
     data = _as_float32(X)
     if rows * rows * 4 <= GRAM_MAX_BYTES:
         return _knn_from_gram(data, k)
@@ -80,7 +94,54 @@ def cached_knn_indices(features_key: str, *, k: int, n: int) -> np.ndarray | Non
 
 
 def _knn_path(features_key: str, k: int, n: int) -> Path:
-    return cache_root() / "knn" / f"{stable_hash({'features_key': features_key, 'k': int(k), 'n': n})}.npy"
+    fields = {"features_key": features_key, "k": int(k), "n": n}
+    if approximate(n):
+        fields["approximate"] = f"nndescent-seed{APPROXIMATE_SEED}"
+    return cache_root() / "knn" / f"{stable_hash(fields)}.npy"
+
+
+def approximate_knn_indices(X: np.ndarray, *, k: int = 10) -> np.ndarray:
+    """``(n, k)`` approximate cosine neighbours (itself excluded), nearest first, from pynndescent's
+    NN-descent graph of ``k + 1`` neighbours (a poster is normally its own first neighbour)."""
+    from core.analysis.maps import configure_numba_cache
+
+    configure_numba_cache()
+    from pynndescent import NNDescent
+
+    data = np.ascontiguousarray(X, dtype=np.float32)
+    rows = data.shape[0]
+    index = NNDescent(data, metric="cosine", n_neighbors=min(k + 1, rows), random_state=APPROXIMATE_SEED,
+                      low_memory=True, compressed=True)
+    found = index.neighbor_graph[0]
+    itself = found == np.arange(rows)[:, None]
+    keep = np.where(itself.any(axis=1)[:, None], ~itself, np.arange(found.shape[1]) < k)
+    return found[keep].reshape(rows, -1)[:, :k].astype(np.int64)
+
+
+def exact_knn_of(X: np.ndarray, rows: np.ndarray, *, k: int = 10) -> np.ndarray:
+    """``(len(rows), k)`` exact cosine neighbours among all posters of the posters ``rows`` (each
+    excluding itself), nearest first: the reference ``knn_recall`` compares against."""
+    X = check_matrix(X)
+    rows = np.asarray(rows, dtype=np.int64)
+    norms = _row_norms(X)
+    queries = np.asarray(X[rows], dtype=np.float32) / norms[rows, None]
+    best = _TopK(len(rows), k)
+    for start in range(0, X.shape[0], CHUNK_ROWS * 8):
+        chunk = np.asarray(X[start:start + CHUNK_ROWS * 8], dtype=np.float32)
+        scores = queries @ chunk.T / norms[None, start:start + len(chunk)]
+        scores[(rows[:, None] == np.arange(start, start + len(chunk))[None, :])] = -np.inf
+        best.merge(slice(None), scores, first_column=start)
+    return best.sorted_indices()
+
+
+def knn_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each poster's exact neighbours that ``found`` lists too (same shape, any order)."""
+    found, exact = np.asarray(found), np.asarray(exact)
+    if found.shape != exact.shape:
+        raise PosterGenreError(f"neighbour lists of shapes {found.shape} and {exact.shape} cannot be compared",
+                               "give both the same posters and the same k")
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, exact))
+    return hits / exact.size
 
 
 def knn_genre_agreement(X: np.ndarray, Y: np.ndarray, genres: Sequence[str], *, k: int = 10,
