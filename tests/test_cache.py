@@ -11,7 +11,8 @@
 - ``file_lock`` lets one holder in at a time, also two threads of one process.
 - ``read_json`` raises ``CacheError`` for a partial file and ``FileNotFoundError`` for a missing one.
 - ``stable_hash`` is independent of dict order, changes with values, and accepts paths and tuples.
-- ``file_sha256`` equals hashlib's digest.
+- ``file_sha256`` equals hashlib's digest; ``remembered_fact`` computes a file's fact once across
+  processes (saved facts are read back) and again when the file changes or the saved facts are damaged.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import pytest
 
 import core.cache
 from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root,
-                        checksum_path, file_lock, file_sha256, load_npy, read_json, stable_hash)
+                        checksum_path, file_lock, file_sha256, load_npy, memo_file_sha256, read_json,
+                        remembered_fact, save_file_facts, stable_hash)
 from core.errors import CacheError
 
 
@@ -211,3 +213,43 @@ def test_file_lock_excludes_a_second_holder(tmp_path):
     for thread in threads:
         thread.join()
     assert events == ["a in", "a out", "b in", "b out"]
+
+
+def _fresh_process(monkeypatch) -> None:
+    """Forget what this process remembers, as a new process would."""
+    monkeypatch.setattr(core.cache, "_FILE_FACTS", {})
+    monkeypatch.setattr(core.cache, "_CHANGED_FOLDERS", set())
+
+
+def test_file_facts_are_remembered_across_processes_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    _fresh_process(monkeypatch)
+    poster = tmp_path / "posters" / "a.jpg"
+    poster.parent.mkdir()
+    poster.write_bytes(b"first")
+    calls = []
+
+    def count() -> str:
+        calls.append(1)
+        return file_sha256(poster)
+
+    assert remembered_fact(poster, "sha256", count) == hashlib.sha256(b"first").hexdigest()
+    save_file_facts()
+    _fresh_process(monkeypatch)
+    assert remembered_fact(poster, "sha256", count) == hashlib.sha256(b"first").hexdigest()
+    assert len(calls) == 1
+    poster.write_bytes(b"second, longer")
+    assert memo_file_sha256(poster) == hashlib.sha256(b"second, longer").hexdigest()
+
+
+def test_damaged_file_facts_are_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    _fresh_process(monkeypatch)
+    poster = tmp_path / "a.jpg"
+    poster.write_bytes(b"bytes")
+    memo_file_sha256(poster)
+    save_file_facts()
+    (facts,) = (tmp_path / "cache" / "files").iterdir()
+    facts.write_text(facts.read_text()[:20])
+    _fresh_process(monkeypatch)
+    assert memo_file_sha256(poster) == hashlib.sha256(b"bytes").hexdigest()

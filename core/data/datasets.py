@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from core.cache import atomic_write_json, atomic_write_text
+from core.cache import atomic_write_json, atomic_write_text, remembered_fact, save_file_facts
 from core.errors import DatasetError, ImageError
 from core.data.images import IMAGE_EXTENSIONS, check_image_header
 
@@ -206,6 +206,7 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     for path in extras:
         report.add(path.stem, f"second image for this id ({path.name}); {images[path.stem].name} is used", path)
     posters = _canonical(_match(rows, images, report, check_images), report)
+    save_file_facts()
     _report_orphans(images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
     if not posters:
         raise DatasetError(f"no usable posters in {root}: {len(rows)} label rows, {len(images)} images",
@@ -339,6 +340,13 @@ def _report_orphans(images: dict[str, Path], known: set[str], report: LoadReport
 
 
 def _header_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable image, or ``None``; remembered per file while it is unchanged."""
+    if not path.is_file():
+        return _check_header(path)
+    return remembered_fact(path, "header_problem", lambda: _check_header(path))
+
+
+def _check_header(path: Path) -> str | None:
     try:
         check_image_header(path)
     except ImageError as err:

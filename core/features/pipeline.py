@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.cache import memo_file_sha256, stable_hash
+from core.cache import memo_file_sha256, save_file_facts, stable_hash
 from core.data.datasets import Dataset, Skipped
 from core.errors import ConfigError, ImageError
 from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
@@ -102,7 +102,9 @@ class FeatureSet:
 
 def content_keys(paths: Sequence[Path]) -> list[str]:
     """sha256 of each file's bytes (memoised per process, so unchanged posters are read once)."""
-    return [memo_file_sha256(path) for path in paths]
+    keys = [memo_file_sha256(path) for path in paths]
+    save_file_facts()
+    return keys
 
 
 def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[FeatureStore, Weights, str]:
