@@ -146,14 +146,19 @@ def time_open(root: str, weights: str) -> None:
                       "features": None if features is None else list(features.rows.shape)}))
 
 
-def measure_open(root: Path, weights: str) -> Row:
+def measure_open(root: Path, weights: str) -> list[Row]:
+    """Two fresh processes: the first may compute the files' remembered facts (hash, header check), the
+    second is what every later visit costs."""
     code = f"from bench._dashboard_scale import time_open; time_open({str(root)!r}, {weights!r})"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=_common.ROOT, env={**os.environ, "PYTHONPATH": str(_common.ROOT)}).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    return Row("open dataset + cached features (fresh process)", f"{result['seconds']:.2f} s", "≤ 2 s",
-               result["seconds"] <= 2, f"load_dataset + cached_features: {result['posters']:,} posters, "
-               f"rows {result['features']}")
+    rows = []
+    for attempt in ("first", "second"):
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=_common.ROOT, env={**os.environ, "PYTHONPATH": str(_common.ROOT)}).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        rows.append(Row(f"open dataset + cached features ({attempt} fresh process)", f"{result['seconds']:.2f} s",
+                        "≤ 2 s", result["seconds"] <= 2, f"load_dataset + cached_features: {result['posters']:,} "
+                        f"posters, rows {result['features']}"))
+    return rows
 
 
 def measure_view(features, view: str) -> Row:
@@ -292,7 +297,7 @@ def run(args) -> None:
             rows.append(Row(name, f"FAILED: {type(err).__name__}: {err}"[:160], "", False, ""))
         print(f"[{name}: {time.perf_counter() - started:.0f} s]", flush=True)
 
-    step("open", lambda: [measure_open(root, args.weights)])
+    step("open", lambda: measure_open(root, args.weights))
     dataset, features = open_features(root, args.weights)
     step("open", lambda: [measure_view(features, "avg45")])
     step("map", lambda: measure_map(features, args.map_view))
