@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -219,26 +219,35 @@ _FILE_FACTS: dict[str, dict[str, dict[str, Any]]] = {}
 _CHANGED_FOLDERS: set[str] = set()
 
 
-def remembered_fact(path: Path, fact: str, compute: Callable[[], Any]) -> Any:
-    """``compute()`` for a file, remembered across processes while its size and mtime stay the same.
+def file_facts(paths: Sequence[Path], fact: str, compute: Callable[[Path], Any]) -> list[Any]:
+    """``compute(path)`` for each file, remembered across processes while its size and mtime stay the same.
 
     Facts (a content hash, a header check) live in one JSON file per folder under the cache, so a
-    fresh process opening 100,000 posters pays a ``stat`` per file instead of reading each one.
-    ``save_file_facts`` writes what changed.
+    fresh process opening 100,000 posters pays one ``stat`` per file instead of reading each one.
+    What was computed is saved before returning.
     """
-    stat = os.stat(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    entries = _folder_facts(folder)
-    entry = entries.get(name)
-    if entry is None or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
-        entry = entries[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if fact not in entry:
-        entry[fact] = compute()
-        _CHANGED_FOLDERS.add(folder)
-    return entry[fact]
+    values = []
+    folders: dict[str, str] = {}
+    for path in paths:
+        text = os.fspath(path)
+        parent, name = os.path.split(text)
+        if parent not in folders:
+            folders[parent] = os.path.abspath(parent)
+        folder = folders[parent]
+        stat = os.stat(text)
+        entries = _folder_facts(folder)
+        entry = entries.get(name)
+        if entry is None or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+            entry = entries[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if fact not in entry:
+            entry[fact] = compute(Path(path))
+            _CHANGED_FOLDERS.add(folder)
+        values.append(entry[fact])
+    _save_file_facts()
+    return values
 
 
-def save_file_facts() -> None:
+def _save_file_facts() -> None:
     for folder in sorted(_CHANGED_FOLDERS):
         text = json.dumps({"folder": folder, "files": _FILE_FACTS[folder]}, separators=(",", ":"))
         atomic_write_text(_facts_path(folder), text)
@@ -261,8 +270,8 @@ def _folder_facts(folder: str) -> dict[str, dict[str, Any]]:
 
 
 def memo_file_sha256(path: Path) -> str:
-    """``file_sha256``, remembered by (path, size, mtime) across processes (``remembered_fact``)."""
-    return remembered_fact(path, "sha256", lambda: file_sha256(path))
+    """``file_sha256``, remembered by (path, size, mtime) across processes (``file_facts``)."""
+    return file_facts([path], "sha256", file_sha256)[0]
 
 
 def bytes_sha256(data: bytes) -> str:

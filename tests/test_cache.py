@@ -11,7 +11,7 @@
 - ``file_lock`` lets one holder in at a time, also two threads of one process.
 - ``read_json`` raises ``CacheError`` for a partial file and ``FileNotFoundError`` for a missing one.
 - ``stable_hash`` is independent of dict order, changes with values, and accepts paths and tuples.
-- ``file_sha256`` equals hashlib's digest; ``remembered_fact`` computes a file's fact once across
+- ``file_sha256`` equals hashlib's digest; ``file_facts`` computes a file's fact once across
   processes (saved facts are read back) and again when the file changes or the saved facts are damaged.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ import pytest
 
 import core.cache
 from core.cache import (atomic_save_npy, atomic_write_bytes, atomic_write_json, atomic_write_text, cache_root,
-                        checksum_path, file_lock, file_sha256, load_npy, memo_file_sha256, read_json,
-                        remembered_fact, save_file_facts, stable_hash)
+                        checksum_path, file_facts, file_lock, file_sha256, load_npy, memo_file_sha256,
+                        read_json, stable_hash)
 from core.errors import CacheError
 
 
@@ -229,14 +229,13 @@ def test_file_facts_are_remembered_across_processes_until_the_file_changes(tmp_p
     poster.write_bytes(b"first")
     calls = []
 
-    def count() -> str:
-        calls.append(1)
-        return file_sha256(poster)
+    def count(path: Path) -> str:
+        calls.append(path)
+        return file_sha256(path)
 
-    assert remembered_fact(poster, "sha256", count) == hashlib.sha256(b"first").hexdigest()
-    save_file_facts()
+    assert file_facts([poster], "sha256", count) == [hashlib.sha256(b"first").hexdigest()]
     _fresh_process(monkeypatch)
-    assert remembered_fact(poster, "sha256", count) == hashlib.sha256(b"first").hexdigest()
+    assert file_facts([poster], "sha256", count) == [hashlib.sha256(b"first").hexdigest()]
     assert len(calls) == 1
     poster.write_bytes(b"second, longer")
     assert memo_file_sha256(poster) == hashlib.sha256(b"second, longer").hexdigest()
@@ -248,7 +247,6 @@ def test_damaged_file_facts_are_recomputed(tmp_path, monkeypatch):
     poster = tmp_path / "a.jpg"
     poster.write_bytes(b"bytes")
     memo_file_sha256(poster)
-    save_file_facts()
     (facts,) = (tmp_path / "cache" / "files").iterdir()
     facts.write_text(facts.read_text()[:20])
     _fresh_process(monkeypatch)

@@ -434,7 +434,14 @@ def _store_folder(config) -> Path:
 
 
 def _shard(config) -> Path:
-    return sorted(_store_folder(config).glob("shard-*.npy"))[0]
+    """A shard the store uses (an earlier case may have left one with a broken sidecar)."""
+    def usable(path: Path) -> bool:
+        try:
+            return isinstance(json.loads(path.with_suffix(".json").read_text())["keys"], list)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    return next(path for path in sorted(_store_folder(config).glob("shard-*.npy")) if usable(path))
 
 
 def _truncate(path: Path) -> None:

@@ -10,12 +10,13 @@ import csv
 import dataclasses
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from core.cache import atomic_write_json, atomic_write_text, remembered_fact, save_file_facts
+from core.cache import atomic_write_json, atomic_write_text, file_facts
 from core.errors import DatasetError, ImageError
 from core.data.images import IMAGE_EXTENSIONS, check_image_header
 
@@ -201,12 +202,11 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
         raise DatasetError(f"{labels_path} is missing",
                            "a dataset folder needs labels.csv with columns id,title,genres")
     rows = _read_labels(labels_path)
-    images, extras = _index_images(root / POSTERS_DIR)
+    images, extras, files = _index_images(root / POSTERS_DIR)
     report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
     for path in extras:
         report.add(path.stem, f"second image for this id ({path.name}); {images[path.stem].name} is used", path)
-    posters = _canonical(_match(rows, images, report, check_images), report)
-    save_file_facts()
+    posters = _canonical(_match(rows, images, files, report, check_images), report)
     _report_orphans(images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
     if not posters:
         raise DatasetError(f"no usable posters in {root}: {len(rows)} label rows, {len(images)} images",
@@ -280,8 +280,9 @@ def _read_labels(path: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path]]:
-    """Entries with an image extension by id (file stem), and any further ones for an id already seen.
+def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path], set[Path]]:
+    """Entries with an image extension by id (file stem), any further ones for an id already seen, and
+    which entries are regular files (from the directory listing, no ``stat`` per file).
 
     Folders and broken links named like images are kept, so their rows are skipped with that reason
     rather than as "no image"; regular files come first when an id has several entries.
@@ -289,20 +290,25 @@ def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path]]:
     images: dict[str, Path] = {}
     extras: list[Path] = []
     if not folder.is_dir():
-        return images, extras
-    entries = [path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS]
-    for path in sorted(entries, key=lambda path: (not path.is_file(), path.name)):
+        return images, extras, set()
+    with os.scandir(folder) as listing:
+        entries = [(not entry.is_file(), entry.name) for entry in listing
+                   if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
+    for not_file, name in sorted(entries):
+        path = folder / name
         if path.stem in images:
             extras.append(path)
         else:
             images[path.stem] = path
-    return images, extras
+    return images, extras, {folder / name for not_file, name in entries if not not_file}
 
 
-def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], report: LoadReport,
+def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], files: set[Path], report: LoadReport,
            check_images: bool) -> list[Poster]:
     posters: list[Poster] = []
     seen: set[str] = set()
+    checked = [path for path in images.values() if path in files] if check_images else []
+    problems = dict(zip(checked, file_facts(checked, "header_problem", _header_problem)))
     for number, row in rows:
         id_ = row["id"].strip()
         if not id_:
@@ -318,7 +324,7 @@ def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], repo
             report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
         elif not genres:
             report.add(id_, "empty genre list", path)
-        elif (check_images or not path.is_file()) and (problem := _header_problem(path)):
+        elif problem := (problems.get(path) if path in files else _header_problem(path)):
             report.add(id_, problem, path)
         else:
             posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, path=path))
@@ -340,13 +346,6 @@ def _report_orphans(images: dict[str, Path], known: set[str], report: LoadReport
 
 
 def _header_problem(path: Path) -> str | None:
-    """Why ``path`` is not a usable image, or ``None``; remembered per file while it is unchanged."""
-    if not path.is_file():
-        return _check_header(path)
-    return remembered_fact(path, "header_problem", lambda: _check_header(path))
-
-
-def _check_header(path: Path) -> str | None:
     try:
         check_image_header(path)
     except ImageError as err:

@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.cache import memo_file_sha256, save_file_facts, stable_hash
+from core.cache import file_facts, file_sha256, stable_hash
 from core.data.datasets import Dataset, Skipped
 from core.errors import ConfigError, ImageError
 from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
@@ -102,9 +102,7 @@ class FeatureSet:
 
 def content_keys(paths: Sequence[Path]) -> list[str]:
     """sha256 of each file's bytes (memoised per process, so unchanged posters are read once)."""
-    keys = [memo_file_sha256(path) for path in paths]
-    save_file_facts()
-    return keys
+    return file_facts(paths, "sha256", file_sha256)
 
 
 def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[FeatureStore, Weights, str]:
