@@ -73,7 +73,7 @@ def main() -> None:
 
 def extraction_seconds_per_1000(dataset, config, n: int) -> float:
     """Seconds per 1,000 posters for ``extract_features`` of the first ``n`` posters into an empty cache
-    (decode, hash, infer, write), after one warm-up batch that builds the model."""
+    (decode, hash, infer, write), after a warm-up on two other posters that builds the model."""
     import os
     import tempfile
     import time
@@ -83,7 +83,7 @@ def extraction_seconds_per_1000(dataset, config, n: int) -> float:
     from core.features.pipeline import extract_features
 
     head = replace(dataset, posters=dataset.posters[:n])
-    warm = replace(dataset, posters=dataset.posters[n:n + config.batch_size])
+    warm = replace(dataset, posters=dataset.posters[n:n + 2])
     previous = os.environ.get("POSTER_GENRE_CACHE")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["POSTER_GENRE_CACHE"] = cache

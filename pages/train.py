@@ -12,8 +12,8 @@ import streamlit as st
 from core.errors import PosterGenreError, TrainingError
 from core.features.pipeline import FeatureSet
 from core.model.classifier import BatchProgress, EpochLog, training_fraction
-from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESETS, TRAIN_OPTIONS, TrainConfig, TrainOption,
-                               check_config, config_from_values, config_values)
+from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
+                               TrainOption, check_config, config_from_values, config_values)
 from core.model.experiment import ExperimentResult, run_experiment
 from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, epochs_text, find_run,
                              runs_table, save_run)
@@ -58,6 +58,9 @@ def preset_controls() -> str:
     preset = st.selectbox("Start from preset", list(PRESETS), key="preset", on_change=apply_preset,
                           help="Changing the preset resets every control below to its values.")
     st.caption(f"**{preset}**: {PRESET_NOTES[preset]}")
+    with st.expander("The presets at a glance"):
+        st.dataframe(pd.DataFrame([{"preset": name, "what it is": entry.what, "what it costs": entry.cost}
+                                   for name, entry in PRESET_TABLE.items()]), hide_index=True, key="presets_table")
     return preset
 
 
