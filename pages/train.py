@@ -123,7 +123,7 @@ def needs_flatten(features: FeatureSet, config: TrainConfig | None) -> bool:
     st.button("Switch to VGG16 on the tutorial's 224x224 squash (full rows), then extract them", key="use_tutorial",
               on_click=use_tutorial_features, help="Changes the Data page's backbone, geometry and storage; the "
                                                    "features of these are extracted on the Data page.")
-    st.caption("Or choose the avg, max or avg45 view (the recommended and fast presets use avg45).")
+    st.caption("Or choose the avg, max or avg45 view (the recommended preset uses avg45).")
     return True
 
 

@@ -275,12 +275,6 @@ PRESET_TABLE: dict[str, Preset] = {
         "Exactly the tutorial: 25,088-d flattened VGG16 features, 1024→256, RMSprop 1e-4, 60 epochs; "
         "on real posters it does not beat guessing the most frequent genres.",
         "about 4 minutes of training on the dev set; needs the full (flatten) features of the tutorial geometry."),
-    "fast": Preset(
-        replace(_RECOMMENDED, ensemble=1, validation_split=0.125),
-        "The recommended network alone, not an ensemble: one network early-stopped on an eighth of the "
-        "training posters, for trying options quickly.",
-        "seconds of training on a CPU (about an eighth of recommended's); a little less accurate and "
-        "less steady from seed to seed."),
     "recommended": Preset(
         _RECOMMENDED,
         "The best measured on real posters (bench/quality.py): block4 and block5 average-pooled (1,024-d), "
