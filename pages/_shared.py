@@ -18,7 +18,7 @@ from core.data.datasets import Dataset, LoadReport, Skipped, load_dataset
 from core.data.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
 from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
-from core.features.views import FLATTEN_UNAVAILABLE
+from core.features.backbones import BACKBONES
 from core.features.weights import Weights, default_weights_spec, resolve_weights
 from core.progress import Progress, ProgressFn
 
@@ -87,7 +87,8 @@ def load_settings() -> dict:
             saved = {}
         st.session_state.settings = {"dataset": DEMO, "weights": default_weights_spec(), "precision": "auto",
                                      **(saved if isinstance(saved, dict) else {})}
-    st.session_state.settings.setdefault("storage", FeatureConfig.storage)
+    for name in ("storage", "geometry", "backbone"):
+        st.session_state.settings.setdefault(name, getattr(FeatureConfig, name))
     return st.session_state.settings
 
 
@@ -136,7 +137,8 @@ def active_dataset() -> tuple[Dataset, LoadReport]:
 
 def feature_config() -> FeatureConfig:
     settings = load_settings()
-    return FeatureConfig(weights=settings["weights"], precision=settings["precision"], storage=settings["storage"])
+    return FeatureConfig(weights=settings["weights"], precision=settings["precision"], storage=settings["storage"],
+                         geometry=settings["geometry"], backbone=settings["backbone"])
 
 
 @st.cache_resource(show_spinner=False)
@@ -188,9 +190,9 @@ def require_features(dataset: Dataset) -> FeatureSet:
         st.info("No features for this dataset and these weights yet: extract them on the Data page first.")
         st.page_link("pages/data.py", label="Go to Data → Extract features", icon=":material/folder_open:")
         st.stop()
-    weights_notice(features.weights)
-    if features.config.storage == "pooled":
-        st.caption(f"Pooled-only features: {FLATTEN_UNAVAILABLE}.")
+    weights_notice(features.weights, features.config)
+    if features.config.stored == "pooled":
+        st.caption(f"Pooled-only features: {features.config.flatten_unavailable()}.")
     return features
 
 
@@ -209,12 +211,18 @@ def progress_bar(box, text: str | None = "Starting…") -> ProgressFn:
     return update
 
 
-def weights_notice(weights: Weights) -> None:
+def weights_notice(weights: Weights, config: FeatureConfig | None = None) -> None:
+    """Which backbone, geometry and weights the features come from; a warning for random weights."""
+    config = config or feature_config()
+    backbone = BACKBONES[config.backbone].label
     if weights.is_random:
-        st.warning("⚠️ These features come from RANDOM VGG16 weights (weights=none), not ImageNet: "
-                   "they are for testing the pipeline only and say nothing about posters.")
+        st.warning(f"⚠️ These features come from RANDOM {backbone} weights (weights=none), not ImageNet: "
+                   f"they are for testing the pipeline only and say nothing about posters ({config.label}).")
     else:
-        st.caption(f"Features: VGG16 with {weights.label}")
+        st.caption(f"Features: {config.label}, with {weights.label}")
+    if not BACKBONES[config.backbone].measured:
+        st.caption(f"{backbone}'s quality on posters was not measured here (these machines hold real weights "
+                   "for VGG16 only).")
 
 
 def dataset_caption(dataset: Dataset) -> str:

@@ -19,6 +19,7 @@ from PIL import Image
 import core.model.runs
 from core.analysis.metrics import Interval
 from core.errors import ImageError, PosterGenreError
+from core.features.backbones import BACKBONES
 from core.features.pipeline import FeatureSet
 from core.data.images import thumbnail
 from core.model.runs import Run
@@ -144,12 +145,14 @@ def run_selector(runs: list[Run], *, key: str = "run_select", label: str = "Run"
     folder = st.selectbox(label, list(by_folder), key=key, help=help,
                           format_func=lambda option: by_folder[option].label())
     remember_run(folder)
+    st.caption(f"Features of this run: {by_folder[folder].features_label}")
     return by_folder[folder]
 
 
 def random_run_warning(run: Run, consequence: str = "its numbers say nothing about posters") -> None:
     if run.weights.is_random:
-        st.warning(f"⚠️ This run was trained on features from RANDOM VGG16 weights: {consequence}.")
+        backbone = BACKBONES[run.feature_config.backbone].label
+        st.warning(f"⚠️ This run was trained on features from RANDOM {backbone} weights: {consequence}.")
 
 
 # ---- metrics ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pages._shared import (DEMO, dataset_caption, dataset_root, feature_config, 
                            forget_features, get_dataset, get_weights, load_settings, progress_bar, route_through_app,
                            save_settings, weights_notice)
 from pages._explain import descriptor_boxplots
-from pages._storage import storage_controls
+from pages._storage import feature_controls
 from pages._widgets import first_page, page_number, show_poster
 from pages._engine import RayEngine, engine_controls
 
@@ -201,7 +201,7 @@ def weights_controls() -> Weights | None:
     st.session_state.setdefault("weights_kind", saved_kind)
     st.session_state.setdefault("weights_path", settings["weights"] if saved_kind == "file" else "")
     kind_column, precision_column = st.columns([3, 1])
-    kind = kind_column.radio("VGG16 weights", list(WEIGHT_KINDS), format_func=WEIGHT_KINDS.get,
+    kind = kind_column.radio("Backbone weights", list(WEIGHT_KINDS), format_func=WEIGHT_KINDS.get,
                              key="weights_kind", horizontal=True, on_change=_on_weights_kind)
     st.session_state["precision"] = settings["precision"]
     precision = precision_column.selectbox("Precision", PRECISIONS, key="precision", on_change=_on_precision,
@@ -215,12 +215,12 @@ def weights_controls() -> Weights | None:
     except PosterGenreError as err:
         st.error(f"Active weights: {err}")
         return None
-    weights_notice(weights)
+    weights_notice(weights, feature_config())
     return weights
 
 
 def weights_file_input() -> None:
-    text = st.text_input("Weights file (VGG16 include_top=False, .h5)", key="weights_path",
+    text = st.text_input("Weights file (the backbone's include_top=False weights, .h5)", key="weights_path",
                          on_change=_on_weights_path, placeholder="/path/to/vgg16_imagenet_notop.weights.h5")
     if not text.strip():
         st.info("Type the path of a local VGG16 weights file; until then the previous weights stay active.")
@@ -476,7 +476,7 @@ descriptor_boxplots(dataset)
 
 st.subheader("Features")
 if weights_controls() is not None:
-    storage_controls()
+    feature_controls()
     extraction_section(dataset)
 
 st.subheader("Posters")

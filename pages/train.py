@@ -12,12 +12,12 @@ import streamlit as st
 from core.errors import PosterGenreError, TrainingError
 from core.features.pipeline import FeatureSet
 from core.model.classifier import BatchProgress, EpochLog, training_fraction
-from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESETS, TRAIN_OPTIONS, TrainConfig, TrainOption,
-                               check_config, config_from_values, config_values)
+from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
+                               TrainOption, check_config, config_from_values, config_values)
 from core.model.experiment import ExperimentResult, run_experiment
 from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, epochs_text, find_run,
                              runs_table, save_run)
-from pages._shared import active_dataset, require_features, route_through_app
+from pages._shared import active_dataset, require_features, route_through_app, save_settings
 from pages._sweep import sweep_section
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)
@@ -58,6 +58,9 @@ def preset_controls() -> str:
     preset = st.selectbox("Start from preset", list(PRESETS), key="preset", on_change=apply_preset,
                           help="Changing the preset resets every control below to its values.")
     st.caption(f"**{preset}**: {PRESET_NOTES[preset]}")
+    with st.expander("The presets at a glance"):
+        st.dataframe(pd.DataFrame([{"preset": name, "what it is": entry.what, "what it costs": entry.cost}
+                                   for name, entry in PRESET_TABLE.items()]), hide_index=True, key="presets_table")
     return preset
 
 
@@ -106,6 +109,22 @@ def config_from_controls(n_genres: int) -> TrainConfig:
 def changed_from(preset: str, config: TrainConfig) -> list[str]:
     base = PRESETS[preset].to_dict()
     return [name for name, value in config.to_dict().items() if base[name] != value]
+
+
+def use_tutorial_features() -> None:
+    save_settings(backbone="vgg16", geometry="tutorial", storage="full")
+
+
+def needs_flatten(features: FeatureSet, config: TrainConfig | None) -> bool:
+    """Say so, and offer the tutorial geometry, when the options need the flatten view these features lack."""
+    if config is None or config.feature_view != "flatten" or features.config.stored != "pooled":
+        return False
+    st.warning(f"The flatten view needs the tutorial's features: {features.config.flatten_unavailable()}.")
+    st.button("Switch to VGG16 on the tutorial's 224x224 squash (full rows), then extract them", key="use_tutorial",
+              on_click=use_tutorial_features, help="Changes the Data page's backbone, geometry and storage; the "
+                                                   "features of these are extracted on the Data page.")
+    st.caption("Or choose the avg, max or avg45 view (the recommended preset uses avg45).")
+    return True
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -345,6 +364,8 @@ except TrainingError as err:
     config = None
     st.error(str(err))
 
+if needs_flatten(features, config):
+    config = None
 if config is not None:
     changes = changed_from(preset, config)
     if changes:

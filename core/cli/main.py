@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from core.errors import PosterGenreError
+from core.features.backbones import BACKBONES, GEOMETRIES
 from core.features.views import STORAGES
 from core.features.weights import WEIGHTS_ENV
 from core.features.ray_engine import ENGINES, RAY_ADDRESS_ENV, engine_for
@@ -86,6 +87,13 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per VGG16 batch")
     parser.add_argument("--storage", choices=tuple(STORAGES), default="full",
                         help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))
+    parser.add_argument("--geometry", choices=tuple(GEOMETRIES), default="tutorial",
+                        help="; ".join(f"{name}: {text}" for name, text in GEOMETRIES.items()))
+    parser.add_argument("--image-size", type=int, default=224,
+                        help="input width in pixels (default 224; the poster geometry is 1.5x as high)")
+    parser.add_argument("--backbone", choices=tuple(BACKBONES), default="vgg16",
+                        help="the convolutional base: vgg16 (the tutorial's) or resnet50 (pooled views only; "
+                             "its quality on posters was not measured here)")
     scale = parser.add_argument_group("extraction engine (Ray needs: pip install -r requirements-scale.txt)")
     scale.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: in this process (default); ray: Ray Data on a Ray cluster")
@@ -103,10 +111,11 @@ def engine_from_args(args: argparse.Namespace):
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
     """``--preset`` and one flag per training option (``core.model.config.TRAIN_OPTIONS``)."""
-    from core.model.config import PRESETS, TRAIN_OPTIONS
+    from core.model.config import PRESET_NOTES, PRESETS, TRAIN_OPTIONS
 
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="recommended",
-                        help="the options every flag below starts from (default recommended)")
+    notes = " ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items())
+    parser.add_argument("--preset", choices=list(PRESETS), default="recommended",
+                        help=f"the options every flag below starts from (default recommended). {notes}")
     for option in TRAIN_OPTIONS:
         kind = {"bool": {"action": argparse.BooleanOptionalAction},
                 "choice": {"choices": option.choices}}.get(option.kind, {"metavar": option.name.upper()})
@@ -161,7 +170,8 @@ def _feature_config(args: argparse.Namespace):
     from core.features.weights import resolve_weights
 
     config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
-                           batch_size=args.batch_size_extract, storage=args.storage)
+                           batch_size=args.batch_size_extract, storage=args.storage, geometry=args.geometry,
+                           image_size=args.image_size, backbone=args.backbone)
     check_feature_config(config)
     return config
 
@@ -174,8 +184,9 @@ def _features(config, dataset, engine=None):
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
     if features.weights.is_random:
         print("WARNING: RANDOM weights (weights=none): these are not ImageNet features", file=sys.stderr)
-    width = features.rows.shape[1] if features.config.storage == "pooled" else features.features.shape[1]
-    print(f"features: {len(features.ids)} posters x {width} ({features.config.storage}) from {features.weights.label}, "
+    width = features.rows.shape[1] if features.config.stored == "pooled" else features.features.shape[1]
+    print(f"features: {len(features.ids)} posters x {width} ({features.config.stored}), {features.config.label}, "
+          f"from {features.weights.label}, "
           f"{features.precision}; computed {features.n_computed}, cached {features.n_cached}, "
           f"failed {len(features.failed)} ({features.seconds:.1f}s)")
     return features

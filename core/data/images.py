@@ -102,11 +102,12 @@ def _decoding_errors(label: str) -> Iterator[None]:
         raise ImageError(f"{label}: corrupt image ({err})") from err
 
 
-def load_pixels(source: ImageSource, size: int = 224, resample: str = "bilinear", *,
+def load_pixels(source: ImageSource, size: int | tuple[int, int] = 224, resample: str = "bilinear", *,
                 name: str | None = None) -> np.ndarray:
-    """Decode and resize to ``(size, size, 3)`` uint8, squashing the aspect ratio as the tutorial did."""
+    """Decode and resize to ``(size, size, 3)`` uint8, squashing the aspect ratio as the tutorial did,
+    or to ``(height, width, 3)`` for ``size=(width, height)``."""
     image = open_rgb(source, name=name)
-    image = image.resize((size, size), RESAMPLING[resample])
+    image = image.resize((size, size) if isinstance(size, int) else tuple(size), RESAMPLING[resample])
     return np.asarray(image, dtype=np.uint8)
 
 

@@ -1,10 +1,13 @@
-"""The VGG16 convolutional base as a compiled feature extractor.
+"""A convolutional base (``core.features.backbones``) as a compiled feature extractor.
 
-One forward pass gives each poster a feature row of ``ROW_DIM`` floats:
+VGG16 on the tutorial's 224x224 squash gives each poster a full feature row of ``ROW_DIM`` floats:
 
 - ``[:FEATURE_DIM]``: block5_pool (7x7x512) flattened, exactly the tutorial's 25,088-d vector;
 - ``[FEATURE_DIM:]``: block4_pool (14x14x512) averaged over its positions, 512 mid-level features
   (textures, lettering, faces at poster scale) that the top block has already pooled away.
+
+Any other backbone or geometry gives the backbone's pooled row (``Backbone.pooled_columns``): the
+mid-stage map averaged, then the top map averaged and maxed over its positions.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import WeightsError
+from core.features.backbones import BACKBONES, DEFAULT_BACKBONE, DEFAULT_GEOMETRY, has_flatten, input_size
+from core.features.backbones import backbone as get_backbone
 from core.features.weights import RANDOM_SEED, Weights
 
 FEATURE_SHAPE = (7, 7, 512)
@@ -48,74 +53,98 @@ def resolve_precision(precision: str) -> str:
 
 @dataclass
 class Extractor:
-    """``__call__`` maps a uint8/float batch (n, size, size, 3) RGB 0-255 to float32 rows (n, ROW_DIM)."""
+    """``__call__`` maps a uint8/float batch (n, height, width, 3) RGB 0-255 to float32 rows (n, dim):
+    full rows (``ROW_DIM``) for VGG16 on the tutorial geometry, else the backbone's pooled rows."""
 
     weights: Weights
     precision: str
     image_size: int
     function: object
+    backbone: str = DEFAULT_BACKBONE
+    geometry: str = DEFAULT_GEOMETRY
+
+    @property
+    def full(self) -> bool:
+        return has_flatten(self.backbone, self.geometry)
+
+    @property
+    def dim(self) -> int:
+        return ROW_DIM if self.full else BACKBONES[self.backbone].pooled_dim
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        return np.asarray(self.function(tf.convert_to_tensor(preprocess(batch))))
+        return np.asarray(self.function(tf.convert_to_tensor(preprocess(batch, self.backbone))))
 
 
-def preprocess(batch: np.ndarray) -> np.ndarray:
-    """Keras VGG16 preprocessing (RGB→BGR, ImageNet mean) on a fresh float32 copy.
+def preprocess(batch: np.ndarray, backbone: str = DEFAULT_BACKBONE) -> np.ndarray:
+    """The backbone's Keras preprocessing (VGG16 and ResNet50: RGB→BGR, ImageNet mean) on a fresh float32 copy.
 
     ``preprocess_input`` works in place on float arrays, so it never sees the caller's array.
     """
-    from keras.applications.vgg16 import preprocess_input
+    import importlib
 
-    return preprocess_input(np.array(batch, dtype=np.float32, copy=True))
+    module = importlib.import_module(f"keras.applications.{get_backbone(backbone).preprocess_module}")
+    return module.preprocess_input(np.array(batch, dtype=np.float32, copy=True))
 
 
 @functools.lru_cache(maxsize=4)
-def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 224) -> Extractor:
-    """Build (once per process) VGG16 without its top, load the weights and compile the forward pass."""
+def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 224, *,
+                  backbone: str = DEFAULT_BACKBONE, geometry: str = DEFAULT_GEOMETRY) -> Extractor:
+    """Build (once per process) the backbone without its top, load the weights and compile the forward pass."""
     import keras
     import tensorflow as tf
 
     precision = resolve_precision(precision)
     with _BUILD_LOCK:
-        base = _load_base(weights, image_size)
+        base = load_base(weights, image_size, backbone=backbone, geometry=geometry)
         if precision == "bfloat16":
             base = _cast_model(base, "bfloat16")
     base.trainable = False
-    both = keras.Model(base.inputs, [base.output, base.get_layer("block4_pool").output])
+    both = keras.Model(base.inputs, [base.output, base.get_layer(get_backbone(backbone).mid_layer).output])
+    full = has_flatten(backbone, geometry)
 
     def rows(x):
-        top, block4 = both(x, training=False)
-        top = tf.reshape(tf.cast(top, tf.float32), [tf.shape(x)[0], -1])
-        return tf.concat([top, tf.reduce_mean(tf.cast(block4, tf.float32), axis=[1, 2])], axis=1)
+        top, mid = both(x, training=False)
+        top, mid = tf.cast(top, tf.float32), tf.reduce_mean(tf.cast(mid, tf.float32), axis=[1, 2])
+        if full:
+            return tf.concat([tf.reshape(top, [tf.shape(x)[0], -1]), mid], axis=1)
+        return tf.concat([mid, tf.reduce_mean(top, axis=[1, 2]), tf.reduce_max(top, axis=[1, 2])], axis=1)
 
+    width, height = input_size(geometry, image_size)
     function = tf.function(rows, reduce_retracing=True,
-                           input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
-    return Extractor(weights=weights, precision=precision, image_size=image_size, function=function)
+                           input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
+    return Extractor(weights=weights, precision=precision, image_size=image_size, function=function,
+                     backbone=backbone, geometry=geometry)
 
 
-def _load_base(weights: Weights, image_size: int):
+def load_base(weights: Weights, image_size: int = 224, *, backbone: str = DEFAULT_BACKBONE,
+              geometry: str = DEFAULT_GEOMETRY):
+    """The backbone without its top for this input geometry, with ``weights`` loaded (float32)."""
     import keras
 
-    shape = (image_size, image_size, 3)
+    spec = get_backbone(backbone)
+    width, height = input_size(geometry, image_size)
+    build = getattr(keras.applications, spec.application)
+    shape = (height, width, 3)
     if weights.kind == "imagenet":
         try:
-            return keras.applications.VGG16(weights="imagenet", include_top=False, input_shape=shape)
+            return build(weights="imagenet", include_top=False, input_shape=shape)
         except Exception as err:
             raise WeightsError(
-                f"could not download the ImageNet VGG16 weights ({type(err).__name__}: {err})",
-                "without internet, pass a local file: --weights /path/vgg16_imagenet_notop.weights.h5 "
+                f"could not download the ImageNet {spec.label} weights ({type(err).__name__}: {err})",
+                f"without internet, pass a local file: --weights /path/{spec.name}_imagenet_notop.weights.h5 "
                 "or set POSTER_GENRE_WEIGHTS=/path/to/file") from err
     if weights.kind == "none":
         keras.utils.set_random_seed(RANDOM_SEED)
-        return keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
-    model = keras.applications.VGG16(weights=None, include_top=False, input_shape=shape)
+        return build(weights=None, include_top=False, input_shape=shape)
+    model = build(weights=None, include_top=False, input_shape=shape)
     try:
         model.load_weights(str(weights.path))
     except Exception as err:
-        raise WeightsError(f"{weights.path} is not a VGG16 include_top=False weights file ({err})",
-                           "use a Keras VGG16 notop weights file (.h5 or .weights.h5), imagenet or none") from err
+        raise WeightsError(f"{weights.path} is not a {spec.label} include_top=False weights file ({err})",
+                           f"use a Keras {spec.label} notop weights file (.h5 or .weights.h5), imagenet or none, "
+                           f"or choose the backbone the file belongs to") from err
     return model
 
 

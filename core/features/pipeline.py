@@ -12,10 +12,12 @@ import numpy as np
 from core.cache import file_facts, file_sha256, stable_hash
 from core.data.datasets import Dataset, Skipped
 from core.errors import ConfigError, ImageError
+from core.features.backbones import (BACKBONES, DEFAULT_BACKBONE, DEFAULT_GEOMETRY, GEOMETRIES, describe, has_flatten,
+                                     input_size)
 from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
 from core.features.migrate import carry_over
 from core.features.store import FeatureStore, ShardedRows
-from core.features.views import STORAGES, STORED_DIMS, feature_view, pooled_rows
+from core.features.views import FLATTEN_UNAVAILABLE, STORAGES, STORED_DIMS, feature_view, pooled_rows
 from core.data.images import RESAMPLING, load_pixels
 from core.features.weights import Weights, resolve_weights
 from core.progress import ProgressFn, ProgressTracker
@@ -36,6 +38,38 @@ class FeatureConfig:
     batch_size: int = 32
     storage: str = "full"
     """``core.features.views.STORAGES``: full rows, or pooled views only for very large sets."""
+    geometry: str = DEFAULT_GEOMETRY
+    """``core.features.backbones.GEOMETRIES``: the tutorial's square squash, or the poster's own 2:3 shape."""
+    backbone: str = DEFAULT_BACKBONE
+    """``core.features.backbones.BACKBONES``."""
+
+    @property
+    def stored(self) -> str:
+        """The rows the store keeps: full only for VGG16 on the tutorial geometry, else pooled-only."""
+        return self.storage if has_flatten(self.backbone, self.geometry) else "pooled"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the network's input."""
+        return input_size(self.geometry, self.image_size)
+
+    @property
+    def label(self) -> str:
+        """E.g. "VGG16, tutorial 224x224": the backbone and geometry, as pages and run tables show them."""
+        return describe(self.backbone, self.geometry, self.image_size)
+
+    def flatten_unavailable(self) -> str:
+        """Why this configuration has no 25,088-d flatten view."""
+        if self.backbone != "vgg16":
+            return (f"the tutorial's 25,088-d view is not available for {BACKBONES[self.backbone].label} "
+                    "features: it is VGG16's flattened block5_pool on the 224x224 squash; "
+                    f"{BACKBONES[self.backbone].label} gives pooled views only")
+        if self.geometry != "tutorial":
+            width, height = self.input_size
+            return (f"the tutorial's 25,088-d view is not available for features of the {self.geometry} geometry "
+                    f"({width}x{height}): it always comes from the tutorial's 224x224 squash, so this extraction "
+                    "keeps pooled views only")
+        return FLATTEN_UNAVAILABLE
 
 
 def check_feature_config(config: FeatureConfig) -> None:
@@ -52,11 +86,16 @@ def check_feature_config(config: FeatureConfig) -> None:
         problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.storage not in STORAGES:
         problems.append(f"storage must be one of {', '.join(STORAGES)}, got {config.storage!r}")
+    if config.geometry not in GEOMETRIES:
+        problems.append(f"geometry must be one of {', '.join(GEOMETRIES)}, got {config.geometry!r}")
+    if config.backbone not in BACKBONES:
+        problems.append(f"backbone must be one of {', '.join(BACKBONES)}, got {config.backbone!r}")
     if problems:
         default = FeatureConfig()
         raise ConfigError("invalid feature options: " + "; ".join(problems),
                           f"the defaults are batch size {default.batch_size}, image size {default.image_size}, "
-                          f"resize {default.resize}, precision {default.precision}, storage {default.storage}")
+                          f"resize {default.resize}, precision {default.precision}, storage {default.storage}, "
+                          f"geometry {default.geometry}, backbone {default.backbone}")
 
 
 Engine = Callable[[FeatureStore, list[tuple[Path, str]], FeatureConfig, Weights, str, ProgressFn | None],
@@ -72,7 +111,7 @@ class FeatureSet:
     """Feature rows of a dataset's usable posters, row ``i`` of ``ids[i]``.
 
     ``rows`` reads float32 from the float16 shards of the store (``ShardedRows``); each row is the
-    extractor's (``core.features.extractor``), or its pooled part when ``config.storage`` is "pooled".
+    extractor's (``core.features.extractor``), or its pooled part when ``config.stored`` is "pooled".
     """
 
     rows: ShardedRows
@@ -94,7 +133,8 @@ class FeatureSet:
 
     def view(self, name: str = "flatten") -> np.ndarray | ShardedRows:
         """One of ``FEATURE_VIEWS``; ``ConfigError`` for "flatten" on pooled-only features."""
-        return feature_view(self.rows, name, cache_key=self.key, storage=self.config.storage)
+        return feature_view(self.rows, name, cache_key=self.key, storage=self.config.stored,
+                            unavailable=self.config.flatten_unavailable())
 
     def view_key(self, name: str) -> str:
         return f"{self.key}-{name}"
@@ -109,7 +149,8 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
     """The cache of one configuration: keyed by everything that changes the features.
 
     The Keras version is read from the package metadata (the same string as ``keras.__version__``),
-    so a page that only checks the cache does not import TensorFlow."""
+    so a page that only checks the cache does not import TensorFlow. Geometry and backbone enter the
+    description only away from their defaults, so caches extracted before they existed stay valid."""
     from importlib import metadata
 
     weights = weights or resolve_weights(config.weights)
@@ -123,10 +164,16 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
         "keras": metadata.version("keras"),
         "pipeline": PIPELINE_VERSION,
         "dtype": STORE_DTYPE,
-        "storage": config.storage,
+        "storage": config.stored,
     }
-    store = FeatureStore(stable_hash(description), STORED_DIMS[config.storage], description, dtype=STORE_DTYPE,
-                         prepare=pooled_rows if config.storage == "pooled" else None)
+    if config.geometry != DEFAULT_GEOMETRY:
+        description["geometry"] = config.geometry
+    if config.backbone != DEFAULT_BACKBONE:
+        description["backbone"] = config.backbone
+    full_extractor = has_flatten(config.backbone, config.geometry)
+    dim = STORED_DIMS[config.stored] if full_extractor else BACKBONES[config.backbone].pooled_dim
+    store = FeatureStore(stable_hash(description), dim, description, dtype=STORE_DTYPE,
+                         prepare=pooled_rows if full_extractor and config.stored == "pooled" else None)
     return store, weights, precision
 
 
@@ -201,7 +248,7 @@ def _compute(store: FeatureStore, todo: list[tuple[Path, str]], config: FeatureC
     failed: dict[str, str] = {}
     if not todo:
         return failed
-    extractor = get_extractor(weights, precision, config.image_size)
+    extractor = extractor_for(config, weights, precision)
     tracker = ProgressTracker(len(todo), "posters", progress)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch_keys, pixels, errors in _decoded_batches(pool, todo, config):
@@ -227,17 +274,23 @@ def _decode_batch(batch: list[tuple[Path, str]], config: FeatureConfig):
     keys, arrays, errors = [], [], []
     for path, key in batch:
         try:
-            arrays.append(load_pixels(path, config.image_size, config.resize))
+            arrays.append(load_pixels(path, config.input_size, config.resize))
             keys.append(key)
         except ImageError as err:
             errors.append((key, str(err)))
-    pixels = np.stack(arrays) if arrays else np.empty((0, config.image_size, config.image_size, 3), np.uint8)
+    width, height = config.input_size
+    pixels = np.stack(arrays) if arrays else np.empty((0, height, width, 3), np.uint8)
     return keys, pixels, errors
 
 
+def extractor_for(config: FeatureConfig, weights: Weights, precision: str):
+    return get_extractor(weights, precision, config.image_size, backbone=config.backbone, geometry=config.geometry)
+
+
 def extract_one(source, config: FeatureConfig = FeatureConfig(), weights: Weights | None = None) -> np.ndarray:
-    """The feature row of one image (an upload), shape ``(ROW_DIM,)``; not cached."""
+    """The feature row of one image (an upload), as the extractor gives it: ``(ROW_DIM,)`` for VGG16 on the
+    tutorial geometry, else the backbone's pooled row; not cached."""
     weights = weights or resolve_weights(config.weights)
-    extractor = get_extractor(weights, resolve_precision(config.precision), config.image_size)
-    pixels = load_pixels(source, config.image_size, config.resize)
+    extractor = extractor_for(config, weights, resolve_precision(config.precision))
+    pixels = load_pixels(source, config.input_size, config.resize)
     return extractor(pixels[None])[0]

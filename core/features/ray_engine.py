@@ -104,17 +104,18 @@ def plan_actors(resources: dict[str, float], nodes: int, actors: int | None = No
 class _FeatureActor:
     """One VGG16 per actor, built once from the weights spec; rows for the decodable posters of a batch."""
 
-    def __init__(self, weights_spec: str, weights_identity: str, precision: str, image_size: int) -> None:
+    def __init__(self, weights_spec: str, weights_identity: str, precision: str, image_size: int,
+                 backbone: str = "vgg16", geometry: str = "tutorial") -> None:
         weights = resolve_weights(weights_spec)
         if weights.identity != weights_identity:
             raise WeightsError(f"a Ray worker resolved weights {weights_spec!r} to {weights.identity}, "
                                f"the driver to {weights_identity}",
                                "put the same weights file at the same path on every node")
-        self.extractor = get_extractor(weights, precision, image_size)
+        self.extractor = get_extractor(weights, precision, image_size, backbone=backbone, geometry=geometry)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         decoded = batch["error"] == ""
-        rows = np.zeros((len(decoded), ROW_DIM), np.float32)
+        rows = np.zeros((len(decoded), self.extractor.dim), np.float32)
         if decoded.any():
             rows[decoded] = self.extractor(batch["pixels"][decoded])
         return {"key": batch["key"], "row": rows, "error": batch["error"]}
@@ -124,8 +125,8 @@ def _decode(batch: dict[str, np.ndarray], config: FeatureConfig) -> dict[str, np
     """The in-process decoder on one batch; undecodable posters stay as rows with a reason and no pixels."""
     keys = [str(key) for key in batch["key"]]
     good, pixels, errors = _decode_batch(list(zip(map(Path, batch["path"]), keys)), config)
-    size = config.image_size
-    out = np.zeros((len(keys), size, size, 3), np.uint8)
+    width, height = config.input_size
+    out = np.zeros((len(keys), height, width, 3), np.uint8)
     position = {key: i for i, key in enumerate(keys)}
     for key, image in zip(good, pixels):
         out[position[key]] = image
@@ -191,7 +192,8 @@ class RayEngine:
                 .map_batches(_FeatureActor, batch_size=config.batch_size, batch_format="numpy",
                              fn_constructor_kwargs={"weights_spec": weights.spec,
                                                     "weights_identity": weights.identity,
-                                                    "precision": precision, "image_size": config.image_size},
+                                                    "precision": precision, "image_size": config.image_size,
+                                                    "backbone": config.backbone, "geometry": config.geometry},
                              compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor))
 
 

@@ -1,8 +1,10 @@
 """Views of a cached feature row: the tutorial's flattened block5_pool, or poolings of the same pass.
 
-A store keeps one of two row layouts (``STORAGES``): the full row of ``core.features.extractor``, or a
-pooled-only row of ``POOLED_DIM`` values (block4 average, block5 average, block5 max) for very large
-sets; the pooled views are then column ranges of it, and the flattened view does not exist.
+A store keeps one of two row layouts (``STORAGES``): the full row of ``core.features.extractor`` (VGG16
+on the tutorial's 224x224 squash only), or a backbone's pooled-only row (``Backbone.pooled_columns``:
+mid-stage average, top average, top max), for very large sets, for the poster geometry and for every
+other backbone; the pooled views are then column ranges of it, and the flattened view does not exist.
+The layout of a row is known from its width (``row_backbone``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from core.cache import atomic_save_npy, load_npy
 from core.errors import CacheError, ConfigError
+from core.features.backbones import BACKBONES, Backbone
 from core.features.extractor import BLOCK4_DIM, FEATURE_DIM, FEATURE_SHAPE, ROW_DIM
 
 FEATURE_VIEWS = {
@@ -23,32 +26,54 @@ FEATURE_VIEWS = {
 log = logging.getLogger(__name__)
 CHANNELS = FEATURE_SHAPE[-1]
 VIEW_DIMS = {"flatten": FEATURE_DIM, "avg": CHANNELS, "max": CHANNELS, "avg45": BLOCK4_DIM + CHANNELS}
+"""Widths of VGG16's views; another backbone's pooled views are ``Backbone.view_dims``."""
 
 STORAGES = {
     "full": "full rows: the tutorial's 25,088-d block5_pool and every pooled view (about 51 KB a poster)",
     "pooled": "pooled views only (about 3 KB a poster), for very large sets: no 25,088-d flatten view",
 }
-POOLED_DIM = BLOCK4_DIM + 2 * CHANNELS
+POOLED_DIM = BACKBONES["vgg16"].pooled_dim
 STORED_DIMS = {"full": ROW_DIM, "pooled": POOLED_DIM}
-POOLED_COLUMNS = {"avg45": slice(0, BLOCK4_DIM + CHANNELS), "avg": slice(BLOCK4_DIM, BLOCK4_DIM + CHANNELS),
-                  "max": slice(BLOCK4_DIM + CHANNELS, POOLED_DIM)}
-"""Where each view lies in a pooled-only row: ``[block4 avg | block5 avg | block5 max]``."""
+POOLED_COLUMNS = BACKBONES["vgg16"].pooled_columns
+"""Where each view lies in a VGG16 pooled-only row: ``[block4 avg | block5 avg | block5 max]``."""
 FLATTEN_UNAVAILABLE = ("the tutorial's 25,088-d view is not available for this dataset: it was extracted in "
                        "pooled-only mode")
+FLATTEN_HINT = ("choose the avg, max or avg45 view, or extract the features again with VGG16, the tutorial "
+                "geometry and full storage (Data page → Features, or --backbone vgg16 --geometry "
+                "tutorial --storage full)")
+_POOLED_LAYOUTS = {spec.pooled_dim: spec for spec in BACKBONES.values()}
 
 
-def feature_view(rows, name: str, *, cache_key: str | None = None, storage: str = "full") -> np.ndarray:
+def row_backbone(width: int) -> Backbone | None:
+    """The backbone whose pooled-only rows are ``width`` wide; ``None`` for VGG16's full rows."""
+    if width == ROW_DIM:
+        return None
+    try:
+        return _POOLED_LAYOUTS[width]
+    except KeyError:
+        raise ValueError(f"feature rows of width {width} match no known layout") from None
+
+
+def view_dim(name: str, backbone: str = "vgg16") -> int:
+    """How wide view ``name`` is for a backbone (``flatten``: VGG16 only)."""
+    return VIEW_DIMS[name] if name == "flatten" else BACKBONES[backbone].view_dims[name]
+
+
+def feature_view(rows, name: str, *, cache_key: str | None = None, storage: str | None = None,
+                 unavailable: str = FLATTEN_UNAVAILABLE) -> np.ndarray:
     """The tutorial's flattened vector, or a pooling of the same forward pass's maps.
 
     For full rows, pooled views are derived from the cached rows (Keras flattens channels last, so the
     first 25,088 values of a row reshape to ``(7, 7, 512)``) and cached beside them when ``cache_key`` is
     given; a cached view that fails its checks is computed again and overwritten. For pooled-only rows
-    they are read straight from their columns, and ``flatten`` raises ``ConfigError``.
+    (known by their width) they are read straight from their columns, and ``flatten`` raises
+    ``ConfigError`` with ``unavailable`` as its message. ``storage`` "pooled" insists on pooled rows.
     """
     if name not in FEATURE_VIEWS:
         raise ValueError(f"unknown feature view {name!r}; choose from {', '.join(FEATURE_VIEWS)}")
-    if storage == "pooled":
-        return _pooled_view(rows, name)
+    layout = row_backbone(rows.shape[1])
+    if layout is not None or storage == "pooled":
+        return _pooled_view(rows, name, layout or BACKBONES["vgg16"], unavailable)
     if name == "flatten":
         return rows[:, :FEATURE_DIM]
     from core.cache import cache_root
@@ -65,12 +90,10 @@ def feature_view(rows, name: str, *, cache_key: str | None = None, storage: str 
     return pooled
 
 
-def _pooled_view(rows, name: str) -> np.ndarray:
+def _pooled_view(rows, name: str, layout: Backbone, unavailable: str) -> np.ndarray:
     if name == "flatten":
-        raise ConfigError(FLATTEN_UNAVAILABLE,
-                          "choose the avg, max or avg45 view, or extract the features again with full storage "
-                          "(Data page → Feature storage, or --storage full)")
-    return np.asarray(rows[:, POOLED_COLUMNS[name]], dtype=np.float32)
+        raise ConfigError(unavailable, FLATTEN_HINT)
+    return np.asarray(rows[:, layout.pooled_columns[name]], dtype=np.float32)
 
 
 def pool_features(rows, name: str, chunk: int = 1024) -> np.ndarray:

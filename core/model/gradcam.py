@@ -11,6 +11,9 @@ The signed square root (``power_normalize``) has an infinite slope at 0, and the
 exactly 0 in many places, so the run's ``SignedSqrt`` is swapped for a copy whose gradient is 0 at 0
 and capped at ``0.5 / sqrt(SQRT_FLOOR)`` near it (``guarded_signed_sqrt``); its values are unchanged.
 
+Grad-CAM explains VGG16 runs only (either input geometry): a run on another backbone is refused with a
+``RunError``, since the chain above is walked layer by layer and only VGG16 is a plain stack of layers.
+
 Heatmaps are cached on disk per (run, poster content, genre).
 """
 from __future__ import annotations
@@ -80,6 +83,11 @@ class GradCam:
         from core.model.predict import Predictor
 
         view = run.config.feature_view
+        backbone = run.feature_config.backbone
+        if backbone != "vgg16":
+            raise RunError(f"run {run.folder.name} was trained on {run.features_label} features; Grad-CAM here "
+                           "explains VGG16 runs only",
+                           "train a run on VGG16 features (--backbone vgg16, the default) to see where it looks")
         if view not in VIEW_LAYERS:
             raise RunError(f"run {run.folder.name} uses feature view {view!r}, which has no VGG16 layer to explain",
                            f"Grad-CAM works for runs on {', '.join(VIEW_LAYERS)}")
@@ -132,7 +140,7 @@ class GradCam:
 
         if digest not in self._memo:
             config = self.feature_config
-            pixels = load_pixels(data, config.image_size, config.resize, name=name)
+            pixels = load_pixels(data, config.input_size, config.resize, name=name)
             while len(self._memo) >= MEMO_POSTERS:
                 self._memo.pop(next(iter(self._memo)))
             self._memo[digest] = self._forward(pixels, self.layers[0])
@@ -157,9 +165,10 @@ class GradCam:
 
     def _vgg(self):
         if self._base is None:
-            from core.features.extractor import _load_base
+            from core.features.extractor import load_base
 
-            self._base = _load_base(self.weights, self.feature_config.image_size)
+            config = self.feature_config
+            self._base = load_base(self.weights, config.image_size, backbone=config.backbone, geometry=config.geometry)
             self._base.trainable = False
         return self._base
 

@@ -1,7 +1,7 @@
 """What a saved run predicts: its test posters one by one, and new poster images."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +11,7 @@ import pandas as pd
 from core.analysis.metrics import per_poster_report
 from core.data.datasets import Dataset
 from core.errors import ImageError, RunError, WeightsError
-from core.features.pipeline import FeatureConfig, extract_one
+from core.features.pipeline import extract_one
 from core.features.views import feature_view
 from core.features.weights import resolve_weights, same_weights
 from core.model.experiment import genre_labels
@@ -58,7 +58,7 @@ class Predictor:
     """A run's model plus the feature extractor it was trained on."""
 
     def __init__(self, run: Run, weights: str | None = None) -> None:
-        info, trained_on = run.features_info, run.weights
+        trained_on = run.weights
         self.run = run
         spec = weights or trained_on.spec
         try:
@@ -69,8 +69,7 @@ class Predictor:
         if not same_weights(self.weights.identity, trained_on.identity):
             raise RunError(f"weights {self.weights.label} differ from the run's ({trained_on.label})",
                            f"predictions would be meaningless; use the run's weights: --weights {trained_on.spec}")
-        self.feature_config = FeatureConfig(weights=self.weights.spec, precision=info["precision"],
-                                            image_size=info["image_size"], resize=info["resize"])
+        self.feature_config = replace(run.feature_config, weights=self.weights.spec)
         self.model = run.model()
 
     def predict_features(self, rows: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from core.analysis.metrics import EvaluationSummary
 from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, read_json
 from core.data.datasets import GenreVocabulary
 from core.errors import CacheError, ConfigError, DatasetError, RunError
-from core.features.pipeline import FeatureSet
+from core.features.pipeline import FeatureConfig, FeatureSet
 from core.features.weights import Weights
 from core.model.classifier import EpochLog
 from core.features.weights import same_weights
@@ -32,7 +32,7 @@ from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, ru
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
-COMPARABLE_COLUMNS = (*(option.column for option in TRAIN_OPTIONS), "epochs run", "train seconds")
+COMPARABLE_COLUMNS = (*(option.column for option in TRAIN_OPTIONS), "features", "epochs run", "train seconds")
 SPLIT_PARTS = ("train", "validation", "test")
 FEATURE_FIELDS = ("weights", "precision", "image_size", "resize")
 
@@ -121,7 +121,8 @@ def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_i
                      "weights": features.weights.spec, "weights_label": features.weights.label,
                      "weights_identity": features.weights.identity, "random_weights": features.weights.is_random,
                      "precision": features.precision, "image_size": features.config.image_size,
-                     "resize": features.config.resize},
+                     "resize": features.config.resize, "geometry": features.config.geometry,
+                     "backbone": features.config.backbone, "storage": features.config.stored},
         "dataset": dataset_info.to_dict(),
         "seconds": result.seconds,
         "stopped_by_user": result.stopped_by_user,
@@ -180,6 +181,24 @@ class Run:
                        Path(spec) if kind == "file" and spec else None)
 
     @property
+    def feature_config(self) -> FeatureConfig:
+        """The extraction options of the run's features (runs saved before geometry and backbone existed
+        were VGG16 on the tutorial geometry)."""
+        info = self.features_info
+        defaults = FeatureConfig()
+        return FeatureConfig(weights=self.weights.spec, precision=info.get("precision", defaults.precision),
+                             image_size=info.get("image_size", defaults.image_size),
+                             resize=info.get("resize", defaults.resize),
+                             storage=info.get("storage", defaults.storage),
+                             geometry=info.get("geometry", defaults.geometry),
+                             backbone=info.get("backbone", defaults.backbone))
+
+    @property
+    def features_label(self) -> str:
+        """The backbone and input geometry, e.g. "VGG16, tutorial 224x224"."""
+        return self.feature_config.label
+
+    @property
     def train_seconds(self) -> float | None:
         return self.metrics.get("train_seconds")
 
@@ -194,7 +213,7 @@ class Run:
         options = [option.describe(getattr(config, option.name)) for option in TRAIN_OPTIONS
                    if option.name not in ("epochs", "validation_split")]
         seconds = f"{self.train_seconds:.1f} s" if self.train_seconds is not None else None
-        parts = [*options, f"{self.epochs_text()} epochs", split, seconds, self.weights.label]
+        parts = [*options, f"{self.epochs_text()} epochs", split, seconds, self.features_label, self.weights.label]
         return " · ".join(part for part in parts if part)
 
     def epochs_text(self) -> str:
@@ -391,6 +410,7 @@ def runs_table(runs: Sequence[Run]):
             "precision@k": precision, "prior": prior, "precision@k − prior": precision - prior,
             "recall@k": evaluation.recall_at_k.value, "micro F1": evaluation.micro_f1,
             "macro F1": evaluation.macro_f1, "mean AP": evaluation.mean_average_precision,
-            "train seconds": run.train_seconds, "weights": run.weights.label, "run": run.label(),
+            "train seconds": run.train_seconds, "features": run.features_label, "weights": run.weights.label,
+            "run": run.label(),
         })
     return pd.DataFrame(rows)

@@ -1,0 +1,82 @@
+"""The convolutional bases features can come from, and the input geometries they are fed.
+
+Each backbone declares its pooled row layout once: ``[mid-stage average | top average | top max]``,
+the columns of the pooled views (``avg45``, ``avg``, ``max``). Only VGG16 at the tutorial's 224x224
+squash also has the tutorial's flattened 25,088-d view (``core.features.extractor`` full rows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    label: str
+    application: str
+    """The ``keras.applications`` constructor."""
+    preprocess_module: str
+    """The ``keras.applications`` module whose ``preprocess_input`` the backbone expects."""
+    mid_layer: str
+    """The layer averaged as the mid-level part of ``avg45`` (VGG16's block4_pool)."""
+    mid_dim: int
+    top_dim: int
+    measured: bool
+    """Whether its quality on real posters was measured (these machines hold real weights for VGG16 only)."""
+
+    @property
+    def pooled_dim(self) -> int:
+        return self.mid_dim + 2 * self.top_dim
+
+    @property
+    def pooled_columns(self) -> dict[str, slice]:
+        mid, top = self.mid_dim, self.top_dim
+        return {"avg45": slice(0, mid + top), "avg": slice(mid, mid + top), "max": slice(mid + top, mid + 2 * top)}
+
+    @property
+    def view_dims(self) -> dict[str, int]:
+        return {name: columns.stop - columns.start for name, columns in self.pooled_columns.items()}
+
+
+BACKBONES = {
+    "vgg16": Backbone("vgg16", "VGG16", "VGG16", "vgg16", "block4_pool", 512, 512, measured=True),
+    "resnet50": Backbone("resnet50", "ResNet50", "ResNet50", "resnet50", "conv4_block6_out", 1024, 2048,
+                         measured=False),
+}
+DEFAULT_BACKBONE = "vgg16"
+
+GEOMETRIES = {
+    "tutorial": "the tutorial's squash of the whole poster into a square (224x224 by default)",
+    "poster": "aspect-preserving 2:3 input, the image size wide and 1.5x as high (224x336 by default); "
+              "pooled views only",
+}
+DEFAULT_GEOMETRY = "tutorial"
+POSTER_ASPECT = 1.5
+"""Height over width of the poster geometry (posters are 2:3)."""
+
+
+def backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r}", f"choose one of {', '.join(BACKBONES)}") from None
+
+
+def input_size(geometry: str, image_size: int) -> tuple[int, int]:
+    """``(width, height)`` of the network's input for a geometry and an image size (the width)."""
+    if geometry == "poster":
+        return image_size, int(round(image_size * POSTER_ASPECT))
+    return image_size, image_size
+
+
+def has_flatten(backbone_name: str, geometry: str) -> bool:
+    """Only VGG16 on the tutorial's square squash gives the tutorial's 25,088-d flattened block5_pool."""
+    return backbone_name == "vgg16" and geometry == "tutorial"
+
+
+def describe(backbone_name: str, geometry: str, image_size: int = 224) -> str:
+    """E.g. "VGG16, tutorial 224x224" or "ResNet50, poster 224x336": what pages and tables show."""
+    width, height = input_size(geometry, image_size)
+    return f"{backbone(backbone_name).label}, {geometry} {width}x{height}"
