@@ -20,7 +20,7 @@ from core.data.images import thumbnail
 from core.errors import PosterGenreError
 from core.features.descriptors import (DESCRIPTORS, NAMES, Descriptors, dataset_descriptors, descriptors_cached,
                                        map_neighbours, map_structure)
-from core.model.gradcam import VIEW_LAYERS, GradCam, overlay
+from core.model.gradcam import VIEW_LAYERS, GradCam, localisation_caveat, overlay
 from core.model.runs import Run
 from pages._widgets import thumbnails
 
@@ -292,3 +292,5 @@ def gradcam_section(run: Run, dataset) -> None:
                      + ("from cache" if heatmap.from_cache else f"{heatmap.seconds:.2f} s"))
     if run.weights.is_random:
         st.warning("⚠️ RANDOM VGG16 weights: this heatmap shows the mechanics, not what a real model looks at.")
+    if caveat := localisation_caveat(run.config):
+        st.info(caveat)

@@ -18,10 +18,10 @@ from core.data.datasets import load_dataset, write_labels
 from core.errors import RunError
 from core.features.pipeline import FeatureConfig, extract_features
 from core.features.views import FEATURE_DIM, feature_view
-from core.model.config import TrainConfig
+from core.model.config import PRESETS, TrainConfig
 from core.model.experiment import run_experiment
-from core.model.gradcam import (HEATMAP_SIDE, GradCam, guarded_network, guarded_signed_sqrt, mass_share, overlay,
-                                view_tensor)
+from core.model.gradcam import (HEATMAP_SIDE, GradCam, guarded_network, guarded_signed_sqrt, localisation_caveat,
+                                mass_share, overlay, view_tensor)
 from core.model.runs import load_run, save_run
 
 SIDE = 224
@@ -202,3 +202,8 @@ def test_mass_share_counts_the_masked_part():
     mask = np.array([[True, False], [False, False]])
     assert mass_share(heat, mask) == pytest.approx(0.75)
     assert mass_share(np.zeros((2, 2)), mask) == 0.0
+
+
+def test_heatmaps_of_square_rooted_standardised_runs_carry_the_measured_caveat():
+    assert "0.14" in localisation_caveat(PRESETS["recommended"])
+    assert localisation_caveat(TrainConfig(feature_view="avg45")) is None

@@ -88,3 +88,4 @@ def test_gradcam_overlay_for_a_test_poster(tiny_dataset, saved_run):  # noqa: F8
     overlays = [image for element in at.image for image in element.proto.imgs if "block5_conv3" in image.caption]
     assert len(overlays) == 1
     assert any("RANDOM VGG16 weights" in element.value for element in at.warning)
+    assert not any("with caution" in element.value for element in at.info)
