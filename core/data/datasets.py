@@ -294,13 +294,17 @@ def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path], set[Path]]
     with os.scandir(folder) as listing:
         entries = [(not entry.is_file(), entry.name) for entry in listing
                    if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
+    files: set[Path] = set()
     for not_file, name in sorted(entries):
         path = folder / name
-        if path.stem in images:
+        stem = os.path.splitext(name)[0]
+        if stem in images:
             extras.append(path)
         else:
-            images[path.stem] = path
-    return images, extras, {folder / name for not_file, name in entries if not not_file}
+            images[stem] = path
+        if not not_file:
+            files.add(path)
+    return images, extras, files
 
 
 def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], files: set[Path], report: LoadReport,

@@ -183,13 +183,15 @@ def cached_features(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -
     Posters that failed to decode are not remembered, so they count as missing only when they are
     the sole missing ones; a dataset with undecodable posters returns after one extraction pass.
     """
-    store, _, _ = store_for(config)
+    check_feature_config(config)
+    started = time.perf_counter()
+    store, weights, precision = store_for(config)
     keys = content_keys(dataset.paths)
     if store.missing(keys):
         carry_over(store, keys)
     if store.missing(keys) and not _only_known_failures(store, keys):
         return None
-    return extract_features(dataset, config)
+    return _extract(dataset, config, store, weights, precision, keys, None, None, started)
 
 
 def cache_status(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -> tuple[int, int]:
@@ -216,7 +218,12 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
     check_feature_config(config)
     started = time.perf_counter()
     store, weights, precision = store_for(config)
-    keys = content_keys(dataset.paths)
+    return _extract(dataset, config, store, weights, precision, content_keys(dataset.paths), progress, engine,
+                    started)
+
+
+def _extract(dataset: Dataset, config: FeatureConfig, store: FeatureStore, weights: Weights, precision: str,
+             keys: list[str], progress: ProgressFn | None, engine: Engine | None, started: float) -> FeatureSet:
     path_of = dict(zip(keys, dataset.paths))
     failed: dict[str, str] = {}
     computed: set[str] = set()
