@@ -15,6 +15,7 @@ Prints, for the dev set with the shared ImageNet weights:
   poster already seen, and a cached read, beside a plain prediction of the same posters (the baseline).
 
     python -m bench.explain [--dataset DIR] [--weights PATH] [--tutorial-posters N] [--heatmaps N]
+                            [--only mosaic,clusters,recommended,tutorial]
 
 Features must be extracted already (python -m core extract --dataset DIR --weights PATH). Visual
 descriptors are computed into the user's cache the first time (about 3 minutes for 4,596 posters).
@@ -166,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tutorial-posters", type=int, default=600,
                         help="posters the tutorial (flatten) run is trained on here (default 600)")
     parser.add_argument("--heatmaps", type=int, default=8, help="further posters timed per run (default 8)")
+    parser.add_argument("--only", default="mosaic,clusters,recommended,tutorial",
+                        help="comma-separated parts to run (default: all of mosaic, clusters, recommended, tutorial)")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
 
     from core.analysis.maps import UmapConfig, compute_umap
     from core.data.datasets import load_dataset
@@ -179,20 +183,24 @@ def main(argv: list[str] | None = None) -> None:
     if features is None:
         sys.exit(f"features are not extracted yet: python -m core extract --dataset {args.dataset} --weights {args.weights}")
     print(f"dataset: {dataset.name}, {len(features.ids):,} posters with features ({features.weights.label})")
-    truth = genre_labels(dataset, features.ids)
-    embedding = compute_umap(features.view("avg45"), UmapConfig(), features_key=features.view_key("avg45"))
-    print(f"avg45 UMAP map ({'from cache' if embedding.from_cache else 'computed'}) in {embedding.seconds:.1f} s")
-    posters = {poster.id: poster for poster in dataset.posters}
-
-    mosaic_report([posters[id_].path for id_ in features.ids], embedding.coords)
-    cluster_report(dataset, features, truth.Y, truth.vocabulary.genres, embedding.coords)
+    if only & {"mosaic", "clusters"}:
+        truth = genre_labels(dataset, features.ids)
+        embedding = compute_umap(features.view("avg45"), UmapConfig(), features_key=features.view_key("avg45"))
+        print(f"avg45 UMAP map ({'from cache' if embedding.from_cache else 'computed'}) in {embedding.seconds:.1f} s")
+        posters = {poster.id: poster for poster in dataset.posters}
+        if "mosaic" in only:
+            mosaic_report([posters[id_].path for id_ in features.ids], embedding.coords)
+        if "clusters" in only:
+            cluster_report(dataset, features, truth.Y, truth.vocabulary.genres, embedding.coords)
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-explain-"))
     try:
-        gradcam_report("recommended", recommended_run(dataset, features), dataset, args.weights, args.heatmaps,
-                       scratch / "gradcam-recommended")
-        gradcam_report("tutorial", tutorial_run(dataset, args.weights, args.tutorial_posters, scratch), dataset,
-                       args.weights, args.heatmaps, scratch / "gradcam-tutorial")
+        if "recommended" in only:
+            gradcam_report("recommended", recommended_run(dataset, features), dataset, args.weights, args.heatmaps,
+                           scratch / "gradcam-recommended")
+        if "tutorial" in only:
+            gradcam_report("tutorial", tutorial_run(dataset, args.weights, args.tutorial_posters, scratch), dataset,
+                           args.weights, args.heatmaps, scratch / "gradcam-tutorial")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
