@@ -40,6 +40,9 @@ TRAINABLE = {"conv3": ("block5_conv2", ("block5_conv3",)),
 """Option → (cached input layer, layers trained)."""
 MAP_SHAPE = (14, 14, 512)
 MAP_DTYPE = "float16"
+SQRT_FLOOR = 1e-8
+"""Pooled values are floored here: the head's signed square root has a NaN gradient at exactly 0 (a
+channel silent over a whole crop), which would poison the conv weights."""
 MAPS_VERSION = 1
 
 
@@ -48,9 +51,9 @@ class FinetuneConfig:
     trainable: str = "conv3"
     crop: int = 12
     flip: bool = True
-    conv_learning_rate: float = 5e-5
+    conv_learning_rate: float = 1e-4
     head_learning_rate: float = 2e-4
-    batch_size: int = 64
+    batch_size: int = 32
     epochs: int = 6
     patience: int = 2
     validation_split: float = 0.1
@@ -230,7 +233,7 @@ class FinetuneNetwork:
         x = maps
         for conv in self.convs:
             x = conv(x, training=training)
-        return tf.reduce_mean(self.pool(x), axis=[1, 2])
+        return tf.maximum(tf.reduce_mean(self.pool(x), axis=[1, 2]), SQRT_FLOOR)
 
     def train_step(self, maps: np.ndarray, block4: np.ndarray, labels: np.ndarray) -> float:
         import keras
@@ -319,6 +322,11 @@ def finetune(network: FinetuneNetwork, maps: np.ndarray, block4: np.ndarray, Y: 
             rows = np.sort(order[start:start + config.batch_size])
             crops = random_crops(maps[rows], config.crop, rng, config.flip)
             losses.append(network.train_step(crops, block4[rows], Y[rows].astype(np.float32)))
+            if not np.isfinite(losses[-1]):
+                print(f"    epoch {epoch}: loss {losses[-1]} at batch {start // config.batch_size}; stopped "
+                      f"with the best weights", flush=True)
+                network.set_weights(best_weights)
+                return log, time.perf_counter() - started
         val_loss = validation_loss()
         seconds = time.perf_counter() - epoch_started
         log.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss, "seconds": seconds})
