@@ -168,8 +168,13 @@ def load_maps(folder: Path, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
     maps = np.empty((len(keys), *MAP_SHAPE), dtype=MAP_DTYPE)
     block4 = np.empty((len(keys), 512), dtype=np.float32)
     for index, key in enumerate(keys):
-        maps[index] = load_npy(map_path(folder, key), shape=MAP_SHAPE, dtype=MAP_DTYPE, mmap=False)
-        block4[index] = load_npy(map_path(folder, key, "block4"), shape=(512,), dtype="float32", mmap=False)
+        try:
+            maps[index] = load_npy(map_path(folder, key), shape=MAP_SHAPE, dtype=MAP_DTYPE, mmap=False)
+            block4[index] = load_npy(map_path(folder, key, "block4"), shape=(512,), dtype="float32", mmap=False)
+        except CacheError as err:
+            for part in ("map", "block4"):
+                map_path(folder, key, part).unlink(missing_ok=True)
+            raise CacheError(f"{err}; removed it", "run the benchmark again: the map is computed again") from err
     return maps, block4
 
 

@@ -47,3 +47,27 @@ def test_map_cache_is_keyed_by_layer_and_geometry():
     assert conv2 != maps_dir(weights, "block4_pool")
     assert conv2 != maps_dir(weights, "block5_conv2", image_size=256)
     assert (conv2 / "description.json").is_file()
+
+
+def test_load_maps_reads_what_was_cached_and_drops_a_damaged_map():
+    import pytest
+
+    from bench.finetune import MAP_SHAPE, is_cached, load_maps, map_path
+    from core.cache import atomic_save_npy
+    from core.errors import CacheError
+
+    folder = maps_dir(resolve_weights("none"), "block5_conv2")
+    rng = np.random.default_rng(4)
+    for key in ("a", "b"):
+        atomic_save_npy(map_path(folder, key), rng.normal(size=MAP_SHAPE).astype(np.float16))
+        atomic_save_npy(map_path(folder, key, "block4"), rng.normal(size=512).astype(np.float32))
+    maps, block4 = load_maps(folder, ["b", "a"])
+    assert maps.shape == (2, *MAP_SHAPE) and block4.shape == (2, 512)
+    assert np.array_equal(maps[1], np.load(map_path(folder, "a")))
+    damaged = map_path(folder, "b")
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="again"):
+        load_maps(folder, ["a", "b"])
+    assert is_cached(folder, "a") and not is_cached(folder, "b")
