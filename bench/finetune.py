@@ -245,7 +245,7 @@ class FinetuneNetwork:
         import tensorflow as tf
 
         if self._step is None:
-            @tf.function(reduce_retracing=True)
+            @tf.function(reduce_retracing=True, autograph=False)
             def step(maps, block4, labels):
                 with tf.GradientTape() as tape:
                     scores = self.head(tf.concat([block4, self.pooled(maps, True)], axis=1), training=True)
@@ -263,7 +263,7 @@ class FinetuneNetwork:
         import tensorflow as tf
 
         if self._pooled_fn is None:
-            self._pooled_fn = tf.function(lambda x: self.pooled(x, False), reduce_retracing=True)
+            self._pooled_fn = tf.function(lambda x: self.pooled(x, False), reduce_retracing=True, autograph=False)
         out = [np.asarray(self._pooled_fn(np.asarray(maps[start:start + batch_size], np.float32)))
                for start in range(0, len(maps), batch_size)]
         return np.hstack([block4, np.concatenate(out)]).astype(np.float32)
