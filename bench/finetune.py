@@ -150,9 +150,9 @@ def _map_function(weights, layer: str):
     import keras
     import tensorflow as tf
 
-    from core.features.extractor import _load_base
+    from core.features.extractor import load_base
 
-    base = _load_base(weights, 224)
+    base = load_base(weights, 224)
     base.trainable = False
     both = keras.Model(base.inputs, [base.get_layer(layer).output, base.get_layer("block4_pool").output])
 
@@ -281,9 +281,9 @@ class FinetuneNetwork:
 
 
 def imagenet_weights(weights, trained: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
-    from core.features.extractor import _load_base
+    from core.features.extractor import load_base
 
-    base = _load_base(weights, 224)
+    base = load_base(weights, 224)
     return {name: base.get_layer(name).get_weights() for name in trained}
 
 
