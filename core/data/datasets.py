@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -155,6 +156,7 @@ def genre_key(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def split_genres(text: str) -> tuple[str, ...]:
     """The genres of one ``a|b|c`` cell, whitespace collapsed, each genre once (first spelling kept)."""
     seen: dict[str, str] = {}
@@ -280,9 +282,9 @@ def _read_labels(path: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path], set[Path]]:
+def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path], set[str]]:
     """Entries with an image extension by id (file stem), any further ones for an id already seen, and
-    which entries are regular files (from the directory listing, no ``stat`` per file).
+    the ids whose entry is a regular file (from the directory listing, no ``stat`` per file).
 
     Folders and broken links named like images are kept, so their rows are skipped with that reason
     rather than as "no image"; regular files come first when an id has several entries.
@@ -294,25 +296,24 @@ def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path], set[Path]]
     with os.scandir(folder) as listing:
         entries = [(not entry.is_file(), entry.name) for entry in listing
                    if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
-    files: set[Path] = set()
+    files: set[str] = set()
     for not_file, name in sorted(entries):
-        path = folder / name
         stem = os.path.splitext(name)[0]
         if stem in images:
-            extras.append(path)
+            extras.append(folder / name)
         else:
-            images[stem] = path
-        if not not_file:
-            files.add(path)
+            images[stem] = folder / name
+            if not not_file:
+                files.add(stem)
     return images, extras, files
 
 
-def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], files: set[Path], report: LoadReport,
+def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], files: set[str], report: LoadReport,
            check_images: bool) -> list[Poster]:
     posters: list[Poster] = []
     seen: set[str] = set()
-    checked = [path for path in images.values() if path in files] if check_images else []
-    problems = dict(zip(checked, file_facts(checked, "header_problem", _header_problem)))
+    checked = [id_ for id_ in images if id_ in files] if check_images else []
+    problems = dict(zip(checked, file_facts([images[id_] for id_ in checked], "header_problem", _header_problem)))
     for number, row in rows:
         id_ = row["id"].strip()
         if not id_:
@@ -328,7 +329,7 @@ def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], file
             report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
         elif not genres:
             report.add(id_, "empty genre list", path)
-        elif problem := (problems.get(path) if path in files else _header_problem(path)):
+        elif problem := (problems.get(id_) if id_ in files else _header_problem(path)):
             report.add(id_, problem, path)
         else:
             posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, path=path))
