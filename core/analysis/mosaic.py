@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.cache import atomic_save_npy, cache_root, load_npy, memo_file_sha256, stable_hash
+from core.cache import atomic_save_npy, cache_root, file_facts, file_sha256, load_npy, memo_file_sha256, stable_hash
 from core.errors import CacheError, ImageError, PosterGenreError
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def atlas_cached(paths: Sequence[Path], *, root: Path | None = None) -> bool:
 
 
 def _atlas_path(paths: Sequence[Path], folder: Path) -> Path:
-    return folder / "atlases" / f"{stable_hash([memo_file_sha256(path) for path in paths])}.npy"
+    return folder / "atlases" / f"{stable_hash(file_facts(paths, 'sha256', file_sha256))}.npy"
 
 
 def _thumb_folder() -> Path:
