@@ -99,6 +99,12 @@ def build(folder: Path, n: int, weights: str) -> Path:
     if marker.is_file() and json.loads(marker.read_text()) == expected:
         print(f"reusing the synthetic dataset of {n:,} posters in {root}")
         return root
+    owner = folder / "bench-scale.json"
+    if folder.exists() and any(folder.iterdir()) and not (owner.is_file() or marker.is_file()):
+        sys.exit(f"{folder} is not empty and was not made by bench.scale: pass a new or empty --build-dir "
+                 "(nothing was written)")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(owner, {"made_by": "bench.scale --posters"})
     started = time.perf_counter()
     rows, sources = source_rows(weights)
     os.environ[CACHE_ENV] = str(folder / "cache")
