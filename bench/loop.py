@@ -1,11 +1,13 @@
 """The fast loop, each step against a baseline measured in the same run (the CPU is shared: read ratios).
 
     python -m bench.loop [--dataset DIR] [--weights PATH] [--skip paint,demo,recommended,tutorial,umap,knn]
+                         [--sequential]
 
 - paint: a cold ``streamlit run app.py`` (demo already generated) until Home is drawn, against a
   one-line Streamlit app;
 - demo: the one-click start (demo features + ``recommended``) in an empty cache;
-- recommended: the preset trained as one stacked model against its members one by one (``member_mode``);
+- recommended: the preset trained as one stacked model (and, with --sequential, its members one by one,
+  the original path), against the ``fast`` preset (the kernel head on the same features), seeds 0-5;
 - tutorial: 1,200 posters, XLA-compiled against not compiled (same recipe, same metric);
 - umap: the first map of the 25,088-d features with a cold numba cache, then with a warm one, then
   read from the disk cache; then, in one process, PCA and the UMAP fit with UMAP's own neighbour
@@ -64,15 +66,24 @@ def bench_demo(weights: str) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=_common.ROOT, env=env, check=True)
 
 
-def bench_recommended(dataset, features) -> None:
+def bench_recommended(dataset, features, sequential: bool) -> None:
     from core.model.config import PRESETS
     from core.model.experiment import run_experiment
 
-    for mode in ("sequential", "stacked"):
+    seconds = {}
+    for mode in ("sequential", "stacked") if sequential else ("stacked",):
         result = run_experiment(dataset, features, replace(PRESETS["recommended"], member_mode=mode))
-        e = result.evaluation
+        e, seconds[mode] = result.evaluation, result.seconds
         print(f"recommended ({mode:10s}): {result.seconds:5.1f}s, P@3 {e.precision_at_k:.3f} "
               f"(prior {e.prior_precision_at_k:.3f}), {len(result.history)} member-epochs", flush=True)
+    fast = [run_experiment(dataset, features, replace(PRESETS["fast"], seed=seed)) for seed in range(6)]
+    for seed, result in enumerate(fast):
+        e = result.evaluation
+        print(f"fast (kernel head), seed {seed}: {result.seconds:5.2f}s, P@3 {e.precision_at_k:.3f} "
+              f"(prior {e.prior_precision_at_k:.3f})", flush=True)
+    median = sorted(result.seconds for result in fast)[len(fast) // 2]
+    print(f"fast: median {median:.2f}s a training (target <= 5 s); {seconds['stacked'] / median:.0f}x faster than "
+          f"recommended stacked")
 
 
 def bench_tutorial(dataset, features) -> None:
@@ -142,6 +153,8 @@ def main() -> None:
     parser.add_argument("--weights", default=_common.default_weights())
     parser.add_argument("--port", type=int, default=8597)
     parser.add_argument("--skip", default="", help=f"comma-separated steps to skip, of {', '.join(STEPS)}")
+    parser.add_argument("--sequential", action="store_true",
+                        help="also train recommended's members one by one (the original path; many minutes)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     _common.print_machine()
@@ -159,7 +172,7 @@ def main() -> None:
     features = extract_features(dataset, FeatureConfig(weights=args.weights))
     print(f"dataset: {dataset.name}, {len(features.ids)} posters, weights {features.weights.label}", flush=True)
     if "recommended" not in skip:
-        bench_recommended(dataset, features)
+        bench_recommended(dataset, features, args.sequential)
     if "tutorial" not in skip:
         bench_tutorial(dataset, features)
     if "umap" not in skip:

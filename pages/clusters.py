@@ -145,13 +145,19 @@ def source_controls(dataset, features) -> MapSource:
     except PosterGenreError as err:
         st.error(str(err))
         st.stop()
-    st.caption("The MLP was trained on these genres, so its training posters cluster by genre by construction; "
-               "the map shows what the model learned, not what the posters share on their own."
-               + (f" An ensemble's map shows the first of its {run.config.ensemble} networks."
-                  if run.config.ensemble > 1 else ""))
+    if run.config.head == "kernel":
+        st.caption("A kernel-head run has no hidden layer: the map is drawn from each poster's similarity to the "
+                   "head's centres (its training posters), the features the head's one linear layer reads. "
+                   "The similarities were not trained on genres; the map shows the feature space the head sees.")
+        what = f"kernel similarities ({X.shape[1]}-d)"
+    else:
+        st.caption("The MLP was trained on these genres, so its training posters cluster by genre by construction; "
+                   "the map shows what the model learned, not what the posters share on their own."
+                   + (f" An ensemble's map shows the first of its {run.config.ensemble} networks."
+                      if run.config.ensemble > 1 else ""))
+        what = f"hidden layer {len(run.config.hidden)} ({X.shape[1]}-d)"
     # ``Run.created`` keeps a retrained run (same key, new weights) from reusing the old map on disk.
-    return MapSource(f"hidden layer {len(run.config.hidden)} ({X.shape[1]}-d) of run {run.key[:8]}",
-                     f"{features.key}-run-{run.key}-{run.created}", X)
+    return MapSource(f"{what} of run {run.key[:8]}", f"{features.key}-run-{run.key}-{run.created}", X)
 
 
 def umap_controls() -> UmapConfig:

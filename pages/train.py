@@ -13,9 +13,9 @@ from core.errors import PosterGenreError, TrainingError
 from core.features.pipeline import FeatureSet
 from core.model.classifier import BatchProgress, EpochLog, training_fraction
 from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
-                               TrainOption, check_config, config_from_values, config_values)
+                               TrainOption, applies, check_config, config_from_values, config_values)
 from core.model.experiment import ExperimentResult, run_experiment
-from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, epochs_text, find_run,
+from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, find_run, training_text,
                              runs_table, save_run)
 from pages._shared import active_dataset, require_features, route_through_app, save_settings
 from pages._sweep import sweep_section
@@ -68,25 +68,28 @@ def option_widget(option: TrainOption) -> None:
     """The widget of one training option, keyed by its field name, with the option's label, help and range."""
     key, help_text = option.name, option.help or None
     low, high = option.widget_bounds()
+    off = not applies(option.name, TrainConfig(head=st.session_state.head))
     if option.kind == "bool":
-        st.checkbox(option.label, key=key, help=help_text)
+        st.checkbox(option.label, key=key, help=help_text, disabled=off)
     elif option.kind == "choice" and option.choice_notes:
-        st.radio(option.label, option.choices, key=key, captions=list(option.choice_notes), help=help_text)
+        st.radio(option.label, option.choices, key=key, captions=list(option.choice_notes), help=help_text,
+                 disabled=off)
     elif option.kind == "choice":
-        st.selectbox(option.label, option.choices, key=key, help=help_text)
+        st.selectbox(option.label, option.choices, key=key, help=help_text, disabled=off)
     elif option.kind == "int_list":
-        st.text_input(option.label, key=key, help=help_text)
+        st.text_input(option.label, key=key, help=help_text, disabled=off)
     elif option.grid:
         values = sorted({*option.grid, float(st.session_state[key])})
-        st.select_slider(f"{option.label} (log scale)", values, key=key, help=help_text,
-                         format_func=lambda value: f"{value:.0e}")
+        st.select_slider(f"{option.label} (log scale)", values, key=key, help=help_text, disabled=off,
+                         format_func=lambda value: f"{value:.0e}" if value < 0.01 else f"{value:g}")
     elif option.kind == "float":
         unused = key == "validation_split" and st.session_state.ensemble > 1
-        st.slider(option.label, low, high, step=option.step, key=key, help=help_text, disabled=unused)
-        if unused:
+        st.slider(option.label, low, high, step=option.step, key=key, help=help_text, disabled=unused or off)
+        if unused and not off:
             st.caption("Validation fraction unused: each of the networks validates on its own fold.")
     else:
-        st.number_input(option.label, min_value=low, max_value=high, step=option.step, key=key, help=help_text)
+        st.number_input(option.label, min_value=low, max_value=high, step=option.step, key=key, help=help_text,
+                        disabled=off)
 
 
 def train_controls() -> None:
@@ -97,6 +100,9 @@ def train_controls() -> None:
                 for option in TRAIN_OPTIONS:
                     if option.group == group:
                         option_widget(option)
+    if st.session_state.head == "kernel":
+        st.caption("Kernel head: a closed-form fit, so the network, optimisation, ensemble and stopping options "
+                   "(greyed out) have no effect, and there are no epochs or loss curves.")
 
 
 def config_from_controls(n_genres: int) -> TrainConfig:
@@ -206,7 +212,7 @@ def train_live(dataset, features: FeatureSet, config: TrainConfig, record: dict)
         progress.progress(done, text=f"{member}epoch {step.epoch}/{config.epochs} · batch {step.batch}/{step.batches}")
 
     result = run_experiment(dataset, features, config, on_epoch=on_epoch, on_batch=on_batch)
-    progress.progress(1.0, text=f"done: {epochs_text(result.history, config)} epochs in {result.seconds:.1f} s")
+    progress.progress(1.0, text=f"done: {training_text(result.history, config)} in {result.seconds:.1f} s")
     return result
 
 

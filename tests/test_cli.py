@@ -115,6 +115,16 @@ def test_flags_override_the_preset(tiny_features, tiny_dataset, tmp_path):
     assert metrics["k"] == 2 and metrics["n_test"] == 10
 
 
+def test_fast_preset_trains_the_kernel_head_with_its_flags(tiny_features, tiny_dataset, tmp_path):
+    code, out, err = _run(["train", "--dataset", tiny_dataset, "--out", tmp_path / "run", "--preset", "fast",
+                           "--ridge", "3", "--kernel-gamma", "0.5", "--test-size", "0.25"])
+    assert code == 0, err
+    assert "closed-form fit (no epochs)" in out
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert (config["head"], config["ridge"], config["kernel_gamma"], config["feature_view"]) == ("kernel", 3.0, 0.5,
+                                                                                               "avg45")
+
+
 def test_evaluate_prints_precision_at_k(tutorial_run):
     folder = tutorial_run[0]
     code, out, err = _run(["evaluate", "--run", folder, "--k", "2", "--per-genre"])

@@ -41,8 +41,9 @@ def _poster(rng: np.random.Generator, square: tuple[int, int, int, int] | None) 
     return Image.fromarray(pixels)
 
 
-def _square_run(root, square, weights: str, *, power_normalize: bool):
-    """A saved avg45 run telling posters with the square from plain ones (all its test posters right)."""
+def _square_run(root, square, weights: str, *, power_normalize: bool, config: TrainConfig | None = None):
+    """A saved avg45 run telling posters with the square from plain ones (all its test posters right);
+    by default a small network, or ``config``."""
     (root / "posters").mkdir(parents=True)
     rng = np.random.default_rng(7)
     rows = []
@@ -53,9 +54,9 @@ def _square_run(root, square, weights: str, *, power_normalize: bool):
     write_labels(root, rows)
     dataset, _ = load_dataset(root)
     features = extract_features(dataset, FeatureConfig(weights=weights))
-    config = TrainConfig(feature_view="avg45", hidden=(32,), power_normalize=power_normalize,
-                         standardize=power_normalize, optimizer="adam", learning_rate=1e-3, epochs=30, batch_size=8,
-                         k=1, test_size=0.25)
+    config = config or TrainConfig(feature_view="avg45", hidden=(32,), power_normalize=power_normalize,
+                                   standardize=power_normalize, optimizer="adam", learning_rate=1e-3, epochs=30,
+                                   batch_size=8, k=1, test_size=0.25)
     result = run_experiment(dataset, features, config)
     assert result.evaluation.to_dict()["precision_at_k"] == 1.0
     return load_run(save_run(result, root / "run")), dataset
@@ -161,6 +162,17 @@ divides by each feature's spread over the posters, so channels that fire on ever
                                   LARGE_SQUARE)
     assert float(np.median(shares)) > 0.5, shares
     assert min(shares) > 1.5 * area, shares
+
+
+def test_kernel_head_runs_get_heatmaps_on_the_genre_shape(tmp_path):
+    """The ``fast`` preset's kernel head is differentiable like a network: same heatmap check as above."""
+    from dataclasses import replace
+
+    config = replace(PRESETS["fast"], k=1, test_size=0.25)
+    run, dataset = _square_run(tmp_path / "kernel", SQUARE, "none", power_normalize=True, config=config)
+    assert run.config.head == "kernel"
+    shares, area = _square_shares(GradCam(run, cache_dir=tmp_path / "cams"), dataset, SQUARE)
+    assert len(shares) == N_POSTERS // 2 and np.median(shares) >= 1.75 * area, (shares, area)
 
 
 def test_heatmaps_are_cached_per_run_poster_and_genre(square_run, gradcam):

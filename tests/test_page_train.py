@@ -34,7 +34,7 @@ from core.model.runs import load_run, runs_root
 APP = Path(__file__).resolve().parents[1] / "app.py"
 CONTROL_KEYS = ("feature_view", "hidden", "dropout", "input_dropout", "power_normalize", "standardize",
                 "learning_rate", "optimizer", "epochs", "batch_size", "test_size", "ensemble", "validation_split",
-                "early_stopping", "patience", "seed", "k", "threshold", "member_mode")
+                "early_stopping", "patience", "seed", "k", "threshold", "member_mode", "head", "kernel_gamma", "ridge")
 
 
 @pytest.fixture
@@ -163,6 +163,31 @@ def test_preset_switch_resets_the_controls(train_page):
     assert widget(at, "feature_view").value == "flatten" and widget(at, "early_stopping").value is False
     assert widget(at, "ensemble").value == 1 and widget(at, "power_normalize").value is False
     assert not widget(at, "validation_split").disabled
+
+
+def test_the_fast_preset_greys_out_the_network_options_and_trains_in_closed_form(train_page):
+    at = train_page
+    assert widget(at, "kernel_gamma").disabled and widget(at, "ridge").disabled and not widget(at, "hidden").disabled
+    at.selectbox(key="preset").set_value("fast").run()
+    assert widget(at, "head").value == "kernel" and widget(at, "feature_view").value == "avg45"
+    for key in ("hidden", "dropout", "optimizer", "learning_rate", "epochs", "ensemble", "early_stopping"):
+        assert widget(at, key).disabled, key
+    assert not widget(at, "kernel_gamma").disabled and not widget(at, "ridge").disabled
+    assert "closed-form fit" in texts(at.caption)
+    at.select_slider(key="ridge").set_value(3.0)
+    at.run()
+    before = run_folders()
+    at.button(key="train").click().run()
+    assert not at.exception and not at.error
+    (folder,) = run_folders() - before
+    run = load_run(runs_root() / folder)
+    assert (run.config.head, run.config.ridge) == ("kernel", 3.0) and run.history == []
+    summary = run.summary()
+    assert "closed-form fit (no epochs)" in summary and "ridge 3" in summary and "hidden" not in summary
+    assert "closed-form fit (no epochs)" in texts(at.caption)
+    table = next(frame.value for frame in at.dataframe if "optimizer" in frame.value.columns)
+    row = table[table["head"] == "kernel"].iloc[0]
+    assert row["epochs"] == "—" and row["optimizer"] is None and row["ridge"] == 3.0
 
 
 def test_early_stopping_without_validation_shows_the_training_error(train_page):

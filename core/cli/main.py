@@ -213,7 +213,7 @@ def train_config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from core.model.config import check_config
     from core.model.experiment import run_experiment
-    from core.model.runs import check_run_destination, save_run
+    from core.model.runs import check_run_destination, save_run, training_text
 
     config = train_config_from_args(args)
     check_config(config)
@@ -230,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_experiment(dataset, features, config, on_epoch=on_epoch)
     folder = save_run(result, args.out)
     print(_summary(result.evaluation, features.weights))
-    print(f"run saved to {folder} ({result.seconds:.1f}s, {len(result.history)} epochs)")
+    print(f"run saved to {folder} ({result.seconds:.1f}s, {training_text(result.history, config)})")
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from core.errors import TrainingError
-from core.model.config import TrainConfig, check_config
+from core.model.config import TrainConfig, applies, check_config
 
 @dataclass(frozen=True)
 class EpochLog:
@@ -105,9 +105,14 @@ def average_models(members: list, n_features: int):
 
 
 def hidden_model(model, config: TrainConfig):
-    """Inputs → last hidden layer activations (of the first member, for an ensemble)."""
+    """Inputs → last hidden layer activations (of the first member, for an ensemble; for the kernel head,
+    the similarity to each of its centres)."""
     import keras
 
+    if config.head == "kernel":
+        from core.model.kernel import KERNEL_LAYER
+
+        return keras.Model(model.inputs, model.get_layer(KERNEL_LAYER).output)
     name = f"hidden_{len(config.hidden)}"
     if config.ensemble > 1:
         model = model.get_layer("member_1")
@@ -152,10 +157,17 @@ class GenreClassifier:
         Y = np.asarray(Y, dtype=np.float32)
         if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
             raise TrainingError(f"features {X.shape} and labels {Y.shape} do not line up")
-        if len(X) < max(2, 2 * config.ensemble):
-            raise TrainingError(f"need at least {max(2, 2 * config.ensemble)} training posters, got {len(X)}")
+        needed = 2 if config.head == "kernel" else max(2, 2 * config.ensemble)
+        if len(X) < needed:
+            raise TrainingError(f"need at least {needed} training posters, got {len(X)}")
         keras.utils.set_random_seed(config.seed)
         self.history_, self.stopped_by_user_ = [], False
+        self.n_features_in_ = X.shape[1]
+        if config.head == "kernel":
+            from core.model.kernel import fit_kernel_head
+
+            self.model_, self.epochs_run_ = fit_kernel_head(X, Y, config, self._prepare), 0
+            return self
         if config.ensemble > 1 and config.member_mode == "stacked":
             members = self._fit_stacked(X, Y, on_epoch, should_stop, on_batch)
         else:
@@ -163,8 +175,16 @@ class GenreClassifier:
         self.model_ = members[0] if config.ensemble == 1 else average_models(members, X.shape[1])
         # Each ensemble member stops early on its own; epochs_run_ counts the first member's.
         self.epochs_run_ = sum(1 for entry in self.history_ if entry.member == 1)
-        self.n_features_in_ = X.shape[1]
         return self
+
+    def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The rows as the model's first layers make them (signed square root, standardisation), and the
+        standardisation's moments (``None`` when off)."""
+        inputs = signed_sqrt(X) if self.config.power_normalize else X
+        if not self.config.standardize:
+            return inputs, None, None
+        mean, variance = _moments(inputs)
+        return (inputs - mean) / np.sqrt(variance), mean, variance
 
     def _fit_sequential(self, X, Y, validation, on_epoch, should_stop, on_batch) -> list:
         config, members = self.config, []
@@ -308,7 +328,7 @@ def make_split(n: int, config: TrainConfig) -> Split:
     n_test = max(1, int(round(n * config.test_size)))
     test, rest = np.sort(order[:n_test]), order[n_test:]
     n_val = 0
-    if config.validation_split and config.ensemble == 1:
+    if config.validation_split and config.ensemble == 1 and applies("validation_split", config):
         n_val = int(round(len(rest) * config.validation_split))
     validation, train = np.sort(rest[:n_val]), np.sort(rest[n_val:])
     if len(train) < 2:

@@ -15,6 +15,8 @@ from core.errors import TrainingError
 from core.features.views import FEATURE_VIEWS, VIEW_DIMS
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+KERNEL_GAMMAS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+RIDGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 MAX_HIDDEN_UNITS = 8192
 MAX_HIDDEN_LAYERS = 8
@@ -26,6 +28,9 @@ GROUPS = ("Features", "Network", "Optimisation", "Split, ensemble and stopping",
 ENSEMBLE_HELP = ("K networks, each trained on (K−1)/K of the training posters and early-stopped on the "
                  "remaining fold; their genre probabilities are averaged. Steadier than one network, "
                  "K times the training time. With K > 1 the validation fraction is not used.")
+HEADS = ("mlp", "kernel")
+HEAD_NOTES = ("the tutorial's network, trained epoch by epoch (every option of Network, Optimisation and stopping)",
+              "kernel ridge regression, fitted in closed form in about a second (RBF width and ridge only)")
 MEMBER_MODES = ("stacked", "sequential")
 """How an ensemble trains: all members in one Keras model (one batched matmul per layer), or one by one."""
 
@@ -51,6 +56,9 @@ class TrainConfig:
     k: int = 3
     threshold: float = 0.5
     member_mode: str = "stacked"
+    head: str = "mlp"
+    kernel_gamma: float = 1.0
+    ridge: float = 1.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -206,6 +214,15 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 low=0.0, high=1.0, high_open=True, step=0.05,
                 help="Drops a random share of the (standardised) features at each training step, so no "
                      "network leans on a few of them."),
+    TrainOption("head", "choice", "Classifier", "head", "Network", choices=HEADS, choice_notes=HEAD_NOTES,
+                help="What reads the features: the tutorial's MLP, or a kernel ridge regression that fits in "
+                     "one linear solve (no epochs) and scores within a few thousandths of the best ensemble."),
+    TrainOption("kernel_gamma", "float", "RBF kernel sharpness γ", "kernel γ", "Network", low=0.0, low_open=True,
+                grid=KERNEL_GAMMAS,
+                help="Kernel head: similarity exp(−γ·|x − z|²/d) between two posters' d prepared features; "
+                     "larger γ, more local."),
+    TrainOption("ridge", "float", "Ridge penalty", "ridge", "Network", low=0.0, low_open=True, grid=RIDGES,
+                help="Kernel head: the penalty on the fitted coefficients; larger is smoother."),
     TrainOption("hidden", "int_list", "Hidden layer sizes", "hidden", "Network", noun="hidden sizes",
                 help="Comma-separated, e.g. 1024,256 (the tutorial) or 512."),
     TrainOption("dropout", "float", "Dropout after each hidden layer", "dropout", "Network",
@@ -248,6 +265,28 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 help="A genre scored at or above it counts as predicted for micro and macro F1."),
 )
 OPTIONS_BY_NAME = {option.name: option for option in TRAIN_OPTIONS}
+MLP_ONLY = frozenset({"hidden", "dropout", "input_dropout", "optimizer", "learning_rate", "epochs", "batch_size",
+                      "validation_split", "early_stopping", "patience", "ensemble", "member_mode"})
+KERNEL_ONLY = frozenset({"kernel_gamma", "ridge"})
+
+
+def applies(name: str, config: TrainConfig) -> bool:
+    """Whether option ``name`` has any effect on ``config``'s training (the other head's options do not)."""
+    if config.head == "kernel":
+        return name not in MLP_ONLY
+    return name not in KERNEL_ONLY
+
+
+def settled(config: TrainConfig) -> TrainConfig:
+    """``config`` with the options it does not use at their defaults, so equal trainings get one run key:
+    the other head's options; an ensemble validates on its own folds, so its validation fraction is unused;
+    a single network has no members to stack."""
+    unused = {name: getattr(TrainConfig, name) for name in MLP_ONLY | KERNEL_ONLY if not applies(name, config)}
+    config = replace(config, **unused)
+    if config.ensemble > 1:
+        return replace(config, validation_split=0.0)
+    return replace(config, member_mode=TrainConfig.member_mode)
+
 
 _RECOMMENDED = TrainConfig(
     feature_view="avg45", hidden=(512,), dropout=0.7, input_dropout=0.5, power_normalize=True,
@@ -275,6 +314,11 @@ PRESET_TABLE: dict[str, Preset] = {
         "Exactly the tutorial: 25,088-d flattened VGG16 features, 1024→256, RMSprop 1e-4, 60 epochs; "
         "on real posters it does not beat guessing the most frequent genres.",
         "about 4 minutes of training on the dev set; needs the full (flatten) features of the tutorial geometry."),
+    "fast": Preset(
+        settled(TrainConfig(feature_view="avg45", power_normalize=True, standardize=True, head="kernel")),
+        "recommended's features (avg45, square-rooted, standardised) read by kernel ridge regression instead of "
+        "networks: one linear solve, no epochs; on the dev set within FAST_GAP of recommended's top-3 precision.",
+        "about FAST_SECONDS of training on the dev set; the one to move sliders and run sweeps with."),
     "recommended": Preset(
         _RECOMMENDED,
         "The best measured on real posters (bench/quality.py): block4 and block5 average-pooled (1,024-d), "
@@ -305,24 +349,15 @@ def check_config(config: TrainConfig, n_genres: int | None = None) -> None:
     if n_genres is not None and config.k > n_genres:
         problems.append(f"k={config.k} but the dataset has only {n_genres} genres")
         hint = f"choose k between 1 and {n_genres}"
-    if config.early_stopping and config.validation_split <= 0 and config.ensemble < 2:
+    if config.head == "mlp" and config.early_stopping and config.validation_split <= 0 and config.ensemble < 2:
         problems.append("early stopping needs a validation split > 0 (or an ensemble, whose members "
                         "validate on their own folds)")
-    if not problems and n_parameters(config, n_genres or 0) > MAX_PARAMETERS:
+    if not problems and config.head == "mlp" and n_parameters(config, n_genres or 0) > MAX_PARAMETERS:
         problems.append(f"{n_parameters(config, n_genres or 0):,} network parameters exceed the limit of "
                         f"{MAX_PARAMETERS:,} (they would not fit in memory)")
         hint = "use fewer or smaller hidden layers, a pooled feature view or a smaller ensemble"
     if problems:
         raise TrainingError("invalid training configuration: " + "; ".join(problems), hint)
-
-
-def settled(config: TrainConfig) -> TrainConfig:
-    """``config`` with the options it does not use at their defaults, so equal trainings get one run key:
-    an ensemble validates on its own folds, so its validation fraction is unused; a single network has no
-    members to stack."""
-    if config.ensemble > 1:
-        return replace(config, validation_split=0.0)
-    return replace(config, member_mode=TrainConfig.member_mode)
 
 
 def config_values(config: TrainConfig) -> dict[str, Any]:

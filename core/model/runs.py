@@ -27,7 +27,7 @@ from core.features.pipeline import FeatureConfig, FeatureSet
 from core.features.weights import Weights
 from core.model.classifier import EpochLog
 from core.features.weights import same_weights
-from core.model.config import TRAIN_OPTIONS, TrainConfig
+from core.model.config import TRAIN_OPTIONS, TrainConfig, applies
 from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, run_key
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
@@ -211,20 +211,24 @@ class Run:
         else:
             split = f"{metrics.get('n_train')} train / {metrics.get('n_validation')} validation / {n_test} test posters"
         options = [option.describe(getattr(config, option.name)) for option in TRAIN_OPTIONS
-                   if option.name not in ("epochs", "validation_split")]
+                   if option.name not in ("epochs", "validation_split") and applies(option.name, config)]
         seconds = f"{self.train_seconds:.1f} s" if self.train_seconds is not None else None
-        parts = [*options, f"{self.epochs_text()} epochs", split, seconds, self.features_label, self.weights.label]
+        parts = [*options, self.training_text(), split, seconds, self.features_label, self.weights.label]
         return " · ".join(part for part in parts if part)
 
     def epochs_text(self) -> str:
         return epochs_text(self.history, self.config, self.metrics.get("epochs_run"))
 
+    def training_text(self) -> str:
+        return training_text(self.history, self.config, self.metrics.get("epochs_run"))
+
     def model(self):
         import keras
 
         from core.model.classifier import custom_layers
+        from core.model.kernel import kernel_layer
 
-        custom_layers()
+        custom_layers(), kernel_layer()
         try:
             return keras.models.load_model(self.folder / "model.keras", compile=False, safe_mode=True)
         except Exception as err:
@@ -379,10 +383,20 @@ def epochs_per_member(history: Sequence[EpochLog]) -> list[int]:
 
 
 def epochs_text(history: Sequence[EpochLog], config: TrainConfig, fallback: int | None = None) -> str:
-    """``12/60``, or ``9–14/60 ×5`` for an ensemble whose members stopped at different epochs."""
+    """``12/60``, or ``9–14/60 ×5`` for an ensemble whose members stopped at different epochs; ``—`` for the
+    kernel head, which has no epochs."""
+    if config.head == "kernel":
+        return "—"
     counts = epochs_per_member(history) or [fallback if fallback is not None else "?"]
     ran = f"{min(counts)}–{max(counts)}" if len(set(counts)) > 1 else str(counts[0])
     return f"{ran}/{config.epochs}" + (f" ×{len(counts)}" if len(counts) > 1 else "")
+
+
+def training_text(history: Sequence[EpochLog], config: TrainConfig, fallback: int | None = None) -> str:
+    """How the run trained, for a sentence: ``12/60 epochs`` or ``closed-form fit (no epochs)``."""
+    if config.head == "kernel":
+        return "closed-form fit (no epochs)"
+    return f"{epochs_text(history, config, fallback)} epochs"
 
 
 def created_label(run: Run) -> str:
@@ -391,6 +405,14 @@ def created_label(run: Run) -> str:
         return dt.datetime.fromisoformat(run.created).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return "?"
+
+
+def _table_value(option, config: TrainConfig):
+    """An option's cell: blank where it has no effect on the run (the other head's options)."""
+    if not applies(option.name, config):
+        return None
+    value = getattr(config, option.name)
+    return option.format(value, "→") if option.kind == "int_list" else value
 
 
 def runs_table(runs: Sequence[Run]):
@@ -402,8 +424,7 @@ def runs_table(runs: Sequence[Run]):
     for run in runs:
         evaluation, per_member = run.evaluation, epochs_per_member(run.history)
         precision, prior = evaluation.precision_at_k.value, evaluation.prior_precision_at_k.value
-        options = {option.column: option.format(getattr(run.config, option.name), "→")
-                   if option.kind == "int_list" else getattr(run.config, option.name) for option in TRAIN_OPTIONS}
+        options = {option.column: _table_value(option, run.config) for option in TRAIN_OPTIONS}
         rows.append({
             "created": created_label(run), **options, "epochs": run.epochs_text(),
             "epochs run": sum(per_member) / len(per_member) if per_member else run.metrics.get("epochs_run"),

@@ -16,7 +16,8 @@ import pandas as pd
 from core.cache import atomic_write_text
 from core.errors import TrainingError
 from core.progress import Progress, ProgressFn
-from core.model.config import OPTIONS_BY_NAME, TRAIN_OPTIONS, TrainConfig, TrainOption, check_config, settled
+from core.model.config import (OPTIONS_BY_NAME, TRAIN_OPTIONS, TrainConfig, TrainOption, applies, check_config,
+                               settled)
 
 SWEEP_TABLE = "sweep.csv"
 MAX_RUNS = 200
@@ -102,6 +103,12 @@ def check_sweep(sweep: SweepConfig) -> list[TrainConfig]:
             raise TrainingError(f"option {name!r} has no values to sweep")
     if len(set(sweep.parameters)) != len(sweep.parameters):
         raise TrainingError(f"an option is named twice in the sweep: {sweep.parameters}")
+    if "head" not in sweep.parameters:
+        for name in sweep.parameters:
+            if not applies(name, sweep.base):
+                raise TrainingError(f"{OPTIONS_BY_NAME[name].what} has no effect with the {sweep.base.head} head, "
+                                    "so every value would train the same model",
+                                    f"sweep one of {', '.join(n for n in SWEEPABLE if applies(n, sweep.base))}")
     configs = sweep.configs()
     if len(configs) > MAX_RUNS:
         raise TrainingError(f"the sweep has {len(configs)} runs, more than {MAX_RUNS}",
