@@ -185,6 +185,27 @@ def test_a_runs_last_hidden_layer_is_a_map_source(trained_runs, tiny_dataset, mo
     assert at.dataframe[0].value["genre"].iloc[0] == "overall"
 
 
+def test_a_kernel_head_run_is_mapped_by_its_similarities_to_its_centres(tiny_features, tiny_dataset, monkeypatch,
+                                                                          tmp_path):
+    from dataclasses import replace
+
+    from core.model.config import PRESETS
+    from core.model.experiment import run_experiment
+    from core.model.runs import save_run
+
+    dataset, features = tiny_features
+    result = run_experiment(dataset, features, replace(PRESETS["fast"], feature_view="avg"))
+    save_run(result, tmp_path / "runs" / "kernel-run",
+             dataset_info={"root": str(dataset.root.resolve()), "name": dataset.name})
+    monkeypatch.setattr("core.model.runs.runs_root", lambda: tmp_path / "runs")
+    at = open_page(tiny_dataset)
+    at.radio(key="map_source").set_value("run").run()
+    show_map(at)
+    umap_spec(at)
+    n_train = len(result.split.train)
+    assert f"kernel similarities ({n_train}-d)" in texts(at) and "has no hidden layer" in texts(at)
+
+
 def test_a_run_trained_on_other_posters_is_refused(trained_runs, tiny_dataset, monkeypatch, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(trained_runs / "tiny-run", runs / "other-run")
