@@ -98,6 +98,7 @@ def main() -> None:
                         help="where the synthetic dataset and its feature cache are built (reused when built)")
     parser.add_argument("--skip", default="", help="dashboard steps to leave out, comma-separated "
                         "(open, map, neighbours, train, memory)")
+    parser.add_argument("--train-preset", default="fast", help="preset of the timed training (fast or recommended)")
     parser.add_argument("--map-view", default="flatten", help="feature view of the timed map (the page's default)")
     args = parser.parse_args()
     if args.posters:

@@ -23,9 +23,10 @@ import scipy.special
 
 from core.model.config import TrainConfig
 
-MAX_CENTERS = 6000
-"""Above this many training rows the kernel is Nyström's on a sample of them: the exact solve grows
-with the cube of the rows (6,000 rows: about 0.1 TFLOP, a few seconds on a 2-core CPU)."""
+MAX_CENTERS = 4000
+"""Above this many training rows the kernel is Nyström's on a sample of this many: the exact solve grows
+with the cube of the rows, Nyström's with rows x centres² (80,000 training rows: about 2.6 TFLOP, half a
+minute on a 2-core CPU, and 1.3 GB for the rows' similarities)."""
 PLATT_ITERATIONS = 50
 KERNEL_LAYER = "kernel_similarity"
 """The layer whose output is the kernel head's hidden representation (similarity to each centre)."""
@@ -106,10 +107,10 @@ def _exact(K: np.ndarray, targets: np.ndarray, ridge: float) -> tuple[np.ndarray
 
 def _nystroem(K_nm: np.ndarray, K_mm: np.ndarray, targets: np.ndarray, ridge: float) -> np.ndarray:
     """Coefficients on the centres minimising ``|K_nm c − y|² + ridge · cᵀ K_mm c``."""
-    A = (K_nm.T.astype(np.float64) @ K_nm) + ridge * K_mm
+    A = (K_nm.T @ K_nm).astype(np.float64) + ridge * K_mm
     A[np.diag_indices_from(A)] += 1e-6 * np.trace(A) / len(A)
     factor = scipy.linalg.cho_factor(A, lower=True, overwrite_a=True, check_finite=False)
-    return scipy.linalg.cho_solve(factor, K_nm.T.astype(np.float64) @ targets, check_finite=False).astype(np.float32)
+    return scipy.linalg.cho_solve(factor, (K_nm.T @ targets).astype(np.float64), check_finite=False).astype(np.float32)
 
 
 def platt(scores: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
