@@ -292,5 +292,8 @@ def gradcam_section(run: Run, dataset) -> None:
                      + ("from cache" if heatmap.from_cache else f"{heatmap.seconds:.2f} s"))
     if run.weights.is_random:
         st.warning("⚠️ RANDOM VGG16 weights: this heatmap shows the mechanics, not what a real model looks at.")
+    if not heatmap.values.any():
+        st.info(f"No region of this poster raises the model's score for {genre}: the gradient-weighted map is "
+                "negative everywhere, so Grad-CAM (which keeps only positive evidence) has nothing to show.")
     if caveat := localisation_caveat(run.config):
         st.info(caveat)
