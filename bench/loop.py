@@ -74,13 +74,13 @@ def bench_recommended(dataset, features, sequential: bool) -> None:
     for mode in ("sequential", "stacked") if sequential else ("stacked",):
         result = run_experiment(dataset, features, replace(PRESETS["recommended"], member_mode=mode))
         e, seconds[mode] = result.evaluation, result.seconds
-        print(f"recommended ({mode:10s}): {result.seconds:5.1f}s, P@3 {e.precision_at_k:.3f} "
-              f"(prior {e.prior_precision_at_k:.3f}), {len(result.history)} member-epochs", flush=True)
+        print(f"recommended ({mode:10s}): {result.seconds:5.1f}s, P@3 {e.precision_at_k.value:.3f} "
+              f"(prior {e.prior_precision_at_k.value:.3f}), {len(result.history)} member-epochs", flush=True)
     fast = [run_experiment(dataset, features, replace(PRESETS["fast"], seed=seed)) for seed in range(6)]
     for seed, result in enumerate(fast):
         e = result.evaluation
-        print(f"fast (kernel head), seed {seed}: {result.seconds:5.2f}s, P@3 {e.precision_at_k:.3f} "
-              f"(prior {e.prior_precision_at_k:.3f})", flush=True)
+        print(f"fast (kernel head), seed {seed}: {result.seconds:5.2f}s, P@3 {e.precision_at_k.value:.3f} "
+              f"(prior {e.prior_precision_at_k.value:.3f})", flush=True)
     median = sorted(result.seconds for result in fast)[len(fast) // 2]
     print(f"fast: median {median:.2f}s a training (target <= 5 s); {seconds['stacked'] / median:.0f}x faster than "
           f"recommended stacked")
@@ -102,7 +102,7 @@ def bench_tutorial(dataset, features) -> None:
         result = run_experiment(dataset, subset, PRESETS["tutorial"])
         seconds[jit] = result.seconds
         print(f"tutorial on {TUTORIAL_POSTERS} posters, jit_compile={jit}: {result.seconds:.1f}s, "
-              f"P@3 {result.evaluation.precision_at_k:.3f}", flush=True)
+              f"P@3 {result.evaluation.precision_at_k.value:.3f}", flush=True)
     classifier.JIT_COMPILE = True
     print(f"tutorial speed-up from XLA: {seconds[False] / seconds[True]:.2f}x")
 
