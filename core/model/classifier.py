@@ -69,10 +69,9 @@ def signed_sqrt(X: np.ndarray) -> np.ndarray:
     return np.sign(X) * np.sqrt(np.abs(X))
 
 
-def build_model(n_features: int, n_genres: int, config: TrainConfig, mean=None, variance=None,
-                name: str = "genre_mlp", steps_per_execution: int = 1):
-    """The tutorial's MLP (Dense relu stack → sigmoid), optionally behind a signed square root, a fixed
-    standardisation and dropout on the input features, so a saved model takes the raw feature view."""
+def prepared_input(n_features: int, config: TrainConfig, mean=None, variance=None):
+    """``(inputs, x)``: the raw feature view's ``Input`` and, after the optional signed square root and
+    fixed standardisation, what every head reads."""
     import keras
     from keras import layers
 
@@ -82,6 +81,17 @@ def build_model(n_features: int, n_genres: int, config: TrainConfig, mean=None, 
         x = custom_layers()(name="signed_sqrt")(x)
     if config.standardize:
         x = layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
+    return inputs, x
+
+
+def build_model(n_features: int, n_genres: int, config: TrainConfig, mean=None, variance=None,
+                name: str = "genre_mlp", steps_per_execution: int = 1):
+    """The tutorial's MLP (Dense relu stack → sigmoid), optionally behind a signed square root, a fixed
+    standardisation and dropout on the input features, so a saved model takes the raw feature view."""
+    import keras
+    from keras import layers
+
+    inputs, x = prepared_input(n_features, config, mean, variance)
     if config.input_dropout:
         x = layers.Dropout(config.input_dropout, name="input_dropout")(x)
     for index, size in enumerate(config.hidden):

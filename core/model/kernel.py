@@ -140,14 +140,9 @@ def _model(n_features: int, centers: np.ndarray, kernel: np.ndarray, bias: np.nd
     import keras
     from keras import layers
 
-    from core.model.classifier import custom_layers
+    from core.model.classifier import prepared_input
 
-    inputs = keras.Input(shape=(n_features,), name="features")
-    x = inputs
-    if config.power_normalize:
-        x = custom_layers()(name="signed_sqrt")(x)
-    if config.standardize:
-        x = layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
+    inputs, x = prepared_input(n_features, config, mean, variance)
     similarity = kernel_layer()(len(centers), config.kernel_gamma, name=KERNEL_LAYER)
     x = similarity(x)
     genres = layers.Dense(kernel.shape[1], activation="sigmoid", name="genres")
