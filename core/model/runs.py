@@ -228,7 +228,8 @@ class Run:
         from core.model.classifier import custom_layers
         from core.model.kernel import kernel_layer
 
-        custom_layers(), kernel_layer()
+        custom_layers()
+        kernel_layer()
         try:
             return keras.models.load_model(self.folder / "model.keras", compile=False, safe_mode=True)
         except Exception as err:
