@@ -226,24 +226,46 @@ def file_facts(paths: Sequence[Path], fact: str, compute: Callable[[Path], Any])
     fresh process opening 100,000 posters pays one ``stat`` per file instead of reading each one.
     What was computed is saved before returning.
     """
-    values = []
-    folders: dict[str, str] = {}
+    values: list[Any] = []
+    names: list[str] = []
+    folder = None
     for path in paths:
-        text = os.fspath(path)
-        parent, name = os.path.split(text)
-        if parent not in folders:
-            folders[parent] = os.path.abspath(parent)
-        folder = folders[parent]
-        stat = os.stat(text)
-        entries = _folder_facts(folder)
+        parent, name = os.path.split(os.fspath(path))
+        if parent != folder and names:
+            values += _facts_in(folder, names, (fact,), lambda p: (compute(p),))
+            names = []
+        folder = parent
+        names.append(name)
+    if names:
+        values += _facts_in(folder, names, (fact,), lambda p: (compute(p),))
+    _save_file_facts()
+    return [value for value, in values]
+
+
+def folder_file_facts(folder: Path, names: Sequence[str], facts: tuple[str, ...],
+                      compute: Callable[[Path], tuple]) -> list[tuple]:
+    """Several facts of the files ``names`` in one ``folder`` at once (``compute`` returns them in the order
+    of ``facts``), with one ``stat`` per file and no ``Path`` per file unless a fact must be computed."""
+    values = _facts_in(os.fspath(folder), names, facts, compute)
+    _save_file_facts()
+    return values
+
+
+def _facts_in(parent: str, names: Sequence[str], facts: tuple[str, ...],
+              compute: Callable[[Path], tuple]) -> list[tuple]:
+    folder = os.path.abspath(parent)
+    entries = _folder_facts(folder)
+    prefix = os.path.join(parent, "")
+    values = []
+    for name in names:
+        stat = os.stat(prefix + name)
         entry = entries.get(name)
         if entry is None or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
             entry = entries[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        if fact not in entry:
-            entry[fact] = compute(Path(path))
+        if any(fact not in entry for fact in facts):
+            entry.update(zip(facts, compute(Path(prefix + name))))
             _CHANGED_FOLDERS.add(folder)
-        values.append(entry[fact])
-    _save_file_facts()
+        values.append(tuple(entry[fact] for fact in facts))
     return values
 
 

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from core.cache import atomic_write_json, atomic_write_text, file_facts
+from core.cache import atomic_write_json, atomic_write_text, file_sha256, folder_file_facts
 from core.errors import DatasetError, ImageError
 from core.data.images import IMAGE_EXTENSIONS, check_image_header
+from core.data.snapshot import read_snapshot, take_stamp, write_snapshot
 
 LABELS_FILE = "labels.csv"
 POSTERS_DIR = "posters"
@@ -59,10 +61,18 @@ class LoadReport:
 
 @dataclass(frozen=True)
 class Poster:
+    """One usable poster. Its path is made on first use: building 100,000 ``Path`` objects would take
+    a large part of opening a big dataset, and most pages never look at most posters' files."""
+
     id: str
     title: str
     genres: tuple[str, ...]
-    path: Path
+    folder: Path
+    filename: str
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return self.folder / self.filename
 
 
 @dataclass
@@ -74,6 +84,8 @@ class Dataset:
     name: str
     synthetic: bool = False
     source: str = "folder"
+    keys: list[str] | None = field(default=None, repr=False)
+    """The sha256 of each poster file when the open hashed them (``load_dataset`` checking images)."""
 
     def __len__(self) -> int:
         return len(self.posters)
@@ -93,6 +105,17 @@ class Dataset:
     @property
     def paths(self) -> list[Path]:
         return [poster.path for poster in self.posters]
+
+    def content_keys(self) -> list[str]:
+        """The sha256 of each poster file as of the open: each poster's key in the feature cache (hashed by
+        ``load_dataset``, else now; remembered across processes by ``file_facts``)."""
+        if self.keys is not None:
+            return list(self.keys)
+        keys: list[str] = []
+        for folder, group in itertools.groupby(self.posters, key=lambda poster: poster.folder):
+            keys += [key for key, in folder_file_facts(folder, [poster.filename for poster in group], ("sha256",),
+                                                        lambda path: (file_sha256(path),))]
+        return keys
 
     def genre_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -192,8 +215,10 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     """Read and validate a dataset folder.
 
     ``check_images`` opens each image header (fast, no decoding) so files that are not images are
-    reported here; decoding errors of files with a valid header surface during extraction. Folders
-    and broken links named like posters are skipped either way, as nothing downstream can read them.
+    reported here, and hashes each file's bytes (the posters' feature cache keys) in the same read;
+    decoding errors of files with a valid header surface during extraction. Folders and broken links
+    named like posters are skipped either way, as nothing downstream can read them. A checked open is
+    remembered until the folder changes (``core.data.snapshot``).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -203,20 +228,59 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     if not labels_path.is_file():
         raise DatasetError(f"{labels_path} is missing",
                            "a dataset folder needs labels.csv with columns id,title,genres")
-    rows = _read_labels(labels_path)
-    images, extras, files = _index_images(root / POSTERS_DIR)
-    report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
-    for path in extras:
-        report.add(path.stem, f"second image for this id ({path.name}); {images[path.stem].name} is used", path)
-    posters = _canonical(_match(rows, images, files, report, check_images), report)
-    _report_orphans(images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
+    folder = root / POSTERS_DIR
+    files, others = _list_images(folder)
+    stamp = take_stamp(labels_path, folder, files, others) if check_images else None
+    saved = read_snapshot(root, stamp) if stamp else None
+    if saved is not None:
+        posters, report, keys = _from_snapshot(folder, saved)
+    else:
+        posters, report, keys = _read_folder(labels_path, folder, _index_images(files, others), check_images)
+        if stamp and posters:
+            write_snapshot(root, stamp, _to_snapshot(posters, report, keys))
     if not posters:
-        raise DatasetError(f"no usable posters in {root}: {len(rows)} label rows, {len(images)} images",
+        raise DatasetError(f"no usable posters in {root}: {report.n_rows} label rows, {report.n_images} images",
                            "check that posters/ holds <id>.jpg files named like the ids in labels.csv")
     info = read_info(root)
     dataset = Dataset(root=root, posters=posters, name=info.get("name", root.name),
-                      synthetic=bool(info.get("synthetic", False)), source=info.get("source", "folder"))
+                      synthetic=bool(info.get("synthetic", False)), source=info.get("source", "folder"), keys=keys)
     return dataset, report
+
+
+def _read_folder(labels_path: Path, folder: Path, index: tuple[dict[str, str], list[str], set[str]],
+                 check_images: bool) -> tuple[list[Poster], LoadReport, list[str] | None]:
+    rows = _read_labels(labels_path)
+    images, extras, files = index
+    report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
+    for name in extras:
+        stem = os.path.splitext(name)[0]
+        report.add(stem, f"second image for this id ({name}); {images[stem]} is used", folder / name)
+    checked = [id_ for id_ in images if id_ in files] if check_images else []
+    facts = dict(zip(checked, folder_file_facts(folder, [images[id_] for id_ in checked],
+                                                ("header_problem", "sha256"), _inspect)))
+    posters = _canonical(_match(rows, folder, images, files, {id_: fact[0] for id_, fact in facts.items()},
+                                report), report)
+    _report_orphans(folder, images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
+    return posters, report, [facts[poster.id][1] for poster in posters] if check_images else None
+
+
+def _to_snapshot(posters: list[Poster], report: LoadReport, keys: list[str] | None) -> dict:
+    return {"id": [p.id for p in posters], "title": [p.title for p in posters],
+            "genres": [GENRE_SEPARATOR.join(p.genres) for p in posters], "filename": [p.filename for p in posters],
+            "sha256": keys, "n_rows": report.n_rows, "n_images": report.n_images,
+            "skipped": [[s.id, s.reason, s.path] for s in report.skipped],
+            "genre_merges": {name: list(others) for name, others in report.genre_merges.items()}}
+
+
+def _from_snapshot(folder: Path, saved: dict) -> tuple[list[Poster], LoadReport, list[str]]:
+    genres: dict[str, tuple[str, ...]] = {}
+    posters = [Poster(id=id_, title=title, genres=genres.get(text) or genres.setdefault(
+                   text, tuple(text.split(GENRE_SEPARATOR))), folder=folder, filename=filename)
+               for id_, title, text, filename in zip(saved["id"], saved["title"], saved["genres"], saved["filename"])]
+    report = LoadReport(n_rows=saved["n_rows"], n_images=saved["n_images"],
+                        skipped=[Skipped(*item) for item in saved["skipped"]],
+                        genre_merges={name: tuple(others) for name, others in saved["genre_merges"].items()})
+    return posters, report, saved["sha256"]
 
 
 def read_info(root: Path) -> dict:
@@ -282,38 +346,45 @@ def _read_labels(path: Path) -> list[tuple[int, dict[str, str]]]:
     return rows
 
 
-def _index_images(folder: Path) -> tuple[dict[str, Path], list[Path], set[str]]:
-    """Entries with an image extension by id (file stem), any further ones for an id already seen, and
-    the ids whose entry is a regular file (from the directory listing, no ``stat`` per file).
+def _list_images(folder: Path) -> tuple[list[str], list[str]]:
+    """The names in ``folder`` with an image extension: regular files, then anything else (folders, broken
+    links), each sorted; from the directory listing, with no ``stat`` per file."""
+    files: list[str] = []
+    others: list[str] = []
+    if folder.is_dir():
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                name = entry.name
+                # os.path.splitext's extension, faster: the name ends with one and has a dot after its leading dots
+                if name.lower().endswith(IMAGE_EXTENSIONS) and "." in name.lstrip("."):
+                    (files if entry.is_file() else others).append(name)
+    return sorted(files), sorted(others)
+
+
+def _index_images(files: list[str], others: list[str]) -> tuple[dict[str, str], list[str], set[str]]:
+    """File names by id (file stem), any further ones for an id already seen, and the ids whose entry is
+    a regular file (regular files win when an id has several entries).
 
     Folders and broken links named like images are kept, so their rows are skipped with that reason
-    rather than as "no image"; regular files come first when an id has several entries.
+    rather than as "no image".
     """
-    images: dict[str, Path] = {}
-    extras: list[Path] = []
-    if not folder.is_dir():
-        return images, extras, set()
-    with os.scandir(folder) as listing:
-        entries = [(not entry.is_file(), entry.name) for entry in listing
-                   if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS]
-    files: set[str] = set()
-    for not_file, name in sorted(entries):
+    images: dict[str, str] = {}
+    extras: list[str] = []
+    for name in [*files, *others]:
         stem = os.path.splitext(name)[0]
         if stem in images:
-            extras.append(folder / name)
+            extras.append(name)
         else:
-            images[stem] = folder / name
-            if not not_file:
-                files.add(stem)
-    return images, extras, files
+            images[stem] = name
+    regular = set(files)
+    return images, extras, {stem for stem, name in images.items() if name in regular}
 
 
-def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], files: set[str], report: LoadReport,
-           check_images: bool) -> list[Poster]:
+def _match(rows: list[tuple[int, dict[str, str]]], folder: Path, images: dict[str, str], files: set[str],
+           problems: dict[str, str | None], report: LoadReport) -> list[Poster]:
+    """The posters of ``rows``; ``problems`` holds the header check of each checked file."""
     posters: list[Poster] = []
     seen: set[str] = set()
-    checked = [id_ for id_ in images if id_ in files] if check_images else []
-    problems = dict(zip(checked, file_facts([images[id_] for id_ in checked], "header_problem", _header_problem)))
     for number, row in rows:
         id_ = row["id"].strip()
         if not id_:
@@ -324,15 +395,16 @@ def _match(rows: list[tuple[int, dict[str, str]]], images: dict[str, Path], file
             continue
         seen.add(id_)
         genres = split_genres(row["genres"])
-        path = images.get(id_)
-        if path is None:
+        name = images.get(id_)
+        if name is None:
             report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
         elif not genres:
-            report.add(id_, "empty genre list", path)
-        elif problem := (problems.get(id_) if id_ in files else _header_problem(path)):
-            report.add(id_, problem, path)
+            report.add(id_, "empty genre list", folder / name)
+        elif problem := (problems.get(id_) if id_ in files else _header_problem(folder / name)):
+            report.add(id_, problem, folder / name)
         else:
-            posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, path=path))
+            posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, folder=folder,
+                                  filename=name))
     return posters
 
 
@@ -344,10 +416,15 @@ def _canonical(posters: list[Poster], report: LoadReport) -> list[Poster]:
     return [dataclasses.replace(poster, genres=tuple(spelling[g] for g in poster.genres)) for poster in posters]
 
 
-def _report_orphans(images: dict[str, Path], known: set[str], report: LoadReport) -> None:
-    for id_, path in images.items():
+def _report_orphans(folder: Path, images: dict[str, str], known: set[str], report: LoadReport) -> None:
+    for id_, name in images.items():
         if id_ not in known:
-            report.add(id_, "image without a row in labels.csv", path)
+            report.add(id_, "image without a row in labels.csv", folder / name)
+
+
+def _inspect(path: Path) -> tuple[str | None, str]:
+    """The header check and the sha256 of one poster file, read together."""
+    return _header_problem(path), file_sha256(path)
 
 
 def _header_problem(path: Path) -> str | None:

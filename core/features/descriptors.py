@@ -114,10 +114,8 @@ def image_descriptors(source: ImageSource, *, name: str | None = None) -> np.nda
 
 def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: int = 2) -> Descriptors:
     """Descriptors of every decodable poster, computing only posters whose content is not cached."""
-    from core.features.pipeline import content_keys
-
     store = _store(root)
-    keys = content_keys(dataset.paths)
+    keys = dataset.content_keys()
     path_of = dict(zip(keys, dataset.paths))
     todo = store.missing(keys)
     failures: dict[str, str] = {}
@@ -140,10 +138,8 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
 
 def descriptors_cached(dataset: Dataset, *, root: Path | None = None) -> bool:
     """Whether every poster of ``dataset`` has cached descriptors (undecodable ones aside); computes nothing."""
-    from core.features.pipeline import content_keys
-
     store = _store(root)
-    return not store.missing(content_keys(dataset.paths))
+    return not store.missing(dataset.content_keys())
 
 
 def _store(root: Path | None):

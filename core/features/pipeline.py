@@ -186,7 +186,7 @@ def cached_features(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -
     check_feature_config(config)
     started = time.perf_counter()
     store, weights, precision = store_for(config)
-    keys = content_keys(dataset.paths)
+    keys = dataset.content_keys()
     if store.missing(keys):
         carry_over(store, keys)
     if store.missing(keys) and not _only_known_failures(store, keys):
@@ -197,7 +197,7 @@ def cached_features(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -
 def cache_status(dataset: Dataset, config: FeatureConfig = FeatureConfig()) -> tuple[int, int]:
     """``(cached, total)`` posters of ``dataset`` for this configuration."""
     store, _, _ = store_for(config)
-    keys = content_keys(dataset.paths)
+    keys = dataset.content_keys()
     return sum(key in store for key in keys), len(keys)
 
 
@@ -218,19 +218,19 @@ def extract_features(dataset: Dataset, config: FeatureConfig = FeatureConfig(), 
     check_feature_config(config)
     started = time.perf_counter()
     store, weights, precision = store_for(config)
-    return _extract(dataset, config, store, weights, precision, content_keys(dataset.paths), progress, engine,
+    return _extract(dataset, config, store, weights, precision, dataset.content_keys(), progress, engine,
                     started)
 
 
 def _extract(dataset: Dataset, config: FeatureConfig, store: FeatureStore, weights: Weights, precision: str,
              keys: list[str], progress: ProgressFn | None, engine: Engine | None, started: float) -> FeatureSet:
-    path_of = dict(zip(keys, dataset.paths))
     failed: dict[str, str] = {}
     computed: set[str] = set()
     if store.missing(keys):
         carry_over(store, keys)
     if store.missing(keys):
         with store.locked():
+            path_of = dict(zip(keys, dataset.paths))
             todo = [(path_of[key], key) for key in store.missing(keys)]
             failed = (engine or _compute)(store, todo, config, weights, precision, progress)
             store.remember_failures(failed)

@@ -86,6 +86,9 @@ class FeatureStore:
         return len(self._index)
 
     def missing(self, keys: Sequence[str]) -> list[str]:
+        """The keys not stored, each once, in order."""
+        if all(map(self._index.__contains__, keys)):
+            return []
         return [key for key in dict.fromkeys(keys) if key not in self._index]
 
     @contextlib.contextmanager
