@@ -4,6 +4,7 @@
   and report (skipped items with reasons and paths, genre merges) without reading labels.csv again.
 - Any change is seen: a poster rewritten in place with other bytes (new content key), a label edited,
   a poster added or removed, a damaged saved file; each makes the next open read the folder again.
+- A saved open whose columns differ in length is not used (zip would silently drop posters).
 - Content keys are the sha256 of each file's bytes, as the feature cache expects; an open that skips the
   image check saves nothing and hashes on demand.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 
@@ -97,6 +99,15 @@ def test_a_damaged_saved_open_is_ignored_and_replaced(folder, monkeypatch):
     saved.write_text(saved.read_text()[:40])
     assert _state(*load_dataset(folder)) == first
     _reading_labels_fails(monkeypatch)
+    assert _state(*load_dataset(folder)) == first
+
+
+def test_a_saved_open_with_columns_of_different_lengths_is_not_used(folder):
+    first = _state(*load_dataset(folder))
+    [saved] = (cache_root() / SNAPSHOT_DIR).glob("*.json")
+    document = json.loads(saved.read_text())
+    document["content"]["id"].pop()
+    saved.write_text(json.dumps(document))
     assert _state(*load_dataset(folder)) == first
 
 

@@ -231,9 +231,9 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     folder = root / POSTERS_DIR
     files, others = _list_images(folder)
     stamp = take_stamp(labels_path, folder, files, others) if check_images else None
-    saved = read_snapshot(root, stamp) if stamp else None
-    if saved is not None:
-        posters, report, keys = _from_snapshot(folder, saved)
+    opened = _from_snapshot(folder, read_snapshot(root, stamp)) if stamp else None
+    if opened:
+        posters, report, keys = opened
     else:
         posters, report, keys = _read_folder(labels_path, folder, _index_images(files, others), check_images)
         if stamp and posters:
@@ -272,15 +272,22 @@ def _to_snapshot(posters: list[Poster], report: LoadReport, keys: list[str] | No
             "genre_merges": {name: list(others) for name, others in report.genre_merges.items()}}
 
 
-def _from_snapshot(folder: Path, saved: dict) -> tuple[list[Poster], LoadReport, list[str]]:
-    genres: dict[str, tuple[str, ...]] = {}
-    posters = [Poster(id=id_, title=title, genres=genres.get(text) or genres.setdefault(
-                   text, tuple(text.split(GENRE_SEPARATOR))), folder=folder, filename=filename)
-               for id_, title, text, filename in zip(saved["id"], saved["title"], saved["genres"], saved["filename"])]
-    report = LoadReport(n_rows=saved["n_rows"], n_images=saved["n_images"],
-                        skipped=[Skipped(*item) for item in saved["skipped"]],
-                        genre_merges={name: tuple(others) for name, others in saved["genre_merges"].items()})
-    return posters, report, saved["sha256"]
+def _from_snapshot(folder: Path, saved: dict | None) -> tuple[list[Poster], LoadReport, list[str]] | None:
+    """The posters, report and keys of a remembered open; ``None`` when there is none or it is malformed."""
+    try:
+        columns = [saved[name] for name in ("id", "title", "genres", "filename", "sha256")]
+        if len({len(column) for column in columns}) != 1:
+            return None
+        genres: dict[str, tuple[str, ...]] = {}
+        posters = [Poster(id=id_, title=title, genres=genres.get(text) or genres.setdefault(
+                       text, tuple(text.split(GENRE_SEPARATOR))), folder=folder, filename=filename)
+                   for id_, title, text, filename in zip(*columns[:4])]
+        report = LoadReport(n_rows=saved["n_rows"], n_images=saved["n_images"],
+                            skipped=[Skipped(*item) for item in saved["skipped"]],
+                            genre_merges={name: tuple(others) for name, others in saved["genre_merges"].items()})
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return None
+    return posters, report, columns[4]
 
 
 def read_info(root: Path) -> dict:
