@@ -273,12 +273,11 @@ def measure_sessions(root: Path, weights: str) -> list[Row]:
                     f"RSS of one process running 2 x 2 AppTest sessions of app.py (before: {before / 1024:.2f} GB)"))
     clusters, predictions = sessions[1]
     clusters_rerun = timed(lambda: clusters.run())
-    colour = timed(lambda: clusters.selectbox(key="color_genre").select(clusters.selectbox(key="color_genre").options[1]).run())
+    colour = timed(lambda: clusters.selectbox(key="color_genre").select_index(1).run())
     predictions_rerun = timed(lambda: predictions.run())
     hits = timed(lambda: predictions.selectbox(key="filter_hits").select("no hit").run())
-    genre = timed(lambda: predictions.selectbox(key="filter_genre").select(
-        predictions.selectbox(key="filter_genre").options[1]).run())
-    sort = timed(lambda: predictions.selectbox(key="sort_by").select(list(predictions.selectbox(key="sort_by").options)[2]).run())
+    genre = timed(lambda: predictions.selectbox(key="filter_genre").select_index(1).run())
+    sort = timed(lambda: predictions.selectbox(key="sort_by").select_index(2).run())
     page = [n for n in predictions.number_input if n.key == "page_number"]
     paged = timed(lambda: page[0].set_value(2).run()) if page else float("nan")
     for label, seconds in [("Clusters rerun (map shown)", clusters_rerun), ("Clusters: colour by a genre", colour),
