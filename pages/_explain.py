@@ -37,8 +37,8 @@ OVERLAY_SIDE = 480
 # ---- cached calls into core ---------------------------------------------------------------------
 
 @st.cache_resource(show_spinner="Decoding poster thumbnails (once: they are cached on disk)…", max_entries=4)
-def _atlas(paths: tuple[str, ...]) -> np.ndarray:
-    return thumbnail_atlas(paths)
+def _atlas(paths: tuple[str, ...], _keys: tuple[str, ...]) -> np.ndarray:
+    return thumbnail_atlas(paths, keys=_keys)
 
 
 @st.cache_data(show_spinner="Computing visual descriptors (once: they are cached on disk)…", max_entries=4)
@@ -94,11 +94,11 @@ def mosaic_section(frame: pd.DataFrame, coords: np.ndarray, rows: list[int]) -> 
         "snap": "map shape (empty cells stay empty)", "assign": "dense grid (every poster shown)"}.get)
     if method not in methods:
         method = "snap"
-    paths = tuple(frame["path"])
-    if len(paths) > AUTO_POSTERS and not atlas_cached(paths) and not st.button(
+    paths, keys = tuple(frame["path"]), tuple(frame["key"])
+    if len(paths) > AUTO_POSTERS and not atlas_cached(paths, keys=keys) and not st.button(
             f"Build the mosaic (decodes {len(paths):,} posters once, about 30 s per thousand)", key="build_mosaic"):
         return
-    atlas = _atlas(paths)
+    atlas = _atlas(paths, keys)
     started = time.perf_counter()
     try:
         layout = mosaic_layout(coords[subset], columns=columns, method=method)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from core.analysis.maps import (METRICS, SAMPLE_SIZE, SAMPLE_THRESHOLD, Embedding, UmapConfig, cached_umap,
@@ -38,6 +39,12 @@ class Posters:
     frame: pd.DataFrame
     Y: np.ndarray
     genres: tuple[str, ...]
+    ids: list[str]
+    row_of: dict[str, int]
+    label_of: dict[str, str]
+    """The poster picker's "title (id)" of each id."""
+    hover: np.ndarray
+    """The map's hover text of each row: the title in bold, then the genres."""
 
 
 @dataclass
@@ -52,8 +59,9 @@ def poster_table(dataset, features) -> Posters:
     return Posters(*_poster_table(features.key, str(dataset.root), stamp, dataset, features))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _features):
+    """Shared by every session and rerun without a copy (100,000 rows): nothing may change it."""
     truth = genre_labels(_dataset, _features.ids)
     labels, genres, Y = truth.labels, truth.vocabulary.genres, truth.Y
     path_of = {poster.id: str(poster.path) for poster in _dataset.posters}
@@ -64,9 +72,13 @@ def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _feature
         "title": [title_of[id_] for id_ in _features.ids],
         "genres": [", ".join(g) for g in labels],
         "path": [path_of[id_] for id_ in _features.ids],
+        "key": _features.keys,
         "primary": primary_genre(Y, genres),
     })
-    return frame, Y, genres
+    ids = list(_features.ids)
+    return (frame, Y, genres, ids, {id_: row for row, id_ in enumerate(ids)},
+            {id_: f"{title} ({id_})" for id_, title in zip(ids, frame["title"])},
+            ("<b>" + frame["title"] + "</b><br>" + frame["genres"]).to_numpy())
 
 
 @st.cache_resource(show_spinner="Computing the run's hidden-layer activations…", max_entries=4)
@@ -202,21 +214,26 @@ def compute_map(source: MapSource, config: UmapConfig) -> Embedding | None:
 
 
 def map_figure(posters: Posters, coords: np.ndarray, color: str):
-    data = posters.frame[["row", "title", "genres"]].assign(x=coords[:, 0], y=coords[:, 1])
+    """One trace per colour, built with graph objects: a point's hover text is one string (title and genres)
+    and its customdata its row number, so serialising 100,000 points takes a fraction of a second (plotly
+    express would send three per-point columns through its slow per-element path)."""
+    frame = posters.frame
     if color == PRIMARY:
-        data["colour"] = posters.frame["primary"]
-        order = list(data["colour"].value_counts().index)
+        groups = frame["primary"].to_numpy()
+        order = list(frame["primary"].value_counts().index)
         colours = dict(zip(order, PALETTE * 2))
     else:
-        inside = genre_membership(posters.Y, posters.genres, color)
         outside = f"not {color}"
-        data["colour"] = np.where(inside, color, outside)
+        groups = np.where(genre_membership(posters.Y, posters.genres, color), color, outside)
         order, colours = [outside, color], {outside: "#c8c8c8", color: "#d62728"}
-    fig = px.scatter(data, x="x", y="y", color="colour", custom_data=["row"], hover_name="title",
-                     hover_data={"genres": True, "x": False, "y": False, "colour": False},
-                     category_orders={"colour": order}, color_discrete_map=colours,
-                     render_mode="webgl" if len(data) > WEBGL_MIN_POINTS else "svg")
-    fig.update_traces(marker={"size": 6 if len(data) > 1000 else 9, "opacity": 0.8})
+    hover = posters.hover
+    rows = frame["row"].to_numpy()
+    trace = go.Scattergl if len(frame) > WEBGL_MIN_POINTS else go.Scatter
+    marker = {"size": 6 if len(frame) > 1000 else 9, "opacity": 0.8}
+    fig = go.Figure([trace(x=coords[inside, 0], y=coords[inside, 1], mode="markers", name=str(name),
+                           customdata=rows[inside, None], hovertext=hover[inside], hoverinfo="text",
+                           marker={**marker, "color": colours[name]})
+                     for name in order for inside in [groups == name] if inside.any()])
     fig.update_layout(height=620, legend_title_text="", margin={"l": 0, "r": 0, "t": 10, "b": 0},
                       xaxis={"visible": False}, yaxis={"visible": False})
     return fig
@@ -267,14 +284,12 @@ def draw_neighbours(posters: Posters, source: MapSource) -> None:
     st.subheader("Nearest neighbours of one poster")
     st.caption(f"Cosine similarity in the space of the map ({source.label}). Click a single point on the map "
                "or pick a title.")
-    ids = list(frame["id"])
-    if st.session_state.get("pick_poster") not in set(ids):
+    if st.session_state.get("pick_poster") not in posters.row_of:
         st.session_state.pop("pick_poster", None)
-    title_of = dict(zip(ids, frame["title"]))
     left, right = st.columns([3, 1])
-    picked = left.selectbox("Poster", ids, key="pick_poster", format_func=lambda id_: f"{title_of[id_]} ({id_})")
+    picked = left.selectbox("Poster", posters.ids, key="pick_poster", format_func=posters.label_of.__getitem__)
     n = right.slider("Neighbours shown", 4, 24, 8, key="n_similar")
-    row = ids.index(picked)
+    row = posters.row_of[picked]
     order, similarity = similar_posters(source.key, row, n, source.X)
     poster_grid(frame, [row], [f"{frame['title'].iat[row]} — {frame['genres'].iat[row]}"], width=180)
     poster_grid(frame, order, [f"{frame['title'].iat[r]} · {s:.2f} · {frame['genres'].iat[r]}"

@@ -15,10 +15,12 @@ Behaviours locked in:
 """
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import streamlit as st
 from streamlit.elements.plotly_chart import PlotlySelectionState, PlotlyState
@@ -56,6 +58,14 @@ def umap_spec(at: AppTest) -> dict:
     return specs[0]
 
 
+def plotly_array(value) -> np.ndarray:
+    """A trace's data array, whether plotly sent it as a list or as base64 typed-array data."""
+    if isinstance(value, dict) and "bdata" in value:
+        shape = [int(n) for n in str(value.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).reshape(shape)
+    return np.asarray(value)
+
+
 def image_count(at: AppTest) -> int:
     return sum(len(element.proto.imgs) for element in at.image)
 
@@ -87,8 +97,11 @@ def test_map_waits_for_a_click_then_comes_from_the_disk_cache(tiny_features, tin
     assert not any("umap_chart" in element_id for element_id in charts(at))
     show_map(at)
     spec = umap_spec(at)
-    rows = sorted(point[0] for trace in spec["data"] for point in trace["customdata"])
+    rows = sorted(int(point[0]) for trace in spec["data"] for point in plotly_array(trace["customdata"]))
     assert rows == list(range(len(tiny_features[1].ids)))
+    hover = [text for trace in spec["data"] for text in trace["hovertext"]]
+    poster = tiny_features[0].posters[0]
+    assert f"<b>{poster.title}</b><br>{', '.join(poster.genres)}" in hover
     assert "Map computed in" in texts(at)
 
     st.cache_data.clear()

@@ -159,14 +159,16 @@ def poster_thumbnail(path: Path, *, root: Path | None = None) -> np.ndarray:
     return thumb
 
 
-def thumbnail_atlas(paths: Sequence[Path], *, root: Path | None = None, workers: int = 2) -> np.ndarray:
+def thumbnail_atlas(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root: Path | None = None,
+                    workers: int = 2) -> np.ndarray:
     """``(n, THUMB_HEIGHT, THUMB_WIDTH, 3)`` thumbnails of ``paths``; one array per set of file contents.
 
     An unreadable poster becomes a grey tile. The atlas is cached under the hash of the files' sha256s,
-    and each thumbnail under its own, so a dataset that changes decodes only its new posters.
+    and each thumbnail under its own, so a dataset that changes decodes only its new posters. ``keys``
+    are those sha256s when the caller has them (a dataset's ``content_keys``), which saves a ``stat`` per file.
     """
     folder = root or _thumb_folder()
-    atlas_path = _atlas_path(paths, folder)
+    atlas_path = _atlas_path(paths, folder, keys)
     shape = (len(paths), THUMB_HEIGHT, THUMB_WIDTH, 3)
     try:
         return np.asarray(load_npy(atlas_path, shape=shape, dtype="uint8", mmap=False))
@@ -180,13 +182,14 @@ def thumbnail_atlas(paths: Sequence[Path], *, root: Path | None = None, workers:
     return atlas
 
 
-def atlas_cached(paths: Sequence[Path], *, root: Path | None = None) -> bool:
+def atlas_cached(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root: Path | None = None) -> bool:
     """Whether the atlas of exactly these files is on disk (reading it then takes milliseconds)."""
-    return _atlas_path(paths, root or _thumb_folder()).is_file()
+    return _atlas_path(paths, root or _thumb_folder(), keys).is_file()
 
 
-def _atlas_path(paths: Sequence[Path], folder: Path) -> Path:
-    return folder / "atlases" / f"{stable_hash(file_facts(paths, 'sha256', file_sha256))}.npy"
+def _atlas_path(paths: Sequence[Path], folder: Path, keys: Sequence[str] | None) -> Path:
+    keys = list(keys) if keys is not None else file_facts(paths, "sha256", file_sha256)
+    return folder / "atlases" / f"{stable_hash(keys)}.npy"
 
 
 def _thumb_folder() -> Path:
