@@ -213,6 +213,13 @@ def compute_map(source: MapSource, config: UmapConfig) -> Embedding | None:
     return embedding
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def shared_map_figure(labels_key: str, source_key: str, config: UmapConfig, color: str, _posters: Posters,
+                      _coords: np.ndarray):
+    """The map's figure, built once per map and colouring: ``st.plotly_chart`` copies it and changes nothing."""
+    return map_figure(_posters, _coords, color)
+
+
 def map_figure(posters: Posters, coords: np.ndarray, color: str):
     """One trace per colour, built with graph objects: a point's hover text is one string (title and genres)
     and its customdata its row number, so serialising 100,000 points takes a fraction of a second (plotly
@@ -334,7 +341,8 @@ config = umap_controls()
 embedding = compute_map(source, config)
 if embedding is not None:
     color = color_controls(posters.genres)
-    event = st.plotly_chart(map_figure(posters, embedding.coords, color), key="umap_chart",
+    figure = shared_map_figure(labels_key, source.key, config, color, posters, embedding.coords)
+    event = st.plotly_chart(figure, key="umap_chart",
                             on_select="rerun", selection_mode=("points", "box", "lasso"))
     rows = selected_rows(event)
     follow_click(rows, posters.frame)
