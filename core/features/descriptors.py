@@ -139,7 +139,7 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
 def descriptors_cached(dataset: Dataset, *, root: Path | None = None) -> bool:
     """Whether every poster of ``dataset`` has cached descriptors (undecodable ones aside); computes nothing."""
     store = _store(root)
-    return not store.missing(dataset.content_keys())
+    return all(map(store.__contains__, dataset.content_keys()))
 
 
 def _store(root: Path | None):
