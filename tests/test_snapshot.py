@@ -5,11 +5,13 @@
 - Any change is seen: a poster rewritten in place with other bytes (new content key), a label edited,
   a poster added or removed, a damaged saved file; each makes the next open read the folder again.
 - A saved open whose columns differ in length is not used (zip would silently drop posters).
+- Each poster carries its own content key, so a subset of a dataset's posters keeps the right keys.
 - Content keys are the sha256 of each file's bytes, as the feature cache expects; an open that skips the
   image check saves nothing and hashes on demand.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -113,5 +115,11 @@ def test_a_saved_open_with_columns_of_different_lengths_is_not_used(folder):
 
 def test_an_unchecked_open_saves_nothing_and_hashes_on_demand(folder):
     dataset, _ = load_dataset(folder, check_images=False)
-    assert dataset.keys is None and not (cache_root() / SNAPSHOT_DIR).exists()
+    assert all(p.key is None for p in dataset.posters) and not (cache_root() / SNAPSHOT_DIR).exists()
     assert dataset.content_keys() == load_dataset(folder)[0].content_keys()
+
+
+def test_a_subset_of_the_posters_keeps_each_posters_own_key(folder):
+    dataset, _ = load_dataset(folder)
+    keys = dataset.content_keys()
+    assert dataclasses.replace(dataset, posters=dataset.posters[1:]).content_keys() == keys[1:]

@@ -69,6 +69,8 @@ class Poster:
     genres: tuple[str, ...]
     folder: Path
     filename: str
+    key: str | None = field(default=None, repr=False, compare=False)
+    """The sha256 of the file when the open hashed it (``load_dataset`` checking images): its feature cache key."""
 
     @functools.cached_property
     def path(self) -> Path:
@@ -84,8 +86,6 @@ class Dataset:
     name: str
     synthetic: bool = False
     source: str = "folder"
-    keys: list[str] | None = field(default=None, repr=False)
-    """The sha256 of each poster file when the open hashed them (``load_dataset`` checking images)."""
 
     def __len__(self) -> int:
         return len(self.posters)
@@ -109,8 +109,8 @@ class Dataset:
     def content_keys(self) -> list[str]:
         """The sha256 of each poster file as of the open: each poster's key in the feature cache (hashed by
         ``load_dataset``, else now; remembered across processes by ``file_facts``)."""
-        if self.keys is not None:
-            return list(self.keys)
+        if all(poster.key is not None for poster in self.posters):
+            return [poster.key for poster in self.posters]
         keys: list[str] = []
         for folder, group in itertools.groupby(self.posters, key=lambda poster: poster.folder):
             keys += [key for key, in folder_file_facts(folder, [poster.filename for poster in group], ("sha256",),
@@ -233,22 +233,22 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
     stamp = take_stamp(labels_path, folder, files, others) if check_images else None
     opened = _from_snapshot(folder, read_snapshot(root, stamp)) if stamp else None
     if opened:
-        posters, report, keys = opened
+        posters, report = opened
     else:
-        posters, report, keys = _read_folder(labels_path, folder, _index_images(files, others), check_images)
+        posters, report = _read_folder(labels_path, folder, _index_images(files, others), check_images)
         if stamp and posters:
-            write_snapshot(root, stamp, _to_snapshot(posters, report, keys))
+            write_snapshot(root, stamp, _to_snapshot(posters, report))
     if not posters:
         raise DatasetError(f"no usable posters in {root}: {report.n_rows} label rows, {report.n_images} images",
                            "check that posters/ holds <id>.jpg files named like the ids in labels.csv")
     info = read_info(root)
     dataset = Dataset(root=root, posters=posters, name=info.get("name", root.name),
-                      synthetic=bool(info.get("synthetic", False)), source=info.get("source", "folder"), keys=keys)
+                      synthetic=bool(info.get("synthetic", False)), source=info.get("source", "folder"))
     return dataset, report
 
 
 def _read_folder(labels_path: Path, folder: Path, index: tuple[dict[str, str], list[str], set[str]],
-                 check_images: bool) -> tuple[list[Poster], LoadReport, list[str] | None]:
+                 check_images: bool) -> tuple[list[Poster], LoadReport]:
     rows = _read_labels(labels_path)
     images, extras, files = index
     report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
@@ -258,36 +258,35 @@ def _read_folder(labels_path: Path, folder: Path, index: tuple[dict[str, str], l
     checked = [id_ for id_ in images if id_ in files] if check_images else []
     facts = dict(zip(checked, folder_file_facts(folder, [images[id_] for id_ in checked],
                                                 ("header_problem", "sha256"), _inspect)))
-    posters = _canonical(_match(rows, folder, images, files, {id_: fact[0] for id_, fact in facts.items()},
-                                report), report)
+    posters = _canonical(_match(rows, folder, images, files, facts, report), report)
     _report_orphans(folder, images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
-    return posters, report, [facts[poster.id][1] for poster in posters] if check_images else None
+    return posters, report
 
 
-def _to_snapshot(posters: list[Poster], report: LoadReport, keys: list[str] | None) -> dict:
+def _to_snapshot(posters: list[Poster], report: LoadReport) -> dict:
     return {"id": [p.id for p in posters], "title": [p.title for p in posters],
             "genres": [GENRE_SEPARATOR.join(p.genres) for p in posters], "filename": [p.filename for p in posters],
-            "sha256": keys, "n_rows": report.n_rows, "n_images": report.n_images,
+            "sha256": [p.key for p in posters], "n_rows": report.n_rows, "n_images": report.n_images,
             "skipped": [[s.id, s.reason, s.path] for s in report.skipped],
             "genre_merges": {name: list(others) for name, others in report.genre_merges.items()}}
 
 
-def _from_snapshot(folder: Path, saved: dict | None) -> tuple[list[Poster], LoadReport, list[str]] | None:
-    """The posters, report and keys of a remembered open; ``None`` when there is none or it is malformed."""
+def _from_snapshot(folder: Path, saved: dict | None) -> tuple[list[Poster], LoadReport] | None:
+    """The posters and report of a remembered open; ``None`` when there is none or it is malformed."""
     try:
         columns = [saved[name] for name in ("id", "title", "genres", "filename", "sha256")]
-        if len({len(column) for column in columns}) != 1:
+        if len({len(column) for column in columns}) != 1 or not all(isinstance(key, str) for key in columns[4]):
             return None
         genres: dict[str, tuple[str, ...]] = {}
         posters = [Poster(id=id_, title=title, genres=genres.get(text) or genres.setdefault(
-                       text, tuple(text.split(GENRE_SEPARATOR))), folder=folder, filename=filename)
-                   for id_, title, text, filename in zip(*columns[:4])]
+                       text, tuple(text.split(GENRE_SEPARATOR))), folder=folder, filename=filename, key=key)
+                   for id_, title, text, filename, key in zip(*columns)]
         report = LoadReport(n_rows=saved["n_rows"], n_images=saved["n_images"],
                             skipped=[Skipped(*item) for item in saved["skipped"]],
                             genre_merges={name: tuple(others) for name, others in saved["genre_merges"].items()})
     except (KeyError, TypeError, AttributeError, ValueError):
         return None
-    return posters, report, columns[4]
+    return posters, report
 
 
 def read_info(root: Path) -> dict:
@@ -388,8 +387,8 @@ def _index_images(files: list[str], others: list[str]) -> tuple[dict[str, str], 
 
 
 def _match(rows: list[tuple[int, dict[str, str]]], folder: Path, images: dict[str, str], files: set[str],
-           problems: dict[str, str | None], report: LoadReport) -> list[Poster]:
-    """The posters of ``rows``; ``problems`` holds the header check of each checked file."""
+           facts: dict[str, tuple[str | None, str]], report: LoadReport) -> list[Poster]:
+    """The posters of ``rows``; ``facts`` holds the header check and sha256 of each checked file."""
     posters: list[Poster] = []
     seen: set[str] = set()
     for number, row in rows:
@@ -407,11 +406,11 @@ def _match(rows: list[tuple[int, dict[str, str]]], folder: Path, images: dict[st
             report.add(id_, "no image posters/<id>.jpg|jpeg|png|webp for this row")
         elif not genres:
             report.add(id_, "empty genre list", folder / name)
-        elif problem := (problems.get(id_) if id_ in files else _header_problem(folder / name)):
+        elif problem := (facts.get(id_, (None,))[0] if id_ in files else _header_problem(folder / name)):
             report.add(id_, problem, folder / name)
         else:
             posters.append(Poster(id=id_, title=" ".join(row["title"].split()) or id_, genres=genres, folder=folder,
-                                  filename=name))
+                                  filename=name, key=facts[id_][1] if id_ in facts else None))
     return posters
 
 
