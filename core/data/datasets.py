@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import functools
 import io
-import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from core.cache import atomic_write_json, atomic_write_text, file_sha256, folder_file_facts
+from core.cache import atomic_write_json, atomic_write_text, file_facts, file_sha256, folder_file_facts
 from core.errors import DatasetError, ImageError
 from core.data.images import IMAGE_EXTENSIONS, check_image_header
 from core.data.snapshot import read_snapshot, take_stamp, write_snapshot
@@ -111,11 +110,7 @@ class Dataset:
         ``load_dataset``, else now; remembered across processes by ``file_facts``)."""
         if all(poster.key is not None for poster in self.posters):
             return [poster.key for poster in self.posters]
-        keys: list[str] = []
-        for folder, group in itertools.groupby(self.posters, key=lambda poster: poster.folder):
-            keys += [key for key, in folder_file_facts(folder, [poster.filename for poster in group], ("sha256",),
-                                                        lambda path: (file_sha256(path),))]
-        return keys
+        return file_facts(self.paths, "sha256", file_sha256)
 
     def genre_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
