@@ -41,7 +41,7 @@ def timed(function, *args, **kwargs):
 
 
 def mosaic_report(paths: list[Path], coords: np.ndarray) -> None:
-    from core.analysis.mosaic import _atlas_path, mosaic_image, mosaic_layout, thumbnail_atlas
+    from core.analysis.mosaic import atlas_file, mosaic_image, mosaic_layout, thumbnail_atlas
 
     def build(root: Path) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
@@ -53,7 +53,7 @@ def mosaic_report(paths: list[Path], coords: np.ndarray) -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-explain-thumbs-"))
     try:
         image, cold = build(folder)
-        _atlas_path(paths, folder).unlink()
+        atlas_file(paths, root=folder).unlink()
         _, thumbs = build(folder)
         _, cached = build(folder)
         _, again = build(folder)

@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.analysis.clusters import ClusterCard, ClusterConfig, cluster_cards, find_clusters, selection_card
 from core.analysis.maps import reduce_pca
-from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, atlas_cached, mosaic_image,
+from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, atlas_file, mosaic_image,
                                   mosaic_layout, thumbnail_atlas)
 from core.data.images import thumbnail
 from core.errors import PosterGenreError
@@ -22,6 +22,7 @@ from core.features.descriptors import (DESCRIPTORS, NAMES, Descriptors, dataset_
                                        map_neighbours, map_structure)
 from core.model.gradcam import VIEW_LAYERS, GradCam, localisation_caveat, overlay
 from core.model.runs import Run
+from pages._shared import fingerprint
 from pages._widgets import thumbnails
 
 CLUSTER_CARDS_SHOWN = 12
@@ -36,14 +37,42 @@ OVERLAY_SIDE = 480
 
 # ---- cached calls into core ---------------------------------------------------------------------
 
+@st.cache_resource(show_spinner=False)
+def _found_on_disk() -> set[tuple[str, str]]:
+    """``(what, contents)`` pairs this server found complete in the disk cache. They stay there, so a rerun
+    does not check every poster again (about 0.05 s per check at 100,000 posters)."""
+    return set()
+
+
+def _on_disk(what: str, contents: str, check) -> bool:
+    found = _found_on_disk()
+    if (what, contents) not in found and check():
+        found.add((what, contents))
+    return (what, contents) in found
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _atlas_file(contents: str, _paths: tuple[str, ...], _keys: tuple[str, ...]):
+    """Hashing 100,000 keys takes about 0.05 s: once per set of posters, not on every rerun."""
+    return atlas_file(_paths, keys=_keys)
+
+
 @st.cache_resource(show_spinner="Decoding poster thumbnails (once: they are cached on disk)…", max_entries=4)
-def _atlas(paths: tuple[str, ...], _keys: tuple[str, ...]) -> np.ndarray:
-    return thumbnail_atlas(paths, keys=_keys)
+def _atlas(contents: str, _paths: tuple[str, ...], _keys: tuple[str, ...]) -> np.ndarray:
+    return thumbnail_atlas(_paths, keys=_keys)
 
 
-@st.cache_data(show_spinner="Computing visual descriptors (once: they are cached on disk)…", max_entries=4)
-def _descriptors(root: str, n_posters: int, _dataset) -> Descriptors:
+@st.cache_resource(show_spinner="Computing visual descriptors (once: they are cached on disk)…", max_entries=4)
+def _descriptors(root: str, stamp: tuple, _dataset) -> Descriptors:
+    """Shared by every session without a copy: nothing may change it."""
     return dataset_descriptors(_dataset)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _descriptor_rows(contents: str, root: str, stamp: tuple, _dataset, _ids) -> np.ndarray:
+    rows = _descriptors(root, stamp, _dataset).for_ids(list(_ids))
+    rows.flags.writeable = False
+    return rows
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -61,17 +90,22 @@ def _gradcam(folder: str, created: str, _run: Run) -> GradCam:
     return GradCam(_run)
 
 
-def descriptors_for(dataset, ids, *, compute: bool) -> np.ndarray | None:
-    """Descriptor rows in the order of ``ids``, or None when they are not cached and ``compute`` is False."""
-    if not compute and not descriptors_cached(dataset):
+def descriptors_for(dataset, ids, contents: str, *, compute: bool) -> np.ndarray | None:
+    """Descriptor rows in the order of ``ids`` (read-only, shared), or None when they are not cached and
+    ``compute`` is False. ``contents`` names ``ids``' posters (a features key)."""
+    if not compute and not _descriptors_on_disk(dataset):
         return None
-    return _descriptors(str(dataset.root), len(dataset), dataset).for_ids(list(ids))
+    return _descriptor_rows(contents, str(dataset.root), fingerprint(dataset.root), dataset, ids)
+
+
+def _descriptors_on_disk(dataset) -> bool:
+    return _on_disk("descriptors", f"{dataset.root}-{fingerprint(dataset.root)}", lambda: descriptors_cached(dataset))
 
 
 def _descriptor_gate(dataset, key: str) -> bool:
     """Small datasets and cached descriptors go ahead; a first computation for a large one waits for a click."""
     done = f"{key}_done"
-    if len(dataset) <= AUTO_POSTERS or st.session_state.get(done) or descriptors_cached(dataset):
+    if len(dataset) <= AUTO_POSTERS or st.session_state.get(done) or _descriptors_on_disk(dataset):
         return True
     st.info(f"Visual descriptors are not computed for these {len(dataset):,} posters yet: each poster is decoded "
             "once (about a minute per few thousand), then they are cached on disk.")
@@ -81,8 +115,9 @@ def _descriptor_gate(dataset, key: str) -> bool:
 
 # ---- Clusters page: mosaic ----------------------------------------------------------------------
 
-def mosaic_section(frame: pd.DataFrame, coords: np.ndarray, rows: list[int]) -> None:
-    """The current map (or the box/lasso selection on it) drawn with the posters themselves."""
+def mosaic_section(frame: pd.DataFrame, contents: str, coords: np.ndarray, rows: list[int]) -> None:
+    """The current map (or the box/lasso selection on it) drawn with the posters themselves; ``contents``
+    names the frame's posters (a features key)."""
     st.subheader("Poster mosaic")
     subset = np.asarray(rows if len(rows) > 1 else np.arange(len(frame)))
     st.caption(("The selected region" if len(rows) > 1 else "The whole map") + " snapped to a grid; each cell "
@@ -95,10 +130,10 @@ def mosaic_section(frame: pd.DataFrame, coords: np.ndarray, rows: list[int]) -> 
     if method not in methods:
         method = "snap"
     paths, keys = tuple(frame["path"]), tuple(frame["key"])
-    if len(paths) > AUTO_POSTERS and not atlas_cached(paths, keys=keys) and not st.button(
+    if len(paths) > AUTO_POSTERS and not _atlas_file(contents, paths, keys).is_file() and not st.button(
             f"Build the mosaic (decodes {len(paths):,} posters once, about 30 s per thousand)", key="build_mosaic"):
         return
-    atlas = _atlas(paths, keys)
+    atlas = _atlas(contents, paths, keys)
     started = time.perf_counter()
     try:
         layout = mosaic_layout(coords[subset], columns=columns, method=method)
@@ -129,8 +164,8 @@ def cluster_controls() -> ClusterConfig:
     return ClusterConfig(space=space, min_cluster_size=size, min_samples=samples or None)
 
 
-def clusters_section(dataset, frame: pd.DataFrame, Y: np.ndarray, genres: tuple[str, ...], coords: np.ndarray,
-                     source_key: str, X: np.ndarray, rows: list[int]) -> None:
+def clusters_section(dataset, frame: pd.DataFrame, contents: str, Y: np.ndarray, genres: tuple[str, ...],
+                     coords: np.ndarray, source_key: str, X: np.ndarray, rows: list[int]) -> None:
     """'Find clusters' with a card per cluster, the same card for a selection, and colour vs genre on the map."""
     st.subheader("Clusters that describe themselves")
     st.caption("HDBSCAN finds dense groups; each card compares a group with the whole dataset: genre shares "
@@ -138,7 +173,8 @@ def clusters_section(dataset, frame: pd.DataFrame, Y: np.ndarray, genres: tuple[
                "descriptors that differ most (Cohen's d).")
     config = cluster_controls()
     ready = st.session_state.get("clusters_found") or st.button("Find clusters", key="find_clusters", type="primary")
-    descriptors = descriptors_for(dataset, frame["id"], compute=_descriptor_gate(dataset, "compute_descriptors"))
+    descriptors = descriptors_for(dataset, frame["id"], contents,
+                                  compute=_descriptor_gate(dataset, "compute_descriptors"))
     if ready:
         st.session_state["clusters_found"] = True
         points = coords if config.space == "map" else _pca_scores(source_key, X)
@@ -239,7 +275,7 @@ def descriptor_boxplots(dataset) -> None:
         return
     if not _descriptor_gate(dataset, "compute_descriptors_data"):
         return
-    result = _descriptors(str(dataset.root), len(dataset), dataset)
+    result = _descriptors(str(dataset.root), fingerprint(dataset.root), dataset)
     name = st.selectbox("Descriptor", NAMES, key="descriptor_box", format_func=lambda n: f"{n}: {DESCRIPTORS[n]}")
     genres_of = {poster.id: poster.genres for poster in dataset.posters}
     frame = result.frame().assign(genre=lambda f: f["id"].map(genres_of)).explode("genre")

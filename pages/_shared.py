@@ -28,6 +28,10 @@ WARM_UP_ENV = "POSTER_GENRE_WARM_UP"
 """Set to 0 to skip the background warm-up (the tests do: each AppTest would pay it again)."""
 
 
+GC_FREEZE_MIN_POSTERS = 20_000
+"""From this many posters a dataset's objects are frozen out of the collector's passes (below, they cost
+it little)."""
+
 _ROUTED = False
 
 
@@ -47,13 +51,26 @@ def warm_up_in_background() -> threading.Thread:
 def _warm_up() -> None:
     import keras  # noqa: F401
 
-    # After every script run Streamlit calls keras.backend.clear_session() and gc.collect(), each a full
-    # garbage-collector pass over TensorFlow's hundreds of thousands of objects (~0.3 s apiece here).
-    # Freezing the long-lived objects keeps them out of those passes.
-    gc.freeze()
+    keep_out_of_gc_passes()
     from core.analysis.maps import warm_up
 
     warm_up()
+
+
+def keep_out_of_gc_passes(n_posters: int | None = None) -> None:
+    """Freeze every object alive now out of the garbage collector's passes (``gc.freeze``).
+
+    After every script run Streamlit calls ``gc.collect(2)`` and ``keras.backend.clear_session()`` (a
+    second full pass). Each walks every tracked object: TensorFlow's hundreds of thousands, a large
+    dataset's posters and tables (0.4 s with 100,000 posters loaded here), and the next rerun waits.
+    Called once the long-lived things are built (the imports; a dataset of ``n_posters`` and its tables,
+    from ``GC_FREEZE_MIN_POSTERS``), after a collection so no garbage is frozen with them. Reference
+    counting still frees a frozen object; only a cycle (a Keras model alive now) would outlive its use.
+    """
+    if n_posters is not None and n_posters < GC_FREEZE_MIN_POSTERS:
+        return
+    gc.collect()
+    gc.freeze()
 
 
 def route_through_app() -> None:
@@ -116,7 +133,9 @@ def fingerprint(root: Path) -> tuple:
 
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
 def _load_dataset(root: str, _fingerprint: tuple) -> tuple[Dataset, LoadReport]:
-    return load_dataset(root)
+    loaded = load_dataset(root)
+    keep_out_of_gc_passes(len(loaded[0]))
+    return loaded
 
 
 def get_dataset(root: Path) -> tuple[Dataset, LoadReport]:
@@ -164,6 +183,7 @@ def _cached_features(root: str, _fingerprint: tuple, config: FeatureConfig) -> F
     features = cached_features(dataset, config)
     if features is None:
         raise _NotCached
+    keep_out_of_gc_passes(len(features.ids))
     return features
 
 

@@ -1,5 +1,5 @@
-"""UI pieces that several pages draw: poster thumbnails, saved-run menus, metrics against the prior,
-per-genre tables, pagination.
+"""UI pieces that several pages draw: poster thumbnails, a poster picker, saved-run menus, metrics against
+the prior, per-genre tables, pagination.
 
 Imported by the pages (not run as a page, so Streamlit magic does not apply here).
 """
@@ -26,6 +26,9 @@ from core.model.runs import Run
 
 THUMBNAIL_SIDE = 256
 SELECTED_RUN = "selected_run"
+PICKER_OPTIONS = 1000
+"""A poster picker lists up to this many posters; a larger set is searched first (a selectbox of 100,000
+options adds about 0.1 s to every rerun, and nobody scrolls through it)."""
 
 
 # ---- poster thumbnails --------------------------------------------------------------------------
@@ -192,6 +195,31 @@ def show_per_genre(table: pd.DataFrame, k: int, key: str = "per_genre_table") ->
         "recall_at_k": st.column_config.NumberColumn(f"Recall@{k}", format="%.3f"),
         "predicted": st.column_config.NumberColumn(f"In top {k}", help="test posters predicting it"),
     })
+
+
+# ---- picking one poster ------------------------------------------------------------------------
+
+def poster_picker(label: str, ids: list[str], label_of: dict[str, str], *, key: str, target=st) -> str:
+    """The id of one poster, picked by its "title (id)"; above ``PICKER_OPTIONS`` posters from the matches of
+    a search box. ``st.session_state[key]`` may be set to any id before the call (a clicked map point)."""
+    if st.session_state.get(key) not in label_of:
+        st.session_state.pop(key, None)
+    if len(ids) <= PICKER_OPTIONS:
+        return target.selectbox(label, ids, key=key, format_func=label_of.__getitem__)
+    query = target.text_input(f"Search the {len(ids):,} posters by title or id", key=f"{key}_search",
+                              placeholder="part of a title or an id")
+    needle = query.strip().lower()
+    matches = [id_ for id_ in ids if needle in label_of[id_].lower()] if needle else ids
+    options = matches[:PICKER_OPTIONS]
+    current = st.session_state.get(key)
+    if current is not None and current not in options:
+        options = [current, *options]
+    if needle and not matches:
+        target.caption(f"No title or id contains “{query.strip()}”.")
+    elif len(matches) > PICKER_OPTIONS:
+        target.caption((f"{len(matches):,} posters match; the" if needle else "The")
+                       + f" first {PICKER_OPTIONS:,} are listed: search to narrow them.")
+    return target.selectbox(label, options or ids[:1], key=key, format_func=label_of.__getitem__)
 
 
 # ---- pagination ---------------------------------------------------------------------------------

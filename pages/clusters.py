@@ -18,8 +18,9 @@ from core.model.experiment import genre_labels
 from core.features.views import FEATURE_VIEWS
 from core.model.runs import Run
 from pages._explain import clusters_section, mosaic_section
-from pages._shared import active_dataset, fingerprint, require_features, route_through_app
-from pages._widgets import all_runs, dataset_runs, require_runs, run_selector, thumbnails, view_matrix
+from pages._shared import active_dataset, fingerprint, keep_out_of_gc_passes, require_features, route_through_app
+from pages._widgets import (all_runs, dataset_runs, poster_picker, require_runs, run_selector, thumbnails,
+                            view_matrix)
 
 K_MAX = 50
 SELECTION_CAP = 40
@@ -76,9 +77,11 @@ def _poster_table(features_key: str, root: str, stamp: tuple, _dataset, _feature
         "primary": primary_genre(Y, genres),
     })
     ids = list(_features.ids)
-    return (frame, Y, genres, ids, {id_: row for row, id_ in enumerate(ids)},
-            {id_: f"{title} ({id_})" for id_, title in zip(ids, frame["title"])},
-            ("<b>" + frame["title"] + "</b><br>" + frame["genres"]).to_numpy())
+    table = (frame, Y, genres, ids, {id_: row for row, id_ in enumerate(ids)},
+             {id_: f"{title} ({id_})" for id_, title in zip(ids, frame["title"])},
+             ("<b>" + frame["title"] + "</b><br>" + frame["genres"]).to_numpy())
+    keep_out_of_gc_passes(len(ids))
+    return table
 
 
 @st.cache_resource(show_spinner="Computing the run's hidden-layer activations…", max_entries=4)
@@ -291,10 +294,8 @@ def draw_neighbours(posters: Posters, source: MapSource) -> None:
     st.subheader("Nearest neighbours of one poster")
     st.caption(f"Cosine similarity in the space of the map ({source.label}). Click a single point on the map "
                "or pick a title.")
-    if st.session_state.get("pick_poster") not in posters.row_of:
-        st.session_state.pop("pick_poster", None)
     left, right = st.columns([3, 1])
-    picked = left.selectbox("Poster", posters.ids, key="pick_poster", format_func=posters.label_of.__getitem__)
+    picked = poster_picker("Poster", posters.ids, posters.label_of, key="pick_poster", target=left)
     n = right.slider("Neighbours shown", 4, 24, 8, key="n_similar")
     row = posters.row_of[picked]
     order, similarity = similar_posters(source.key, row, n, source.X)
@@ -362,5 +363,6 @@ if neighbour_index_ready(source):
     draw_agreement(agreement_table(source.key, labels_key, k, source.X, posters.Y, posters.genres), k)
 
 if embedding is not None:
-    mosaic_section(posters.frame, embedding.coords, rows)
-    clusters_section(dataset, posters.frame, posters.Y, posters.genres, embedding.coords, source.key, source.X, rows)
+    mosaic_section(posters.frame, features.key, embedding.coords, rows)
+    clusters_section(dataset, posters.frame, features.key, posters.Y, posters.genres, embedding.coords, source.key,
+                     source.X, rows)

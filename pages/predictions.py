@@ -19,10 +19,10 @@ from core.analysis.metrics import per_genre_report
 from core.model.predict import PosterPrediction, Predictor, ScoredPosters, score_test_posters
 from core.model.runs import Run
 from pages._explain import gradcam_section
-from pages._shared import active_dataset, fingerprint, require_features, route_through_app
+from pages._shared import active_dataset, fingerprint, keep_out_of_gc_passes, require_features, route_through_app
 from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
-                            random_run_warning, require_runs, run_selector, show_per_genre, show_poster,
-                            view_matrix)
+                            poster_picker, random_run_warning, require_runs, run_selector, show_per_genre,
+                            show_poster, view_matrix)
 
 PAGE_SIZE = 24
 PAGE_KEY = "page_number"
@@ -56,10 +56,14 @@ def escape(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def scored_posters(run_token: tuple, root: str, dataset_fingerprint: tuple, _run: Run,
                    _dataset: Dataset) -> ScoredPosters:
-    return score_test_posters(_run, _dataset)
+    """Shared by every session without a copy (20,000 test posters at 100,000): nothing may change it."""
+    scored = score_test_posters(_run, _dataset)
+    scored.Y.flags.writeable = scored.scores.flags.writeable = False
+    keep_out_of_gc_passes(len(_dataset))
+    return scored
 
 
 def outcome_mask(table: pd.DataFrame, outcome: str) -> pd.Series:
@@ -138,10 +142,10 @@ def probability_figure(genres, probabilities, true: tuple[str, ...] = ()):
 
 
 def detail_controls(shown: pd.DataFrame, table: pd.DataFrame) -> str:
-    options = list(dict.fromkeys([*shown["id"], *table["id"]]))
-    titles = dict(zip(table["id"], table["title"]))
-    return st.selectbox("Poster", options, key="detail_poster",
-                        format_func=lambda id_: f"{titles[id_]} ({id_})")
+    """The posters the filters show first, then the other test posters."""
+    ids = list(dict.fromkeys([*shown["id"], *table["id"]]))
+    label_of = {id_: f"{title} ({id_})" for id_, title in zip(table["id"], table["title"])}
+    return poster_picker("Poster", ids, label_of, key="detail_poster")
 
 
 def draw_detail(row, probabilities: np.ndarray, genres: tuple[str, ...], k: int) -> None:

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, BACKGROUND, MISSING_GREY, THUMB_HEIGHT, THUMB_WIDTH,
-                                  assign_layout, cell_at, grid_shape, mosaic_image, mosaic_layout, poster_thumbnail,
-                                  snap_layout, thumbnail_atlas)
+                                  assign_layout, atlas_file, cell_at, grid_shape, mosaic_image, mosaic_layout,
+                                  poster_thumbnail, snap_layout, thumbnail_atlas)
 from core.errors import PosterGenreError
 
 
@@ -102,7 +102,9 @@ def test_thumbnails_are_cached_by_content_and_letterboxed(tmp_path):
 def test_atlas_is_read_back_and_an_unreadable_poster_is_grey(tmp_path):
     paths = [_poster(tmp_path / "a.png", (0, 0, 255)), tmp_path / "bad.jpg"]
     paths[1].write_bytes(b"not an image")
+    assert not atlas_file(paths, root=tmp_path / "cache").exists()
     atlas = thumbnail_atlas(paths, root=tmp_path / "cache")
+    assert atlas_file(paths, root=tmp_path / "cache").is_file()
     assert atlas.shape == (2, THUMB_HEIGHT, THUMB_WIDTH, 3)
     assert (atlas[1] == MISSING_GREY).all()
     for tile in (tmp_path / "cache").glob("??/*.npy"):

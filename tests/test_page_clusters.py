@@ -8,6 +8,7 @@ Behaviours locked in:
 - colouring by one genre splits the map into that genre and the rest;
 - a box/lasso selection shows the selected posters and their genre shares; a single clicked point
   becomes the picked poster;
+- above the picker's limit a search box narrows the poster list, and a clicked point is still picked;
 - the nearest-neighbour section shows the picked poster and its neighbours as images;
 - the agreement table has an "overall" row first and one row per genre, with a lift per row;
 - a saved run's last hidden layer is a map source; a run that does not match the features is
@@ -169,6 +170,27 @@ def test_a_single_clicked_point_becomes_the_picked_poster(page, monkeypatch, tin
     page.run()
     assert not page.exception
     assert page.selectbox(key="pick_poster").value == tiny_features[1].ids[11]
+
+
+def test_above_the_picker_limit_posters_are_searched_and_a_click_still_picks(page, monkeypatch, tiny_features):
+    monkeypatch.setattr("pages._widgets.PICKER_OPTIONS", 10)
+    page.run()
+    assert len(page.selectbox(key="pick_poster").options) == 10
+    assert "The first 10 are listed" in texts(page)
+    dataset, features = tiny_features
+    wanted = features.ids[25]
+    label = f"{next(p.title for p in dataset.posters if p.id == wanted)} ({wanted})"
+    page.text_input(key="pick_poster_search").input(label).run()
+    pick = page.selectbox(key="pick_poster")
+    assert pick.value == features.ids[0] and pick.options[1:] == [label], "the one match, after the current pick"
+    pick.set_value(wanted).run()
+    assert not page.exception and page.selectbox(key="pick_poster").value == wanted
+    fake_selection(monkeypatch, [33])
+    page.run()
+    assert page.selectbox(key="pick_poster").value == features.ids[33]
+    page.text_input(key="pick_poster_search").input("no such poster").run()
+    assert "No title or id contains “no such poster”" in texts(page)
+    assert page.selectbox(key="pick_poster").value == features.ids[33]
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,19 @@ Behaviours locked in:
 - above the map's sample threshold the page says, before and after computing, that the map is fitted
   on a sample and how many posters that sample holds;
 - above the neighbour threshold the page says the neighbour statistics are approximate;
-- below both thresholds it says neither.
+- below both thresholds it says neither;
+- from the freezing threshold on, a dataset's posters are frozen out of the garbage collector's passes
+  (Streamlit runs two full passes after every rerun); below it they are not.
 """
 from __future__ import annotations
+
+import gc
+import shutil
 
 import pytest
 
 from core.analysis import maps, neighbours
+from core.data.datasets import Poster
 from tests.test_page_clusters import open_page, show_map, texts
 
 
@@ -40,3 +46,16 @@ def test_page_says_neither_below_the_thresholds(tiny_features, tiny_dataset):
     at = show_map(open_page(tiny_dataset))
     assert "sample" not in texts(at).lower()
     assert "approximate" not in texts(at).lower()
+
+
+@pytest.mark.parametrize("threshold, frozen", [(40, True), (41, False)])
+def test_a_large_datasets_posters_are_kept_out_of_the_collectors_passes(threshold, frozen, monkeypatch, tiny_features,
+                                                                        tiny_dataset, tmp_path):
+    copy = shutil.copytree(tiny_dataset, tmp_path / "copy")  # a new folder: loaded afresh, features from the cache
+    monkeypatch.setattr("pages._shared.GC_FREEZE_MIN_POSTERS", threshold)
+    try:
+        open_page(copy)
+        tracked = sum(isinstance(o, Poster) and o.folder.parent == copy for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
+    assert tracked == (0 if frozen else 40)

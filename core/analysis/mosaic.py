@@ -168,7 +168,7 @@ def thumbnail_atlas(paths: Sequence[Path], *, keys: Sequence[str] | None = None,
     are those sha256s when the caller has them (a dataset's ``content_keys``), which saves a ``stat`` per file.
     """
     folder = root or _thumb_folder()
-    atlas_path = _atlas_path(paths, folder, keys)
+    atlas_path = atlas_file(paths, keys=keys, root=folder)
     shape = (len(paths), THUMB_HEIGHT, THUMB_WIDTH, 3)
     try:
         return np.asarray(load_npy(atlas_path, shape=shape, dtype="uint8", mmap=False))
@@ -182,14 +182,11 @@ def thumbnail_atlas(paths: Sequence[Path], *, keys: Sequence[str] | None = None,
     return atlas
 
 
-def atlas_cached(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root: Path | None = None) -> bool:
-    """Whether the atlas of exactly these files is on disk (reading it then takes milliseconds)."""
-    return _atlas_path(paths, root or _thumb_folder(), keys).is_file()
-
-
-def _atlas_path(paths: Sequence[Path], folder: Path, keys: Sequence[str] | None) -> Path:
+def atlas_file(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root: Path | None = None) -> Path:
+    """Where the atlas of exactly these files is cached: when it is a file, ``thumbnail_atlas`` reads it in
+    milliseconds. Keyed by the files' sha256s, given as ``keys`` when the caller has them."""
     keys = list(keys) if keys is not None else file_facts(paths, "sha256", file_sha256)
-    return folder / "atlases" / f"{stable_hash(keys)}.npy"
+    return (root or _thumb_folder()) / "atlases" / f"{stable_hash(keys)}.npy"
 
 
 def _thumb_folder() -> Path:
