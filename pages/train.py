@@ -13,7 +13,8 @@ from core.errors import PosterGenreError, TrainingError
 from core.features.pipeline import FeatureSet
 from core.model.classifier import BatchProgress, EpochLog, training_fraction
 from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
-                               TrainOption, applies, check_config, config_from_values, config_values)
+                               TrainOption, applies, check_config, config_from_values, config_values,
+                               long_training_note)
 from core.model.experiment import ExperimentResult, run_experiment
 from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, find_run, training_text,
                              runs_table, save_run)
@@ -54,10 +55,12 @@ def remember_controls() -> None:
     st.session_state[FORM_MEMORY] = {key: st.session_state[key] for key in ("preset", *CONTROL_KEYS)}
 
 
-def preset_controls() -> str:
+def preset_controls(n_posters: int) -> str:
     preset = st.selectbox("Start from preset", list(PRESETS), key="preset", on_change=apply_preset,
                           help="Changing the preset resets every control below to its values.")
     st.caption(f"**{preset}**: {PRESET_NOTES[preset]}")
+    if note := long_training_note(preset, n_posters):
+        st.warning(note)
     with st.expander("The presets at a glance"):
         st.dataframe(pd.DataFrame([{"preset": name, "what it is": entry.what, "what it costs": entry.cost}
                                    for name, entry in PRESET_TABLE.items()]), hide_index=True, key="presets_table")
@@ -361,7 +364,7 @@ features = require_features(dataset)
 n_genres = len(dataset.genre_counts())
 
 init_controls()
-preset = preset_controls()
+preset = preset_controls(len(dataset))
 train_controls()
 remember_controls()
 try:

@@ -4,6 +4,7 @@ Locks in:
 - the page runs without exception and every control exists by key;
 - switching the preset resets the controls to that preset's values (recommended: an 8-network ensemble on
   square-rooted avg45 features), and the form survives a page switch;
+- a preset that would train for long on the dataset warns with its estimated time and points to fast;
 - an invalid combination (early stopping with validation 0 and a single network) shows core's
   TrainingError message; with an ensemble the validation fraction is disabled and the error goes away;
 - a 2-epoch training on the avg view is saved, listed in the experiment table and its metrics are
@@ -163,6 +164,15 @@ def test_preset_switch_resets_the_controls(train_page):
     assert widget(at, "feature_view").value == "flatten" and widget(at, "early_stopping").value is False
     assert widget(at, "ensemble").value == 1 and widget(at, "power_normalize").value is False
     assert not widget(at, "validation_split").disabled
+
+
+def test_a_preset_that_would_train_for_long_warns_and_points_to_fast(train_page, monkeypatch):
+    monkeypatch.setattr("core.model.config.LONG_TRAINING_S", 0.01)  # 40 posters: a long training made short
+    at = train_page
+    at.selectbox(key="preset").set_value("recommended").run()
+    assert "recommended would train for about" in texts(at.warning) and "fast preset" in texts(at.warning)
+    at.selectbox(key="preset").set_value("fast").run()
+    assert "would train for about" not in texts(at.warning)
 
 
 def test_the_fast_preset_greys_out_the_network_options_and_trains_in_closed_form(train_page):

@@ -2,7 +2,8 @@
 
 - ``check_config`` refuses each bad field (hidden sizes, dropout, optimizer, learning rate, epochs,
   batch size, test and validation fractions, early stopping without validation, k, feature view)
-  with a message naming the field and the offending value; presets are valid.
+  with a message naming the field and the offending value; presets are valid; a preset whose scaled
+  training time is long on a large dataset gets a warning pointing to ``fast``.
 - ``TrainConfig`` round-trips through ``to_dict`` / ``from_dict``; ``with_overrides`` ignores ``None``.
 - ``make_split`` has the requested sizes, disjoint covering parts, is determined by the seed, and
   refuses a split that leaves fewer than 2 training posters.
@@ -31,7 +32,7 @@ import pytest
 
 from core.errors import TrainingError
 from core.analysis.metrics import top_k_precision_recall
-from core.model.config import PRESETS, TrainConfig, check_config, with_overrides
+from core.model.config import PRESETS, TrainConfig, check_config, long_training_note, with_overrides
 from core.model.classifier import GenreClassifier, build_model, make_split
 
 FAST = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=3,
@@ -105,6 +106,13 @@ def test_check_config_bounds_k_by_the_genres_when_known():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_are_valid(name):
     check_config(PRESETS[name])
+
+
+def test_a_long_training_is_announced_with_its_scaled_time_and_the_fast_preset():
+    note = long_training_note("recommended", 100_000)
+    assert "about 58 minutes" in note and "80,000 training posters" in note and "fast preset" in note
+    assert long_training_note("recommended", 4_596) is None
+    assert long_training_note("fast", 1_000_000) is None, "the kernel head's time is not proportional to the posters"
 
 
 def test_config_dict_round_trip_and_overrides():

@@ -302,10 +302,21 @@ class Preset:
     config: TrainConfig
     what: str
     cost: str
+    dev_seconds: float | None = None
+    """Training time on the dev set's training posters, for a preset of networks, whose time grows in
+    proportion to the training posters; None for the kernel head, whose time does not."""
 
     @property
     def note(self) -> str:
         return f"{self.what} Cost: {self.cost}"
+
+    def seconds_for(self, n_train: int) -> float | None:
+        """About how long training takes on ``n_train`` posters, scaled from the dev set's time."""
+        return None if self.dev_seconds is None else self.dev_seconds * n_train / DEV_TRAIN_POSTERS
+
+
+DEV_TRAIN_POSTERS = 3_677
+"""Training posters of the dev set (4,596 posters, 80/20), on which the presets' times were measured."""
 
 
 PRESET_TABLE: dict[str, Preset] = {
@@ -313,7 +324,8 @@ PRESET_TABLE: dict[str, Preset] = {
         TrainConfig(),
         "Exactly the tutorial: 25,088-d flattened VGG16 features, 1024→256, RMSprop 1e-4, 60 epochs; "
         "on real posters it does not beat guessing the most frequent genres.",
-        "about 4 minutes of training on the dev set; needs the full (flatten) features of the tutorial geometry."),
+        "about 4 minutes of training on the dev set; needs the full (flatten) features of the tutorial geometry.",
+        dev_seconds=240),
     "fast": Preset(
         settled(TrainConfig(feature_view="avg45", power_normalize=True, standardize=True, head="kernel")),
         "recommended's features (avg45, square-rooted, standardised) read by kernel ridge regression instead of "
@@ -326,11 +338,24 @@ PRESET_TABLE: dict[str, Preset] = {
         "dropout, Adam, and an average of 8 networks, each early-stopped on its own eighth of the training posters; "
         "best on poster-shaped features (geometry poster: +0.008 top-3 precision on the dev set).",
         "about 2 minutes of training on the dev set on 2 AVX2 cores (8 networks); works on pooled features of any "
-        "geometry or backbone."),
+        "geometry or backbone.", dev_seconds=160),
 }
 """Every preset once: ``PRESETS`` (the options) and ``PRESET_NOTES`` (one line each) are made from it."""
 PRESETS: dict[str, TrainConfig] = {name: preset.config for name, preset in PRESET_TABLE.items()}
 PRESET_NOTES: dict[str, str] = {name: preset.note for name, preset in PRESET_TABLE.items()}
+LONG_TRAINING_S = 600.0
+"""From this estimated training time on, the Train page warns and points to ``fast``."""
+
+
+def long_training_note(preset: str, n_posters: int) -> str | None:
+    """A warning when ``preset`` would train for long on a dataset of ``n_posters``, else None."""
+    n_train = round(n_posters * (1 - PRESETS[preset].test_size))
+    seconds = PRESET_TABLE[preset].seconds_for(n_train)
+    if seconds is None or seconds < LONG_TRAINING_S:
+        return None
+    return (f"On these {n_posters:,} posters, {preset} would train for about {seconds / 60:.0f} minutes on 2 CPU cores "
+            f"(its dev-set time scaled to {n_train:,} training posters). The fast preset trains 80,000 posters in "
+            "under a minute (bench/scale.py).")
 
 
 def n_parameters(config: TrainConfig, n_genres: int = 0) -> int:
