@@ -13,7 +13,8 @@ user's folder unchanged (``folder_hashes``):
   per-genre table read back.
 - encodings: UTF-16 (either byte order) and UTF-32 with a byte-order mark are read; UTF-16 without
   one is read with a note naming it; text that is not UTF-8 is read as cp1252 with a note naming the
-  byte and line (printed by the CLI); a byte-order mark followed by invalid text is refused.
+  byte and line (printed by the CLI); a byte-order mark followed by invalid text is refused; the
+  dataset list counts the rows of a UTF-16 labels.csv.
 - downloads: genre names with a line break, NUL or ``|`` from a source (TMDB, a URL table, the
   builder itself) are cleaned and each is noted, so the folder loads; a URL table whose genres look
   joined by ``,`` under the ``|`` separator is refused before any download, and reads with
@@ -289,3 +290,12 @@ def test_a_url_table_genre_with_a_line_break_is_cleaned_and_cp1252_is_noted(fake
     dataset, report = load_dataset(tmp_path / "out")
     assert _genres(dataset) == {"1": ("Drama Romance", "Comedy"), "2": ("Drama",)} and report.skipped == []
     assert dataset.titles[0] == "Café"
+
+
+def test_the_library_counts_the_rows_of_a_utf16_labels_file(tmp_path, monkeypatch):
+    from core.data.library import datasets_dir, downloaded_datasets
+
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    (datasets_dir() / "wide" / "posters").mkdir(parents=True)
+    (datasets_dir() / "wide" / "labels.csv").write_bytes(TEXT.encode("utf-16"))
+    assert [(e.name, e.n_posters) for e in downloaded_datasets()] == [("wide", 2)]
