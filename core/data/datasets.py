@@ -200,11 +200,13 @@ def canonical_genres(labels: Sequence[Sequence[str]]) -> tuple[dict[str, str], d
     Returns the spelling of every name in ``labels`` and, for genres written several ways, the
     others merged into it.
     """
-    counts: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
     for genres in labels:
         for name in genres:
-            spellings = counts.setdefault(genre_key(name), {})
-            spellings[name] = spellings.get(name, 0) + 1
+            totals[name] = totals.get(name, 0) + 1
+    counts: dict[str, dict[str, int]] = {}
+    for name, total in totals.items():
+        counts.setdefault(genre_key(name), {})[name] = total
     spelling: dict[str, str] = {}
     merges: dict[str, tuple[str, ...]] = {}
     for spellings in counts.values():
@@ -351,7 +353,7 @@ def _read_labels(path: Path) -> tuple[list[tuple[int, dict[str, str]]], str | No
                 raise DatasetError(
                     f"{path}, line {start}: a quoted field runs over lines {start}-{end}",
                     "a \" opened in this row is never closed; close it, or double it (\"\") inside a quoted field")
-            if extra := [value for value in fields[len(columns):] if value.strip()]:
+            if len(fields) > len(columns) and (extra := [v for v in fields[len(columns):] if v.strip()]):
                 long_rows.append((start, extra))
             if fields:
                 rows.append((start, {name: (fields[i] if i < len(fields) else "")
@@ -391,7 +393,8 @@ def _check_long_rows(path: Path, long_rows: list[tuple[int, list[str]]], n_colum
 
 
 def _check_genre_text(path: Path, cells: list[tuple[int, str]]) -> None:
-    controls = [(line, cell) for line, cell in cells if control_characters(cell)]
+    controls = [(line, cell) for line, cell in cells if control_characters(cell)] \
+        if control_characters("".join(cell for _, cell in cells)) else []
     if controls:
         line, cell = controls[0]
         raise DatasetError(
