@@ -18,7 +18,7 @@ BYTE_ORDER_MARKS = (  # UTF-32 first: its little-endian mark starts with UTF-16'
     (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
     (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"), (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
 )
-CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 """Unicode's control characters (category Cc) but the tab, which is whitespace folded like a space."""
 
 
