@@ -128,6 +128,8 @@ def show_report(dataset: Dataset, report: LoadReport) -> None:
         st.caption("Nothing skipped: every label row has its image and every image its row.")
     if report.genre_merges:
         st.info("Genres written several ways were merged:  \n" + "  \n".join(report.merge_lines()))
+    if report.notes:
+        st.info("  \n".join(report.notes))
 
 
 # --- genres ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Outcomes are *used* (with the values that prove it), *skipped* (with this reason
 this message), never a traceback and never a silently wrong result:
 
 - labels.csv variants: genres differing by case/whitespace are merged into one spelling and the merge
-  is reported; an unbalanced quote is refused with its line number; odd but valid CSV is used.
+  is reported; an unbalanced quote is refused with its line number; odd but valid CSV is used. Commas,
+  Unicode forms, control characters, encodings and genres named like missing values: in
+  ``tests/test_labels_reading.py``.
 - image variants: greyscale, CMYK, RGBA, palette, 16-bit, 1-bit, WebP, PNG bytes named .jpg and
   symlinks are used; empty, non-image, truncated, oversize (header-only 20000x20000 PNG and an
   8000x8000 one), folders and broken links named like posters are skipped with their reason.
@@ -151,8 +153,8 @@ LABEL_CASES = {
     "empty id and duplicate id": (
         "id,title,genres\na,A,Drama\n,Nobody,Drama\na,Again,Comedy\nb,B,Comedy\n",
         ("skipped", {"line 3": "empty id", "a": "duplicate id (line 4)"})),
-    "short and long rows": (
-        "id,title,genres\na,A,Drama,extra,fields\nb,B\nc,C,Comedy\n",
+    "short rows and trailing empty fields": (
+        "id,title,genres\na,A,Drama,,\nb,B\nc,C,Comedy\n",
         ("skipped", {"b": "empty genre list"})),
 }
 

@@ -3,6 +3,7 @@
 Locks in:
 - the page runs without exception on a preset dataset and shows the loader's counts, the genre
   frequency and co-occurrence charts and the poster grid;
+- a labels.csv that is not UTF-8 is read as cp1252 and the page says so;
 - a typed folder that does not exist, has no labels.csv, or whose CSV lacks the genres column gives
   an error with core's message, and the active dataset stays;
 - a valid typed folder becomes the active dataset and is saved in the settings file of the cache;
@@ -98,6 +99,17 @@ def test_genre_spellings_merged_on_load_are_listed(tiny_dataset, tmp_path):
                                      encoding="utf-8")
     at = open_page(root)
     assert f"genre {genre!r} also written as {genre.upper()!r}; merged into {genre!r}" in texts(at.info)
+
+
+def test_a_labels_file_read_as_cp1252_says_so(tiny_dataset, tmp_path):
+    root = tmp_path / "windows"
+    shutil.copytree(tiny_dataset, root)
+    header, first, *rest = (root / "labels.csv").read_text(encoding="utf-8").splitlines()
+    id_, _, genres = first.split(",")
+    (root / "labels.csv").write_bytes("\n".join([header, f"{id_},Caf\u00e9,{genres}", *rest, ""]).encode("cp1252"))
+    at = open_page(root)
+    assert (f"{root / 'labels.csv'} is not valid UTF-8 (byte 0xe9 on line 2); read as cp1252 (Windows Western)"
+            in texts(at.info))
 
 
 @pytest.mark.parametrize("make, message", [

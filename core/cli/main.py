@@ -156,7 +156,7 @@ def _load(args: argparse.Namespace):
     dataset, report = load_dataset(args.dataset)
     for item in report.skipped:
         print(f"skipped {item.id}: {item.reason}", file=sys.stderr)
-    for line in report.merge_lines():
+    for line in [*report.notes, *report.merge_lines()]:
         print(line, file=sys.stderr)
     kind = "SYNTHETIC " if dataset.synthetic else ""
     print(f"{kind}dataset {dataset.name}: {len(dataset)} posters, {len(dataset.genre_counts())} genres"

@@ -2,7 +2,10 @@
 
 ``load_dataset`` validates the folder and returns the usable posters together with a report that
 lists every skipped item and why, so nothing disappears silently. Genre names are compared with case
-and whitespace folded (``genre_key``); each genre gets one spelling and the report lists the merges.
+and whitespace folded and Unicode composed (``genre_key``); each genre gets one spelling, in composed
+form (NFC), and the report lists the merges. labels.csv is decoded as it was saved (``core.data.text``);
+genres with control characters, or that look joined by ``,`` rather than ``|``, are refused with their
+line numbers, since no reading of them is what the person meant.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import functools
 import io
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +25,7 @@ from core.cache import atomic_write_json, atomic_write_text, file_facts, file_sh
 from core.errors import DatasetError, ImageError
 from core.data.images import IMAGE_EXTENSIONS, check_image_header
 from core.data.snapshot import read_snapshot, take_stamp, write_snapshot
+from core.data.text import clean_label, control_characters, decode_table, quote_label
 
 LABELS_FILE = "labels.csv"
 POSTERS_DIR = "posters"
@@ -46,6 +51,8 @@ class LoadReport:
     skipped: list[Skipped] = field(default_factory=list)
     genre_merges: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Each genre written several ways: the spelling used → the other spellings merged into it."""
+    notes: list[str] = field(default_factory=list)
+    """How the file was read where it was not plain UTF-8 (the encoding inferred)."""
 
     def add(self, id: str, reason: str, path: Path | None = None) -> None:
         self.skipped.append(Skipped(id=id, reason=reason, path=str(path) if path else None))
@@ -54,7 +61,7 @@ class LoadReport:
         return [f"{item.id}: {item.reason}" for item in self.skipped]
 
     def merge_lines(self) -> list[str]:
-        return [f"genre {name!r} also written as {', '.join(repr(o) for o in others)}; merged into {name!r}"
+        return [f"genre {name!r} also written as {', '.join(map(quote_label, others))}; merged into {name!r}"
                 for name, others in self.genre_merges.items()]
 
 
@@ -169,9 +176,11 @@ class GenreVocabulary:
         return f"GenreVocabulary({list(self.genres)!r})"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def genre_key(name: str) -> str:
-    """What makes two genre names the same genre: case and runs of whitespace do not count."""
-    return " ".join(name.split()).casefold()
+    """What makes two genre names the same genre: case, runs of whitespace and the Unicode form
+    ("é" as one character or as "e" and an accent) do not count."""
+    return " ".join(unicodedata.normalize("NFC", name).split()).casefold()
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -186,22 +195,24 @@ def split_genres(text: str) -> tuple[str, ...]:
 
 
 def canonical_genres(labels: Sequence[Sequence[str]]) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """One spelling per genre: the most frequent one (the first seen on a tie).
+    """One spelling per genre: the most frequent one (the first seen on a tie), in composed form (NFC).
 
     Returns the spelling of every name in ``labels`` and, for genres written several ways, the
     others merged into it.
     """
-    counts: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
     for genres in labels:
         for name in genres:
-            spellings = counts.setdefault(genre_key(name), {})
-            spellings[name] = spellings.get(name, 0) + 1
+            totals[name] = totals.get(name, 0) + 1
+    counts: dict[str, dict[str, int]] = {}
+    for name, total in totals.items():
+        counts.setdefault(genre_key(name), {})[name] = total
     spelling: dict[str, str] = {}
     merges: dict[str, tuple[str, ...]] = {}
     for spellings in counts.values():
-        chosen = max(spellings, key=spellings.__getitem__)
+        chosen = unicodedata.normalize("NFC", max(spellings, key=spellings.__getitem__))
         spelling.update({name: chosen for name in spellings})
-        if len(spellings) > 1:
+        if set(spellings) != {chosen}:
             merges[chosen] = tuple(name for name in spellings if name != chosen)
     return spelling, merges
 
@@ -244,9 +255,9 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
 
 def _read_folder(labels_path: Path, folder: Path, index: tuple[dict[str, str], list[str], set[str]],
                  check_images: bool) -> tuple[list[Poster], LoadReport]:
-    rows = _read_labels(labels_path)
+    rows, note = _read_labels(labels_path)
     images, extras, files = index
-    report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras))
+    report = LoadReport(n_rows=len(rows), n_images=len(images) + len(extras), notes=[note] if note else [])
     for name in extras:
         stem = os.path.splitext(name)[0]
         report.add(stem, f"second image for this id ({name}); {images[stem]} is used", folder / name)
@@ -263,7 +274,8 @@ def _to_snapshot(posters: list[Poster], report: LoadReport) -> dict:
             "genres": [GENRE_SEPARATOR.join(p.genres) for p in posters], "filename": [p.filename for p in posters],
             "sha256": [p.key for p in posters], "n_rows": report.n_rows, "n_images": report.n_images,
             "skipped": [[s.id, s.reason, s.path] for s in report.skipped],
-            "genre_merges": {name: list(others) for name, others in report.genre_merges.items()}}
+            "genre_merges": {name: list(others) for name, others in report.genre_merges.items()},
+            "notes": report.notes}
 
 
 def _from_snapshot(folder: Path, saved: dict | None) -> tuple[list[Poster], LoadReport] | None:
@@ -278,7 +290,8 @@ def _from_snapshot(folder: Path, saved: dict | None) -> tuple[list[Poster], Load
                    for id_, title, text, filename, key in zip(*columns)]
         report = LoadReport(n_rows=saved["n_rows"], n_images=saved["n_images"],
                             skipped=[Skipped(*item) for item in saved["skipped"]],
-                            genre_merges={name: tuple(others) for name, others in saved["genre_merges"].items()})
+                            genre_merges={name: tuple(others) for name, others in saved["genre_merges"].items()},
+                            notes=[str(note) for note in saved["notes"]])
     except (KeyError, TypeError, AttributeError, ValueError):
         return None
     return posters, report
@@ -302,29 +315,30 @@ def write_info(root: Path, **info) -> None:
 def write_labels(root: Path, rows: Iterable[tuple[str, str, Sequence[str]]]) -> None:
     """Atomically (re)write ``labels.csv`` from ``(id, title, genres)`` rows.
 
-    Whitespace in titles is collapsed: a line break would make a field span lines, which
-    ``load_dataset`` refuses.
+    Titles are cleaned (``clean_label``): a line break would make a field span lines, which
+    ``load_dataset`` refuses. Genres are written as given: sources clean them first and report it.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(REQUIRED_COLUMNS)
     for id_, title, genres in rows:
-        writer.writerow([id_, " ".join(title.split()), GENRE_SEPARATOR.join(genres)])
+        writer.writerow([id_, clean_label(title), GENRE_SEPARATOR.join(genres)])
     atomic_write_text(Path(root) / LABELS_FILE, buffer.getvalue())
 
 
-def _read_labels(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` for each data row; a quoted field running over lines is an error.
+def _read_labels(path: Path) -> tuple[list[tuple[int, dict[str, str]]], str | None]:
+    """``(line number, row)`` for each data row, and a note when the encoding was inferred.
 
-    An unbalanced quote makes the csv module read on to the next quote, swallowing the rows between
-    into one field; no real id, title or genre list spans lines, so this is refused where it starts.
+    Refused where they are, since no reading of them is what the person meant: a quoted field running
+    over lines (an unbalanced quote makes the csv module read on to the next quote, swallowing the rows
+    between into one field; no real id, title or genre list spans lines), a row with more non-empty
+    fields than the header (a ',' outside quotes: genres joined by ',', or a title's comma), control
+    characters in genres and genres joined by ','.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
-    reader = csv.reader(io.StringIO(text))
+    decoded = decode_table(path.read_bytes(), str(path))
+    reader = csv.reader(io.StringIO(decoded.text))
     rows: list[tuple[int, dict[str, str]]] = []
+    long_rows: list[tuple[int, list[str]]] = []
     try:
         header = next(reader, [])
         columns = [c.strip() for c in header]
@@ -339,12 +353,72 @@ def _read_labels(path: Path) -> list[tuple[int, dict[str, str]]]:
                 raise DatasetError(
                     f"{path}, line {start}: a quoted field runs over lines {start}-{end}",
                     "a \" opened in this row is never closed; close it, or double it (\"\") inside a quoted field")
+            if len(fields) > len(columns) and (extra := [v for v in fields[len(columns):] if v.strip()]):
+                long_rows.append((start, extra))
             if fields:
                 rows.append((start, {name: (fields[i] if i < len(fields) else "")
                                      for i, name in enumerate(columns) if name}))
     except csv.Error as err:
         raise DatasetError(f"{path}, line {reader.line_num}: not valid CSV ({err})") from err
-    return rows
+    _check_long_rows(path, long_rows, len(columns))
+    _check_genre_text(path, [(number, row["genres"]) for number, row in rows])
+    return rows, decoded.note
+
+
+def comma_joined(cells: Sequence[tuple[int, str]], separator: str = GENRE_SEPARATOR) -> list[tuple[int, str]]:
+    """The ``(line, genres cell)`` whose genres look joined by ``,`` rather than ``separator``.
+
+    With no ``separator`` in any cell, every cell holding a comma; otherwise the cells with a name
+    whose comma-separated parts are all genres named elsewhere ("Drama,Romance" beside "Drama" and
+    "Romance"). A genre name holding a comma is kept when other rows show ``separator`` in use.
+    """
+    if separator == ",":
+        return []
+    with_comma = [(line, cell) for line, cell in cells if "," in cell]
+    if not with_comma or not any(separator in cell for _, cell in cells):
+        return with_comma
+    known = {genre_key(name) for _, cell in cells for name in cell.split(separator) if "," not in name}
+    return [(line, cell) for line, cell in with_comma
+            if any(all(genre_key(part) in known for part in name.split(",") if part.strip())
+                   for name in cell.split(separator) if "," in name)]
+
+
+def _check_long_rows(path: Path, long_rows: list[tuple[int, list[str]]], n_columns: int) -> None:
+    if long_rows:
+        line, extra = long_rows[0]
+        raise DatasetError(
+            f"{path}, {format_lines([line for line, _ in long_rows])}: more fields than the header's {n_columns} "
+            f"(line {line} goes on with {', '.join(map(repr, extra))})",
+            "genres are joined by |: replace ',' with '|'; a title holding ',' goes in double quotes")
+
+
+def _check_genre_text(path: Path, cells: list[tuple[int, str]]) -> None:
+    controls = [(line, cell) for line, cell in cells if control_characters(cell)] \
+        if control_characters("".join(cell for _, cell in cells)) else []
+    if controls:
+        line, cell = controls[0]
+        raise DatasetError(
+            f"{path}, {format_lines([line for line, _ in controls])}: genres hold control characters "
+            f"(line {line}: {cell!r} has {', '.join(control_characters(cell))})",
+            "remove them: a genre is plain text, and genres are joined by |")
+    joined = comma_joined(cells)
+    if joined:
+        line, cell = joined[0]
+        fixed = GENRE_SEPARATOR.join(" ".join(part.split()) for part in cell.split(","))
+        raise DatasetError(
+            f"{path}, {format_lines([line for line, _ in joined])}: genres look joined by ',' "
+            f"(line {line}: {cell!r} would be read as one genre)",
+            f"genres are joined by |: replace ',' with '|' (line {line}: {fixed!r})")
+
+
+def format_lines(numbers: Sequence[int], shown: int = 5) -> str:
+    """``line 3``, ``lines 3, 5 and 9``, ``lines 3, 5, 9, 12, 14 and 6 more``."""
+    if len(numbers) == 1:
+        return f"line {numbers[0]}"
+    head = ", ".join(map(str, numbers[:shown]))
+    if len(numbers) > shown:
+        return f"lines {head} and {len(numbers) - shown} more"
+    return f"lines {head.rsplit(', ', 1)[0]} and {numbers[-1]}"
 
 
 def _list_images(folder: Path) -> tuple[list[str], list[str]]:

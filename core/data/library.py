@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.cache import cache_root
 from core.data.datasets import LABELS_FILE, read_info
 from core.data.demo import demo_dataset_dir
+from core.data.text import decode_table
 from core.errors import DatasetError
 from core.sources.builder import safe_id
 
@@ -56,7 +58,7 @@ def dataset_entry(path: Path) -> DatasetEntry:
 
 def _count_rows(path: Path) -> int:
     try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-            return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
-    except OSError:
+        text = decode_table(path.read_bytes(), str(path)).text
+    except (OSError, DatasetError):
         return 0
+    return max(sum(1 for row in csv.reader(io.StringIO(text)) if row) - 1, 0)

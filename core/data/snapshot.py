@@ -19,7 +19,7 @@ from typing import Any
 from core.cache import atomic_write_text, cache_root, read_json, stable_hash
 from core.errors import CacheError
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 SNAPSHOT_DIR = "opened"
 
 

@@ -276,7 +276,9 @@ class Run:
     def per_genre(self):
         import pandas as pd
 
-        return pd.read_csv(self.folder / "per_genre.csv")
+        # genres are names: "NA", "None", "nan" or "1" stay text; only an empty cell is a missing number
+        return pd.read_csv(self.folder / "per_genre.csv", dtype={"genre": str}, keep_default_na=False,
+                           na_values=[""])
 
     def check_features(self, features: FeatureSet) -> None:
         """Refuse to apply this run to features it was not trained on."""

@@ -9,7 +9,9 @@ overwrites a file that is not listed there, so a user's own files always survive
 pool, saves only verified images (atomically, named by id), and rewrites ``labels.csv`` and
 ``metadata.csv`` atomically after every batch and when interrupted. Rows from earlier runs are kept
 and this run's rows merged in, listing only movies whose poster is saved, so a killed run loses
-nothing, a rerun fetches only what is missing, and a second table adds to the dataset.
+nothing, a rerun fetches only what is missing, and a second table adds to the dataset. Genre names
+are cleaned on the way in (``clean_genre``: control characters such as a line break or NUL would make
+a labels.csv every later command refuses) and each one changed is noted in the result.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import io
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -27,6 +29,7 @@ from core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text,
 from core.data.datasets import (GENRE_SEPARATOR, INFO_FILE, LABELS_FILE, METADATA_FILE, POSTERS_DIR,
                                 Skipped, read_info, split_genres, write_labels)
 from core.data.images import IMAGE_EXTENSIONS, check_image_bytes, open_rgb
+from core.data.text import clean_label, quote_label
 from core.errors import CacheError, DatasetError, ImageError, PosterGenreError
 from core.progress import ProgressFn, ProgressTracker
 
@@ -82,6 +85,12 @@ def safe_id(text: str) -> str | None:
     """``text`` stripped if it is usable as a file name (letters, digits, ``-``, ``_``), else None."""
     text = (text or "").strip()
     return text if SAFE_ID.match(text) else None
+
+
+def clean_genre(name: str) -> str:
+    """A source's genre name as labels.csv can hold it: ``clean_label`` (composed Unicode, no control
+    characters, whitespace collapsed), and ``|``, which joins genres there, written ``/``."""
+    return clean_label(name).replace(GENRE_SEPARATOR, "/")
 
 
 def poster_bytes(data: bytes, name: str) -> tuple[bytes, str]:
@@ -264,14 +273,22 @@ class _Run:
 
     def unique(self, items: Iterable[PosterItem]) -> list[PosterItem]:
         seen: set[str] = set()
+        changed: dict[str, int] = {}
         for item in items:
+            genres = tuple(dict.fromkeys(name for name in map(clean_genre, item.genres) if name))
             if safe_id(item.id) != item.id:
                 self.result.skipped.append(Skipped(item.id, "unsafe id for a file name"))
             elif item.id in seen:
                 self.result.skipped.append(Skipped(item.id, "duplicate id; the first is kept"))
+            elif not genres:
+                self.result.skipped.append(Skipped(item.id, "no genre names once cleaned", item.source))
             else:
                 seen.add(item.id)
-                self.items.append(item)
+                self.items.append(item if genres == item.genres else replace(item, genres=genres))
+                for name in item.genres:
+                    if clean_genre(name) != name:
+                        changed[name] = changed.get(name, 0) + 1
+        self.result.notes += [_cleaned_note(name, count) for name, count in changed.items()]
         return self.items
 
     def record(self, item: PosterItem, file_name: str | None, reason: str | None) -> None:
@@ -362,6 +379,11 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DatasetError(f"cannot read the earlier rows of {path}: {err}",
                            "fix or remove that file, or give a new folder") from err
+
+
+def _cleaned_note(name: str, count: int) -> str:
+    return (f"genre {quote_label(name)} ({count} movie{'' if count == 1 else 's'}) saved as "
+            f"{clean_genre(name)!r}: labels.csv holds no control characters, and '|' joins genres there")
 
 
 def _genres(value: str | Sequence[str]) -> Sequence[str]:

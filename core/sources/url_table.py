@@ -1,8 +1,10 @@
 """Poster-URL tables (an id, a title, genres and a poster URL per row) into dataset folders.
 
 ``read_url_table`` finds the columns (common names, case-insensitively, or the ones given), decodes
-the file (UTF-8, else cp1252) and turns each row into a ``PosterItem`` or a reason it was refused;
-``download_url_table`` hands them to ``core.sources.builder``.
+the file (``core.data.text.decode_table``: a byte-order mark, else UTF-8, else cp1252, with a note) and
+turns each row into a ``PosterItem`` or a reason it was refused; ``download_url_table`` hands them to
+``core.sources.builder``, which cleans the genre names. Genres that look joined by ``,`` while the
+separator is another are refused before any download, as the dataset would refuse them.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core.data.datasets import GENRE_SEPARATOR, Skipped
+from core.data.datasets import GENRE_SEPARATOR, Skipped, comma_joined, format_lines
+from core.data.text import decode_table
 from core.errors import DatasetError
 from core.progress import ProgressFn
 from core.sources.builder import AcquireResult, DatasetFolder, PosterItem, build_dataset, safe_id
@@ -42,12 +45,22 @@ class UrlTableConfig:
     batch_size: int = 20
 
 
-def read_url_table(csv_path: str | Path, config: UrlTableConfig = UrlTableConfig()
-                   ) -> tuple[list[PosterItem], list[Skipped], dict[str, str]]:
+@dataclass
+class UrlTable:
+    items: list[PosterItem]
+    skipped: list[Skipped]
+    columns: dict[str, str]
+    """The column used for each role (id, title, genres, url)."""
+    note: str | None = None
+    """How the file was decoded, when its encoding was inferred."""
+
+
+def read_url_table(csv_path: str | Path, config: UrlTableConfig = UrlTableConfig()) -> UrlTable:
     """The rows of a poster-URL table as items, the rows refused (with reasons), and the columns used."""
     path = Path(csv_path).expanduser()
-    header, rows = _read_csv(path, config.max_rows)
+    header, rows, note = _read_csv(path, config.max_rows)
     columns = _pick_columns(header, config, path)
+    _check_separator(path, rows, columns["genres"], config.genre_separator)
     items, skipped, seen = [], [], set()
     for number, row in rows:
         item, reason = _row_item(row, columns, config.genre_separator)
@@ -60,7 +73,7 @@ def read_url_table(csv_path: str | Path, config: UrlTableConfig = UrlTableConfig
             continue
         seen.add(item.id)
         items.append(item)
-    return items, skipped, columns
+    return UrlTable(items, skipped, columns, note)
 
 
 def download_url_table(csv_path: str | Path, out: str | Path,
@@ -68,25 +81,29 @@ def download_url_table(csv_path: str | Path, out: str | Path,
                        http_config: HttpConfig | None = None,
                        progress: ProgressFn | None = None) -> AcquireResult:
     """Add the posters of a URL table to the dataset folder ``out`` (new, empty, or made by this)."""
-    items, skipped, columns = read_url_table(csv_path, config)
+    table = read_url_table(csv_path, config)
     folder = DatasetFolder.open(out, SOURCE)
     http_config = http_config or HttpConfig(requests_per_second=config.requests_per_second)
-    parameters = {"csv": str(Path(csv_path).expanduser()), "columns": columns,
+    parameters = {"csv": str(Path(csv_path).expanduser()), "columns": table.columns,
                   "genre_separator": config.genre_separator, "max_rows": config.max_rows}
     with HttpClient(http_config) as client:
-        return build_dataset(items, folder, lambda item: client.get_bytes(item.source),
-                             info={"parameters": parameters}, skipped=skipped, workers=config.workers,
-                             batch_size=config.batch_size, progress=progress)
+        result = build_dataset(table.items, folder, lambda item: client.get_bytes(item.source),
+                               info={"parameters": parameters}, skipped=table.skipped, workers=config.workers,
+                               batch_size=config.batch_size, progress=progress)
+    if table.note:
+        result.notes.insert(0, table.note)
+    return result
 
 
-def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def _read_csv(path: Path, max_rows: int | None
+              ) -> tuple[list[str], list[tuple[int, dict[str, str]]], str | None]:
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise DatasetError(f"cannot read the poster table {path}: {err.strerror}") from err
-    text = _decode(raw)
+    decoded = decode_table(raw, str(path))
     try:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(io.StringIO(decoded.text))
         header = [name.strip() for name in reader.fieldnames or []]
         reader.fieldnames = header
         rows = []
@@ -98,16 +115,17 @@ def _read_csv(path: Path, max_rows: int | None) -> tuple[list[str], list[tuple[i
         raise DatasetError(f"{path} is not a valid CSV file: {err}") from err
     if not header:
         raise DatasetError(f"{path} is empty", "give a CSV with a header row")
-    return header, rows
+    return header, rows, decoded.note
 
 
-def _decode(raw: bytes) -> str:
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return raw.decode("latin-1")
+def _check_separator(path: Path, rows: list[tuple[int, dict[str, str]]], column: str, separator: str) -> None:
+    joined = comma_joined([(number, row.get(column, "")) for number, row in rows], separator)
+    if joined:
+        line, cell = joined[0]
+        raise DatasetError(f"{path}, {format_lines([number for number, _ in joined])}: genres look joined by "
+                           f"',' rather than {separator!r} (line {line}: {cell!r})",
+                           "give the separator the table uses: --genre-separator ',' (Genre separator on "
+                           "the Data page)")
 
 
 def _pick_columns(header: list[str], config: UrlTableConfig, path: Path) -> dict[str, str]:
@@ -139,8 +157,7 @@ def _row_item(row: dict[str, str], columns: dict[str, str],
         return None, "empty id"
     if id_ is None:
         return None, f"unsafe id {raw_id!r}: ids become file names, so only letters, digits, - and _"
-    genres = tuple(dict.fromkeys(g.strip().replace(GENRE_SEPARATOR, "/")
-                                 for g in row.get(columns["genres"], "").split(separator) if g.strip()))
+    genres = tuple(dict.fromkeys(g.strip() for g in row.get(columns["genres"], "").split(separator) if g.strip()))
     url = row.get(columns["url"], "")
     if not genres:
         return None, "no genres"
