@@ -78,8 +78,9 @@ class OutputFolder:
 
     def replace_with(self, write: Callable[[Path], None]) -> None:
         """Replace our files in the folder by those ``write(staging)`` puts in an empty staging folder."""
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX, suffix=".tmp"))
+        staging = None
         try:
+            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX, suffix=".tmp"))
             write(staging)
             files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*")
                            if path.is_file() or path.is_symlink())
@@ -93,9 +94,11 @@ class OutputFolder:
             self._remove_stale(set(files))
             write_manifest(self.root, self.written, kind=self.kind.name)
         except OSError as err:
-            raise self.refuse(f"cannot write {self.root}: {err}") from err
+            raise self.refuse(f"cannot write into {self.root}: {err}",
+                              "check that the disk has room and the folder is writable") from err
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _check_conflicts(self, files: list[str]) -> None:
         """Refuse to replace an entry the product did not write, or to write through a link."""
@@ -144,19 +147,19 @@ def claim(folder: str | Path, kind: OutputKind, *, wait: bool = False) -> Iterat
     root = Path(os.path.abspath(Path(folder).expanduser()))
     _check_path(root, kind)
     created = not root.exists()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise kind.error(f"cannot create the output folder {root}: {err.strerror or err}",
-                         "give a folder you can write to") from err
     with contextlib.ExitStack() as stack:
         try:
+            root.mkdir(parents=True, exist_ok=True)
             stack.enter_context(file_lock(root, wait=wait))
+            previous = frozenset(_our_files(root, kind))
         except BlockingIOError as err:
             raise kind.error(f"another command is writing {root}; nothing was changed",
                              "wait for it to finish, or give another folder") from err
+        except OSError as err:
+            raise kind.error(f"cannot write into the output folder {root}: {err.strerror or err}",
+                             "give a folder you can write to") from err
         try:
-            yield OutputFolder(root, kind, frozenset(_our_files(root, kind)))
+            yield OutputFolder(root, kind, previous)
         finally:
             if created:
                 with contextlib.suppress(OSError):

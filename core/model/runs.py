@@ -63,14 +63,15 @@ def save_run(result: ExperimentResult, folder: Path | OutputFolder | None = None
     """Write a run folder; default place is ``runs_root()/<run key>``, else ``folder`` (a path, or the
     output a command claimed with ``claim_run_folder`` before its work).
 
-    Only the files of a run are written or replaced (see the module docstring); a save into the runs
-    cache waits for another session saving the same run. ``dataset_info`` replaces the result's own
+    Only the files of a run are written or replaced (see the module docstring). A save to a path waits
+    while another saves there (two sessions saving the same run into the cache); a command that must
+    refuse instead claims its folder first. ``dataset_info`` replaces the result's own
     record of its dataset (for runs imported from elsewhere).
     """
     key = run_key(result.features, result.config)
     if dataset_info is not None and not isinstance(dataset_info, DatasetInfo):
         dataset_info = DatasetInfo.from_dict(dict(dataset_info))
-    with claimed(folder or runs_root() / key, RUN_OUTPUT, wait=folder is None) as output:
+    with claimed(folder or runs_root() / key, RUN_OUTPUT, wait=True) as output:
         output.replace_with(lambda staging: _write_run_files(staging, result, key, dataset_info or result.dataset))
     return output.root
 

@@ -197,8 +197,9 @@ def sweep_table(runs: Sequence, parameters: Sequence[str]) -> pd.DataFrame:
 def write_sweep(out: Path | OutputFolder, runs: Sequence, parameters: Sequence[str]) -> Path:
     """``out/<combination>/`` (each run's files, linked or copied from the runs cache) and ``out/sweep.csv``.
 
-    ``out`` is a path or the output ``claim_sweep_folder`` holds; only the files of the product's
-    earlier sweep there are replaced or removed (``core.outputs``), every other file is kept.
+    ``out`` is a path (waited for while another writes it) or the output ``claim_sweep_folder`` holds;
+    only the files of the product's earlier sweep there are replaced or removed (``core.outputs``),
+    every other file is kept.
     """
     from core.model.runs import run_files
 
@@ -213,7 +214,7 @@ def write_sweep(out: Path | OutputFolder, runs: Sequence, parameters: Sequence[s
                 _link_or_copy(str(run.folder / file), str(staging / name / file))
         atomic_write_text(staging / SWEEP_TABLE, table.to_csv(index=False))
 
-    with claimed(out, SWEEP_OUTPUT) as output:
+    with claimed(out, SWEEP_OUTPUT, wait=True) as output:
         output.replace_with(write)
     return output.root / SWEEP_TABLE
 
