@@ -52,8 +52,8 @@ def write_manifest(root: Path, files: Iterable[str], **fields: str) -> None:
 class OutputKind:
     """What a command writes: its manifest ``kind``, the error it raises and how to fix a refused folder.
 
-    ``marker`` is removed first and installed last, so a reader sees the old output, an incomplete
-    one, or the new one, never a mix. ``legacy(folder)`` names the files of an older output folder of
+    ``marker`` is removed first and installed last, so while files are being replaced a reader that
+    checks for it finds an incomplete folder, not a mix of old and new files. ``legacy(folder)`` names the files of an older output folder of
     this kind that has no manifest, or returns ``None`` when the folder is not one.
     """
 

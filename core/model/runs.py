@@ -3,8 +3,8 @@
 ``model.keras``, ``run.json`` (config, features and their weights, dataset), ``vocabulary.json``,
 ``split.json``, ``history.json``, ``metrics.json`` (the evaluation and training figures),
 ``per_genre.csv`` and ``test_scores.npy``, listed in ``manifest.json`` (``core.outputs``). Saving over an
-earlier run replaces only those files, each atomically and ``run.json`` last (a reader sees the old run,
-an incomplete folder or the new run), and keeps every other file. ``runs_table`` lays runs side by side,
+earlier run replaces only those files, each atomically, with ``run.json`` removed first and written last
+(meanwhile ``load_run`` refuses the folder as incomplete), and keeps every other file. ``runs_table`` lays runs side by side,
 one column per training option.
 """
 from __future__ import annotations
