@@ -162,12 +162,13 @@ def _all_finite(array: np.ndarray) -> bool:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, waiting: str | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) across processes and threads.
+def file_lock(path: Path, *, waiting: str | None = None, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a file, created if needed, or a folder) across processes and threads.
 
     ``flock`` locks belong to the open file, so two sessions of one Streamlit server exclude each
     other as two processes do, and the kernel drops the lock of a killed process. When the lock is
-    busy, ``waiting`` is logged once before blocking. Without ``fcntl`` (Windows) nothing is locked.
+    busy, ``waiting`` is logged once before blocking, or with ``wait=False`` ``BlockingIOError`` is
+    raised. Without ``fcntl`` (Windows) nothing is locked.
     """
     try:
         import fcntl
@@ -176,17 +177,29 @@ def file_lock(path: Path, *, waiting: str | None = None) -> Iterator[None]:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
+    with _lock_fd(path) as fd:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise
             if waiting:
                 log.warning(waiting)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _lock_fd(path: Path) -> Iterator[int]:
+    """A descriptor to lock: a folder is opened read-only, so locking it writes nothing into it."""
+    fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> Any:

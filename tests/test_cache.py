@@ -8,7 +8,8 @@
 - ``atomic_save_npy`` writes a ``.npy.sha256`` checksum; ``load_npy`` refuses flipped bytes, a missing
   checksum (unless ``require_checksum=False``), a wrong given ``sha256`` and NaN/infinite floats, with
   messages that promise no rebuild.
-- ``file_lock`` lets one holder in at a time, also two threads of one process.
+- ``file_lock`` lets one holder in at a time, also two threads of one process; a folder is locked without
+  writing into it, and ``wait=False`` raises ``BlockingIOError`` while another holds the lock.
 - ``read_json`` raises ``CacheError`` for a partial file and ``FileNotFoundError`` for a missing one.
 - ``stable_hash`` is independent of dict order, changes with values, and accepts paths and tuples.
 - ``file_sha256`` equals hashlib's digest; ``file_facts`` computes a file's fact once across
@@ -251,3 +252,12 @@ def test_damaged_file_facts_are_recomputed(tmp_path, monkeypatch):
     facts.write_text(facts.read_text()[:20])
     _fresh_process(monkeypatch)
     assert memo_file_sha256(poster) == hashlib.sha256(b"bytes").hexdigest()
+
+
+def test_file_lock_on_a_folder_refuses_a_second_holder_without_waiting(tmp_path):
+    with file_lock(tmp_path, wait=False):
+        with pytest.raises(BlockingIOError):
+            with file_lock(tmp_path, wait=False):
+                pass
+    with file_lock(tmp_path, wait=False):
+        assert list(tmp_path.iterdir()) == []

@@ -210,7 +210,7 @@ def test_make_replaces_an_earlier_demo_without_leftovers(tmp_path):
 
 def test_make_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="not empty and holds no demo dataset"):
+    with pytest.raises(DatasetError, match=r"is not empty and is not a demo folder \(it holds mine.txt\)"):
         make_demo_dataset(tmp_path, DemoConfig(n_posters=3))
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     assert list(tmp_path.parent.glob(f".{tmp_path.name}.*")) == []

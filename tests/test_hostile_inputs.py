@@ -20,7 +20,8 @@ this message), never a traceback and never a silently wrong result:
   promises no rebuild.
 - concurrency: two extractions of the same posters at once compute each poster once.
 
-Downloads into existing folders belong to the downloader and are not covered here.
+Downloads into existing folders belong to the downloader and are not covered here; the output folders
+of train, sweep and demo (issue 20, class 3) are covered by tests/test_output_folders.py.
 """
 from __future__ import annotations
 

@@ -13,8 +13,9 @@
   metadata, a vocabulary that disagrees with metrics.json, and bad ``test_scores.npy``.
 - ``find_run`` returns the run saved for the same features and config, ``None`` for another config;
   ``list_runs`` skips folders that are not runs.
-- ``save_run`` replaces an earlier run, leaves no staging folder, and refuses to overwrite a folder
-  that is not a run; ``delete_run`` deletes a run and refuses a non-run folder.
+- ``save_run`` replaces the files of an earlier run (removing those its manifest lists and the new run
+  lacks), keeps the user's files, leaves no staging folder, and refuses to overwrite a folder that is
+  not a run (tests/test_output_folders.py covers output folders in depth); ``delete_run`` deletes a run and refuses a non-run folder.
 - ``run_key`` ignores fields left at their defaults; ``runs_for_dataset`` filters by dataset folder;
   ``Run.label`` names the view and random weights; ``Run.hidden_activations`` has the last hidden width.
 - Typed runs: ``Run.dataset_info`` is the ``DatasetInfo`` of the dataset the experiment ran on;
@@ -38,8 +39,8 @@ import pytest
 from core.errors import RunError
 from core.model.config import TRAIN_OPTIONS, TrainConfig
 from core.model.experiment import DatasetInfo, run_experiment, run_key
-from core.model.runs import (METRIC_COLUMNS, RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root,
-                             runs_table, save_run)
+from core.model.runs import (METRIC_COLUMNS, RUN_FILES, RUN_WRITTEN, delete_run, find_run, list_runs, load_run,
+                             runs_root, runs_table, save_run)
 from core.features.weights import resolve_weights
 
 CONFIG = TrainConfig(feature_view="avg", hidden=(16,), learning_rate=1e-2, optimizer="adam", epochs=2,
@@ -175,12 +176,17 @@ def test_find_run_and_list_runs(result, tiny_features, tmp_path, monkeypatch):
     assert [run.folder for run in list_runs()] == [folder]
 
 
-def test_save_run_replaces_an_earlier_run_without_leftovers(result, copy):
+def test_save_run_replaces_its_own_files_and_keeps_the_users(result, copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "files": [*manifest["files"], "stale.txt"]}))
     (copy / "stale.txt").write_text("from an older run")
+    (copy / "notes.md").write_text("the user's")
     assert save_run(result, copy) == copy
     assert not (copy / "stale.txt").exists()
+    assert (copy / "notes.md").read_text() == "the user's"
     load_run(copy)
-    assert not [p.name for p in copy.parent.iterdir() if p.name.endswith(".tmp")]
+    assert json.loads((copy / "manifest.json").read_text())["files"] == sorted([*RUN_WRITTEN, "manifest.json"])
+    assert not [p.name for p in [*copy.parent.iterdir(), *copy.iterdir()] if p.name.endswith(".tmp")]
 
 
 def test_save_run_refuses_to_overwrite_a_folder_that_is_not_a_run(result, tmp_path):

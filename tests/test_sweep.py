@@ -126,7 +126,7 @@ def test_cli_sweep_refuses_a_foreign_folder_before_any_work(tiny_dataset, tmp_pa
                  "--set", "dropout=0,0.5"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "is not empty and holds no sweep.csv" in err and "extracting" not in err
+    assert "is not empty and is not a sweep folder (it holds notes.txt)" in err and "extracting" not in err
     assert folder_hashes(out) == before
 
 

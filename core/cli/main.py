@@ -213,22 +213,22 @@ def train_config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from core.model.config import check_config
     from core.model.experiment import run_experiment
-    from core.model.runs import check_run_destination, save_run, training_text
+    from core.model.runs import claim_run_folder, save_run, training_text
 
     config = train_config_from_args(args)
     check_config(config)
     feature_config, engine = _feature_config(args), engine_from_args(args)
-    check_run_destination(args.out)
-    dataset = _load(args)
-    features = _features(feature_config, dataset, engine)
     line = ProgressLine("training")
 
     def on_epoch(entry) -> None:
         val = "" if entry.val_loss is None else f" val_loss {entry.val_loss:.4f}"
         line.show(f"epoch {entry.epoch}/{config.epochs} loss {entry.loss:.4f}{val}", final=entry.epoch == config.epochs)
 
-    result = run_experiment(dataset, features, config, on_epoch=on_epoch)
-    folder = save_run(result, args.out)
+    with claim_run_folder(args.out) as output:  # refused before any work, held until the run is saved
+        dataset = _load(args)
+        features = _features(feature_config, dataset, engine)
+        result = run_experiment(dataset, features, config, on_epoch=on_epoch)
+        folder = save_run(result, output)
     print(_summary(result.evaluation, features.weights))
     print(f"run saved to {folder} ({result.seconds:.1f}s, {training_text(result.history, config)})")
     return 0
@@ -236,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from core.model.runs import load_run
-    from core.model.sweep import (SweepConfig, check_sweep, check_sweep_folder, combination_name, parse_assignment,
+    from core.model.sweep import (SweepConfig, check_sweep, claim_sweep_folder, combination_name, parse_assignment,
                                   parse_values, run_sweep, write_sweep)
 
     base = train_config_from_args(args)
@@ -244,14 +244,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = SweepConfig(base=base, grid=tuple(parse_assignment(text) for text in args.grid), seeds=seeds)
     configs = check_sweep(sweep)
     feature_config, engine = _feature_config(args), engine_from_args(args)
-    check_sweep_folder(args.out)
-    dataset = _load(args)
-    features = _features(feature_config, dataset, engine)
-    line = ProgressLine("sweep")
-    print(f"sweeping {', '.join(sweep.parameters)}: {len(configs)} runs")
-    result = run_sweep(dataset, features, sweep, retrain=args.retrain, on_progress=line)
-    runs = [load_run(folder) for folder in result.folders]
-    table = write_sweep(args.out, runs, sweep.parameters)
+    with claim_sweep_folder(args.out) as output:  # refused before any work, held until sweep.csv is written
+        dataset = _load(args)
+        features = _features(feature_config, dataset, engine)
+        line = ProgressLine("sweep")
+        print(f"sweeping {', '.join(sweep.parameters)}: {len(configs)} runs")
+        result = run_sweep(dataset, features, sweep, retrain=args.retrain, on_progress=line)
+        runs = [load_run(folder) for folder in result.folders]
+        table = write_sweep(output, runs, sweep.parameters)
     for run, reused in zip(runs, result.reused):
         e = run.evaluation
         print(f"{combination_name(run.config, sweep.parameters)}: P@{e.k} {e.precision_at_k.value:.3f} "

@@ -5,8 +5,9 @@ genres mixes them: the background comes from one of its genres, most of its genr
 the band and the texture come from any of them. Stray motifs from unlabelled genres, actor-like
 occluders and noise keep the task learnable but not trivially perfect.
 
-A dataset is generated into a temporary sibling folder and renamed into place, so readers and
-concurrent generators only ever see a complete folder.
+The cached demo dataset is generated into a temporary sibling folder and renamed into place, so readers
+and concurrent generators only ever see a complete folder. ``demo --out`` writes into a folder the user
+named, so there only the demo's own files are replaced, ``dataset.json`` last (``core.outputs``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from PIL import Image, ImageDraw
 from core.cache import cache_root
 from core.data.datasets import INFO_FILE, LABELS_FILE, POSTERS_DIR, read_info, write_info, write_labels
 from core.errors import DatasetError
+from core.outputs import OutputKind, claim
 from core.progress import ProgressFn, ProgressTracker
 
 GENERATOR_VERSION = 1
@@ -83,11 +85,12 @@ class _Style:
 
 def make_demo_dataset(out: str | Path, config: DemoConfig = DemoConfig(),
                       progress: ProgressFn | None = None) -> Path:
-    """Generate the demo dataset into ``out``, replacing an earlier demo dataset there."""
-    target = Path(out).expanduser().resolve()
+    """Generate the demo dataset into ``out``, replacing the files of an earlier demo dataset there and
+    keeping every other file (``core.outputs``)."""
     _check_config(config)
-    _refuse_foreign_folder(target)
-    return _generate_and_install(target, config, progress, keep_complete=False)
+    with claim(out, DEMO_OUTPUT) as output:
+        output.replace_with(lambda staging: write_demo_files(staging, config, progress))
+    return output.root
 
 
 def demo_dataset_dir() -> Path:
@@ -235,12 +238,18 @@ def _check_config(config: DemoConfig) -> None:
                            "use at least 64x64; real posters are about 182x268")
 
 
-def _refuse_foreign_folder(target: Path) -> None:
-    if target.exists() and not target.is_dir():
-        raise DatasetError(f"demo output {target} exists and is not a folder", "give a folder path")
-    if target.is_dir() and any(target.iterdir()) and read_info(target).get("source") != DEMO_SOURCE:
-        raise DatasetError(f"demo output folder {target} is not empty and holds no demo dataset",
-                           "give a new or empty folder; an earlier demo dataset there would be replaced")
+def legacy_demo_files(root: Path) -> set[str] | None:
+    """A demo folder written before manifests (its dataset.json names the demo as its source): its
+    labels.csv, dataset.json and ``posters/demo-*.jpg`` are ours, anything else stays the user's."""
+    if read_info(root).get("source") != DEMO_SOURCE:
+        return None
+    posters = root / POSTERS_DIR
+    names = [path.name for path in posters.glob("demo-*.jpg")] if posters.is_dir() and not posters.is_symlink() else []
+    return {LABELS_FILE, INFO_FILE, *(f"{POSTERS_DIR}/{name}" for name in names)}
+
+
+DEMO_OUTPUT = OutputKind("demo", DatasetError, "give a new or empty folder, or the folder of an earlier demo "
+                         "dataset to replace it", marker=INFO_FILE, legacy=legacy_demo_files)
 
 
 def _jpeg(image: Image.Image) -> bytes:

@@ -2,15 +2,15 @@
 
 ``model.keras``, ``run.json`` (config, features and their weights, dataset), ``vocabulary.json``,
 ``split.json``, ``history.json``, ``metrics.json`` (the evaluation and training figures),
-``per_genre.csv`` and ``test_scores.npy``. A run folder appears whole or not at all: it is written
-beside its final place and renamed. ``runs_table`` lays runs side by side, one column per training option.
+``per_genre.csv`` and ``test_scores.npy``, listed in ``manifest.json`` (``core.outputs``). Saving over an
+earlier run replaces only those files, each atomically, with ``run.json`` removed first and written last
+(meanwhile ``load_run`` refuses the folder as incomplete), and keeps every other file. ``runs_table`` lays runs side by side,
+one column per training option.
 """
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from core.model.classifier import EpochLog
 from core.features.weights import same_weights
 from core.model.config import TRAIN_OPTIONS, TrainConfig, applies
 from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, run_key
+from core.outputs import MANIFEST_FILE, OutputFolder, OutputKind, check_output, claim, claimed, read_manifest
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
@@ -57,46 +58,53 @@ def metrics_record(result: ExperimentResult) -> dict:
     }
 
 
-def save_run(result: ExperimentResult, folder: Path | None = None, *,
+def save_run(result: ExperimentResult, folder: Path | OutputFolder | None = None, *,
              dataset_info: DatasetInfo | Mapping | None = None) -> Path:
-    """Write a run folder atomically; default place is ``runs_root()/<run key>``.
+    """Write a run folder; default place is ``runs_root()/<run key>``, else ``folder`` (a path, or the
+    output a command claimed with ``claim_run_folder`` before its work).
 
-    ``dataset_info`` replaces the result's own record of its dataset (for runs imported from elsewhere).
+    Only the files of a run are written or replaced (see the module docstring). A save to a path waits
+    while another saves there (two sessions saving the same run into the cache); a command that must
+    refuse instead claims its folder first. ``dataset_info`` replaces the result's own
+    record of its dataset (for runs imported from elsewhere).
     """
     key = run_key(result.features, result.config)
-    folder = Path(folder) if folder else runs_root() / key
-    check_run_destination(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
-        if dataset_info is not None and not isinstance(dataset_info, DatasetInfo):
-            dataset_info = DatasetInfo.from_dict(dict(dataset_info))
-        _write_run_files(staging, result, key, dataset_info or result.dataset)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    if dataset_info is not None and not isinstance(dataset_info, DatasetInfo):
+        dataset_info = DatasetInfo.from_dict(dict(dataset_info))
+    with claimed(folder or runs_root() / key, RUN_OUTPUT, wait=True) as output:
+        output.replace_with(lambda staging: _write_run_files(staging, result, key, dataset_info or result.dataset))
+    return output.root
 
 
-def check_run_destination(folder: Path) -> None:
-    """Refuse to write a run where it would replace anything but an earlier run of ours.
+def claim_run_folder(folder: str | Path):
+    """Hold ``folder`` for a run until the block ends: refused before any work if it is a link, under a
+    file, a file, another command's, or a non-empty folder that is not a run's."""
+    return claim(folder, RUN_OUTPUT)
 
-    A run folder is replaced whole, so a file, or a non-empty folder without a ``run.json`` written by
-    ``save_run`` (a user's own ``run.json`` does not count), is refused before any work starts.
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise RunError(f"{folder} is a file, not a folder; refusing to replace it with a run",
-                       "give --out a new or empty folder")
-    if not folder.is_dir() or not any(folder.iterdir()) or _is_run_json(folder / "run.json"):
-        return
-    names = sorted(entry.name for entry in folder.iterdir())
-    listed = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-    raise RunError(f"{folder} is not empty and is not a run folder (it holds {listed}); refusing to overwrite it",
-                   "give --out a new or empty folder, or the folder of an earlier run to replace it")
+
+def check_run_destination(folder: str | Path) -> None:
+    """Raise what ``claim_run_folder`` would raise, changing nothing."""
+    check_output(folder, RUN_OUTPUT)
+
+
+def run_files(folder: Path) -> list[str]:
+    """The names of the files ``save_run`` wrote in ``folder`` (its manifest's, else a run's names there)."""
+    listed = read_manifest(folder, kind=RUN_OUTPUT.name)
+    names = listed - {MANIFEST_FILE} if listed is not None else legacy_run_files(folder) or set()
+    return sorted(names)
+
+
+def legacy_run_files(folder: Path) -> set[str] | None:
+    """A run folder saved before manifests: a run.json written by ``save_run`` (a user's own does not
+    count) makes the files named as a run's ours; any other file there stays the user's."""
+    if not _is_run_json(folder / "run.json"):
+        return None
+    return {name for name in RUN_WRITTEN if (folder / name).is_file()}
+
+
+RUN_WRITTEN = (*RUN_FILES, "history.json", "per_genre.csv", "test_scores.npy", "test_scores.npy.sha256")
+RUN_OUTPUT = OutputKind("run", RunError, "give --out a new or empty folder, or the folder of an earlier run "
+                        "to replace it", marker="run.json", legacy=legacy_run_files)
 
 
 def _is_run_json(path: Path) -> bool:

@@ -3,6 +3,7 @@ seeds; every combination is trained (or read back when it was trained before) an
 """
 from __future__ import annotations
 
+import csv
 import itertools
 import os
 import shutil
@@ -15,6 +16,7 @@ import pandas as pd
 
 from core.cache import atomic_write_text
 from core.errors import TrainingError
+from core.outputs import OutputFolder, OutputKind, check_output, claim, claimed
 from core.progress import Progress, ProgressFn
 from core.model.config import (OPTIONS_BY_NAME, TRAIN_OPTIONS, TrainConfig, TrainOption, applies, check_config,
                                settled)
@@ -192,39 +194,63 @@ def sweep_table(runs: Sequence, parameters: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_sweep(out: Path, runs: Sequence, parameters: Sequence[str]) -> Path:
-    """``out/<combination>/`` (each run, linked or copied from the runs cache) and ``out/sweep.csv``.
+def write_sweep(out: Path | OutputFolder, runs: Sequence, parameters: Sequence[str]) -> Path:
+    """``out/<combination>/`` (each run's files, linked or copied from the runs cache) and ``out/sweep.csv``.
 
-    ``out`` must be new, empty, or a sweep folder written before (it holds ``sweep.csv``); nothing else
-    in it is touched.
+    ``out`` is a path (waited for while another writes it) or the output ``claim_sweep_folder`` holds;
+    only the files of the product's earlier sweep there are replaced or removed (``core.outputs``),
+    every other file is kept.
     """
-    out = Path(out)
-    check_sweep_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from core.model.runs import run_files
+
     table = sweep_table(runs, parameters)
-    names = []
-    for run in runs:
-        name = combination_name(run.config, parameters)
-        target = out / name
-        if target.exists():
-            if not (target / "run.json").is_file():
-                raise TrainingError(f"{target} exists and is not a run folder; refusing to replace it")
-            shutil.rmtree(target)
-        shutil.copytree(run.folder, target, copy_function=_link_or_copy)
-        names.append(name)
+    names = [combination_name(run.config, parameters) for run in runs]
     table.insert(0, "folder", names)
-    atomic_write_text(out / SWEEP_TABLE, table.to_csv(index=False))
-    return out / SWEEP_TABLE
+
+    def write(staging: Path) -> None:
+        for run, name in zip(runs, names):
+            (staging / name).mkdir(exist_ok=True)
+            for file in run_files(run.folder):
+                _link_or_copy(str(run.folder / file), str(staging / name / file))
+        atomic_write_text(staging / SWEEP_TABLE, table.to_csv(index=False))
+
+    with claimed(out, SWEEP_OUTPUT, wait=True) as output:
+        output.replace_with(write)
+    return output.root / SWEEP_TABLE
 
 
-def check_sweep_folder(out: Path) -> None:
-    """Refuse an existing folder that holds anything and is not one of our sweeps (before any training)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"--out {out} is a file, not a folder", "choose a new folder for the sweep")
-    if out.is_dir() and any(out.iterdir()) and not (out / SWEEP_TABLE).is_file():
-        raise TrainingError(f"{out} is not empty and holds no {SWEEP_TABLE}; refusing to write a sweep into it",
-                            "choose a new or empty folder for --out")
+def claim_sweep_folder(out: str | Path):
+    """Hold ``out`` for a sweep until the block ends; refused before any training if it is a link, under a
+    file, a file, another command's, or a non-empty folder that is not a sweep's."""
+    return claim(out, SWEEP_OUTPUT)
+
+
+def check_sweep_folder(out: str | Path) -> None:
+    """Raise what ``claim_sweep_folder`` would raise, changing nothing."""
+    check_output(out, SWEEP_OUTPUT)
+
+
+def legacy_sweep_files(out: Path) -> set[str] | None:
+    """A sweep folder written before manifests: a sweep.csv with the product's columns (a user's own
+    sweep.csv does not count) and the run files in the combination folders it lists."""
+    from core.model.runs import legacy_run_files
+
+    try:
+        with open(out / SWEEP_TABLE, encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not rows or rows[0][:2] != ["folder", "run"] or "swept" not in rows[0]:
+        return None
+    files = {SWEEP_TABLE}
+    for name in {row[0] for row in rows[1:] if row}:
+        if name and Path(name).name == name and not name.startswith(".") and not (out / name).is_symlink():
+            files |= {f"{name}/{file}" for file in legacy_run_files(out / name) or ()}
+    return files
+
+
+SWEEP_OUTPUT = OutputKind("sweep", TrainingError, "choose a new or empty folder for --out, or the folder of an "
+                          "earlier sweep to replace it", marker=SWEEP_TABLE, legacy=legacy_sweep_files)
 
 
 def combination_name(config: TrainConfig, parameters: Sequence[str]) -> str:

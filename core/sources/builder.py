@@ -25,17 +25,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from core.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from core.data.datasets import (GENRE_SEPARATOR, INFO_FILE, LABELS_FILE, METADATA_FILE, POSTERS_DIR,
                                 Skipped, read_info, split_genres, write_labels)
 from core.data.images import IMAGE_EXTENSIONS, check_image_bytes, open_rgb
 from core.data.text import clean_label, quote_label
-from core.errors import CacheError, DatasetError, ImageError, PosterGenreError
+from core.errors import DatasetError, ImageError, PosterGenreError
+from core.outputs import MADE_BY, MANIFEST_FILE, read_manifest, write_manifest
 from core.progress import ProgressFn, ProgressTracker
 
-MADE_BY = "poster-genre-explorer"
-"""The ``made_by`` of ``dataset.json`` in every folder a source of this product made."""
-MANIFEST_FILE = "manifest.json"
 FAILURES_FILE = "failures.csv"
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 FORMAT_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp"}
@@ -138,7 +136,7 @@ class DatasetFolder:
                     f"output folder {root} holds a dataset made by the {info.get('source')!r} source, "
                     f"not {source!r}; nothing was changed",
                     "give a new or empty folder: each source fills its own dataset folder")
-        written = _read_manifest(root) | ({INFO_FILE, MANIFEST_FILE} if entries else set())
+        written = (read_manifest(root) or set()) | ({INFO_FILE, MANIFEST_FILE} if entries else set())
         return cls(root, source, written)
 
     def owns(self, relative: str) -> bool:
@@ -185,8 +183,7 @@ class DatasetFolder:
 
     def _write_manifest(self) -> None:
         """Called with the lock held."""
-        atomic_write_json(self.root / MANIFEST_FILE, {"made_by": MADE_BY, "source": self.source,
-                                                      "files": sorted(self._written)})
+        write_manifest(self.root, self._written, source=self.source)
 
     def _claim(self) -> None:
         """Mark the folder as this source's before its first file (called with the lock held)."""
@@ -357,16 +354,6 @@ def _save_one(item: PosterItem, fetch: Callable[[PosterItem], bytes],
     except PosterGenreError as err:
         return item, None, err.message
     return item, name, None
-
-
-def _read_manifest(root: Path) -> set[str]:
-    """The files the manifest lists; none when it is missing or unreadable (then nothing is removed)."""
-    try:
-        manifest = read_json(root / MANIFEST_FILE)
-    except (FileNotFoundError, CacheError):
-        return set()
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    return {name for name in files if isinstance(name, str)} if isinstance(files, list) else set()
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
