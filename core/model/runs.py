@@ -38,9 +38,9 @@ FEATURE_FIELDS = ("weights", "precision", "image_size", "resize")
 
 
 def runs_root() -> Path:
-    root = cache_root() / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    from core.cache import make_dirs  # a read-only or full cache says so in one line
+
+    return make_dirs(cache_root() / "runs")
 
 
 def metrics_record(result: ExperimentResult) -> dict:
