@@ -96,27 +96,28 @@ def _raise_write_fault(path: Path, err: OSError) -> None:
     path = Path(path)
     root = _configured_root()
     in_cache = path == root or root in path.parents
-    where = f"the cache folder (set {CACHE_ENV} to " if in_cache else "another folder (or "
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        what = "the cache folder" if blocker == root else "a folder"
+    elsewhere = (f"or set {CACHE_ENV} to another folder" if in_cache else "or write to another folder")
+    blocker = _file_in_the_way(path) if err.errno in (errno.ENOTDIR, errno.EEXIST) else None
+    if blocker is not None and in_cache and (blocker == root or blocker in root.parents):
+        message = f"the cache folder {root} cannot be used: {blocker} is a file, not a folder"
+        hint = f"set {CACHE_ENV} to a folder (or unset it to use the default cache folder)"
+    elif blocker is not None:
         message = f"cannot write {path}: {blocker} is a file, not a folder"
-        hint = (f"{CACHE_ENV} must name a folder: set it to a folder or unset it" if blocker == root and in_cache
-                else f"move the file {blocker} away, or choose {what} elsewhere")
+        hint = f"move the file {blocker} away, {elsewhere}"
     elif err.errno in _FULL:
         message = f"cannot write {path}: no space left on its disk ({err.strerror})"
-        hint = f"free space on that disk, or move {where}a folder on a disk with room)"
+        hint = f"free space on that disk, {elsewhere} on a disk with room"
     else:
         message = f"cannot write {path}: {err.strerror}"
-        hint = f"make {path.parent} writable, or move {where}a writable folder)"
+        hint = f"make {path.parent} writable, {elsewhere}"
     raise CacheUnwritableError(message, hint) from err
 
 
 def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing ancestor of ``path`` (or ``path``'s parent) when it is not a folder."""
+    """The nearest existing entry at or above ``path`` when it is not a folder."""
     for candidate in (path, *path.parents):
-        if candidate.exists() or candidate.is_symlink():
-            return candidate if not candidate.is_dir() and candidate != path else None
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
     return None
 
 

@@ -11,13 +11,16 @@ JSON under the cache, written atomically; a damaged or foreign one is ignored.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from core.cache import atomic_write_text, cache_root, read_json, stable_hash
-from core.errors import CacheError
+from core.errors import CacheError, CacheUnwritableError
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 2
 SNAPSHOT_DIR = "opened"
@@ -59,8 +62,12 @@ def read_snapshot(root: Path, stamp: Stamp) -> dict[str, Any] | None:
 
 
 def write_snapshot(root: Path, stamp: Stamp, content: dict[str, Any]) -> None:
+    """Save what was found; a cache that cannot be written only costs the next open its time (a warning)."""
     document = {"version": SNAPSHOT_VERSION, "root": _key(root), "stamp": _jsonable(stamp), "content": content}
-    atomic_write_text(_path(root), json.dumps(document, separators=(",", ":")))
+    try:
+        atomic_write_text(_path(root), json.dumps(document, separators=(",", ":")))
+    except CacheUnwritableError as err:
+        log.warning("the open of %s is not remembered (%s)", root, err)
 
 
 def forget_snapshot(root: Path) -> None:
