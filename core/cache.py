@@ -463,8 +463,13 @@ def stale_file_facts(folder: Path, fact: str, compute: Callable[[Path], Any]) ->
         if fact not in entry or any(entry.get(field) != value for field, value in version.items()):
             continue
         checked += 1
-        if compute(Path(path)) != entry[fact]:
-            stale.append((name, f"its {fact} changed but its size, mtime, ctime and inode did not"))
+        try:
+            changed = compute(Path(path)) != entry[fact]
+            reason = f"its {fact} changed but its size, mtime, ctime and inode did not"
+        except OSError as err:
+            changed, reason = True, f"cannot be read: {err.strerror or err}"
+        if changed:
+            stale.append((name, reason))
             del entries[name]
             _CHANGED_FOLDERS.add(folder_key)
     _save_file_facts()
@@ -487,7 +492,8 @@ def _folder_facts(folder: str) -> dict[str, dict[str, Any]]:
 
 
 def memo_file_sha256(path: Path) -> str:
-    """``file_sha256``, remembered by (path, size, mtime) across processes (``file_facts``)."""
+    """``file_sha256``, remembered across processes by path and ``file_version`` (``file_facts``): for the
+    user's files (posters, weights), never for cached arrays, which ``load_npy`` hashes as it reads them."""
     return file_facts([path], "sha256", file_sha256)[0]
 
 
