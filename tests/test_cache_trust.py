@@ -350,15 +350,22 @@ def test_a_cache_variable_naming_a_file_is_one_line(command, tmp_path, monkeypat
     assert not_a_folder.read_text() == "mine"
 
 
-def test_pages_show_an_unusable_cache_as_one_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", ["a file", "read-only"])
+def test_pages_show_an_unusable_cache_as_one_error(fault, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    not_a_folder = tmp_path / "cache.txt"
-    not_a_folder.write_text("mine")
-    monkeypatch.setenv("POSTER_GENRE_CACHE", str(not_a_folder))
+    cache = tmp_path / "cache.txt"
+    if fault == "a file":
+        cache.write_text("mine")
+        expected = (f"the cache folder {cache} cannot be used: {cache} is a file, not a folder (set "
+                    "POSTER_GENRE_CACHE to a folder (or unset it to use the default cache folder))")
+    else:
+        cache.mkdir()
+        read_only(monkeypatch)
+        expected = (f"cannot write {cache / '.write-check'}: Read-only file system (make {cache} writable, or set "
+                    "POSTER_GENRE_CACHE to another folder)")
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(cache))
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
     at.run()
     assert not at.exception, at.exception
-    assert [e.value for e in at.error] == [
-        f"The cache cannot be used: the cache folder {not_a_folder} cannot be used: {not_a_folder} is a file, "
-        "not a folder (set POSTER_GENRE_CACHE to a folder (or unset it to use the default cache folder))"]
+    assert [e.value for e in at.error] == [f"The cache cannot be used: {expected}"]

@@ -5,8 +5,9 @@ reads it), but two things are trusted by file version (size, mtime, ctime, inode
 posters stays fast: each poster's remembered sha256, and, within one process, a file already checked.
 This command re-hashes every feature shard and every cached array with a checksum (runs in the cache
 included), the run folders given with ``--run`` and the remembered poster hashes of each ``--dataset``;
-it names each damaged file and exits 1 if there is any. It removes nothing: a damaged cache entry is
-removed when it is next read, and a stale poster hash is forgotten so the next open hashes it again.
+it names each damaged file and exits 1 if there is any. It deletes nothing: a damaged shard or cached
+array is removed or rebuilt when it is next read, a damaged run file is refused, and a stale poster hash
+is forgotten so the next open hashes it again.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ DAMAGE_HINT = ("a damaged feature shard or cached array is removed and computed 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser("verify", help="re-hash every cached shard and array, runs and posters; "
-                                                  "name what is damaged (exit 1 if anything is)")
+                                                  "name what is damaged (exit 1 if anything is)",
+                                   description=__doc__.split("\n", 1)[1].strip())
     verify.add_argument("--dataset", type=Path, action="append", default=[], metavar="DIR",
                         help="also re-hash this dataset's posters against their remembered hashes (repeatable)")
     verify.add_argument("--run", type=Path, action="append", default=[], metavar="DIR",
