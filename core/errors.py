@@ -34,6 +34,18 @@ class CacheError(PosterGenreError):
     """A cache file is truncated, corrupt or does not match what it claims to hold."""
 
 
+class CacheUnreadableError(CacheError):
+    """A cache file exists but the system refused to read it (permissions, I/O error): not proof of damage,
+    so it is reported and never removed."""
+
+
+class CacheUnwritableError(PosterGenreError):
+    """The cache (or an output folder) cannot be written: a file in its place, read-only, or a full disk.
+
+    Not a ``CacheError``: callers catch those to rebuild an entry, which a failed write must never trigger.
+    """
+
+
 class RunError(PosterGenreError):
     """A saved training run is missing, incomplete or does not match the given features."""
 

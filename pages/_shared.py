@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.cache import atomic_write_json, cache_root
+from core.cache import atomic_write_json, cache_root, check_writable
 from core.data.datasets import Dataset, LoadReport, Skipped, load_dataset
 from core.data.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
@@ -89,6 +89,15 @@ def route_through_app() -> None:
         _ROUTED = True
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+def cache_usable_or_stop() -> None:
+    """A cache folder that is a file, read-only or on a full disk says so once, before any page runs."""
+    try:
+        check_writable(cache_root())
+    except PosterGenreError as err:
+        st.error(f"The cache cannot be used: {err}")
+        st.stop()
 
 
 def settings_path() -> Path:

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", default=None, help="override the run's weights (e.g. a local file)")
     predict.set_defaults(func=cmd_predict)
 
+    from core.cli.verify import add_command as add_verify
+
+    add_verify(commands)
     try:
         from core.cli.acquire import add_commands
     except ImportError:

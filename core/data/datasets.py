@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from core.cache import atomic_write_json, atomic_write_text, file_facts, file_sha256, folder_file_facts
+from core.cache import (atomic_write_json, atomic_write_text, file_facts, file_sha256, folder_file_facts,
+                        stale_file_facts)
 from core.errors import DatasetError, ImageError
 from core.data.images import IMAGE_EXTENSIONS, check_image_header
-from core.data.snapshot import read_snapshot, take_stamp, write_snapshot
+from core.data.snapshot import forget_snapshot, read_snapshot, take_stamp, write_snapshot
 from core.data.text import clean_label, control_characters, decode_table, quote_label
 
 LABELS_FILE = "labels.csv"
@@ -267,6 +268,21 @@ def _read_folder(labels_path: Path, folder: Path, index: tuple[dict[str, str], l
     posters = _canonical(_match(rows, folder, images, files, facts, report), report)
     _report_orphans(folder, images, {p.id for p in posters} | {s.id for s in report.skipped}, report)
     return posters, report
+
+
+def stale_poster_hashes(root: str | Path) -> tuple[int, list[tuple[Path, str]]]:
+    """Posters of ``root`` whose remembered sha256 no longer matches their bytes (``python -m core verify``),
+    after how many remembered hashes were checked.
+
+    Each is forgotten with the folder's remembered open, so the next open hashes it again.
+    """
+    folder = Path(root).expanduser() / POSTERS_DIR
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder {root} has no {POSTERS_DIR}/ folder", "give a folder holding posters/")
+    checked, stale = stale_file_facts(folder, "sha256", file_sha256)
+    if stale:
+        forget_snapshot(Path(root).expanduser())
+    return checked, [(folder / name, reason) for name, reason in stale]
 
 
 def _to_snapshot(posters: list[Poster], report: LoadReport) -> dict:

@@ -11,8 +11,11 @@ Layout under ``cache_root()/features/<config key>/``:
 
 A dataset's matrix is not a file: ``open`` returns ``ShardedRows``, an index (shard, row) per poster
 over memory-mapped shards, so nothing is copied and opening costs the sidecars only. Each shard is
-checked (``load_npy``: checksum and finiteness) the first time its rows are read in a process; a damaged
-one is removed and the read raises ``CacheError``, and the next extraction computes its posters again.
+checked (``load_npy``: the sha256 of its bytes as read, and finiteness) the first time its rows are read
+in a process; a damaged one is removed and the read raises ``CacheError``, and the next extraction
+computes its posters again. Only a read that proves damage removes a shard: one the system refuses to
+read (permissions, I/O) is reported and kept. ``verify_stores`` re-hashes every shard (``python -m core
+verify``).
 
 Everything is written atomically, so killing an extraction loses at most the batch in flight.
 """
@@ -29,8 +32,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from core.cache import (atomic_write_bytes, atomic_write_json, bytes_sha256, cache_root, file_lock, load_npy,
-                        npy_bytes, read_json, stable_hash)
-from core.errors import CacheError
+                        make_dirs, npy_bytes, read_json, recheck_file, stable_hash)
+from core.errors import CacheError, CacheUnreadableError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class FeatureStore:
         self.dtype = dtype
         self.prepare = prepare
         self.folder = (root or cache_root() / "features") / config_key
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.folder)
         if description is not None and not (self.folder / "config.json").exists():
             atomic_write_json(self.folder / "config.json", description)
         self._shards: list[Shard] = []
@@ -155,8 +158,9 @@ class FeatureStore:
                 raise CacheError(f"{sidecar} does not describe {self.dtype} rows of {self.dim} values")
             size = data_path.stat().st_size
             if meta.get("bytes", size) != size:
-                self._discard(data_path)
-                raise CacheError(f"{data_path.name} holds {size} bytes, its sidecar says {meta['bytes']}; removed")
+                removed = self._discard(data_path)
+                raise CacheError(f"{data_path.name} holds {size} bytes, its sidecar says {meta['bytes']}; "
+                                 f"{removed}")
             return Shard(data_path, keys, str(meta["sha256"]))
         except (CacheError, KeyError, TypeError, FileNotFoundError) as err:
             log.warning("ignoring feature shard %s: %s", sidecar.name, err)
@@ -166,19 +170,45 @@ class FeatureStore:
         """A shard's rows, memory-mapped after ``load_npy``'s checks; a damaged shard is removed."""
         try:
             return load_npy(shard.path, shape=(len(shard.keys), self.dim), dtype=self.dtype, sha256=shard.sha256)
-        except (CacheError, OSError) as err:
+        except CacheUnreadableError:
+            raise
+        except CacheError as err:
             log.warning("corrupt feature shard %s: %s", shard.path.name, err)
-            self._discard(shard.path)
+            removed = self._discard(shard.path)
             self.refresh()
-            raise CacheError(f"feature shard {shard.path.name} in {self.folder} was damaged and has been removed "
+            raise CacheError(f"feature shard {shard.path.name} in {self.folder} was damaged and has been {removed} "
                              f"({err})", f"extract the features again: its {len(shard.keys)} posters are "
                                          "computed again") from err
 
+    def _discard(self, data_path: Path) -> str:
+        """Remove a damaged shard (sidecars are written last, so a complete one never changes size); says
+        whether it was removed."""
+        try:
+            data_path.unlink(missing_ok=True)
+            data_path.with_suffix(".json").unlink(missing_ok=True)
+        except OSError as err:
+            return f"left in place (it cannot be removed: {err.strerror or err})"
+        return "removed"
 
-    def _discard(self, data_path: Path) -> None:
-        """Remove a damaged shard (sidecars are written last, so a complete one never changes size)."""
-        data_path.unlink(missing_ok=True)
-        data_path.with_suffix(".json").unlink(missing_ok=True)
+
+def verify_stores(root: Path | None = None) -> tuple[int, list[tuple[Path, str]]]:
+    """Re-hash every shard of every store under ``root`` (default: the cache's ``features/``) against its
+    sidecar; returns how many were checked and (path, reason) for each damaged one. Nothing is removed."""
+    root = root or cache_root() / "features"
+    checked, damaged = 0, []
+    for sidecar in sorted(root.glob("*/shard-*.json")):
+        data_path = sidecar.with_suffix(".npy")
+        checked += 1
+        try:
+            meta = read_json(sidecar)
+            reason = recheck_file(data_path, str(meta["sha256"]), meta.get("bytes"))
+        except (CacheError, KeyError, TypeError, AttributeError) as err:
+            data_path, reason = sidecar, f"sidecar unreadable ({err})"
+        except OSError as err:
+            data_path, reason = sidecar, f"sidecar cannot be read: {err.strerror or err}"
+        if reason:
+            damaged.append((data_path, reason))
+    return checked, damaged
 
 
 class ShardedRows:

@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Mapping, Sequence
 
 from core.analysis.metrics import EvaluationSummary
-from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, read_json
+from core.cache import atomic_save_npy, atomic_write_json, cache_root, load_npy, make_dirs, read_json
 from core.data.datasets import GenreVocabulary
 from core.errors import CacheError, ConfigError, DatasetError, RunError
 from core.features.pipeline import FeatureConfig, FeatureSet
@@ -39,9 +39,7 @@ FEATURE_FIELDS = ("weights", "precision", "image_size", "resize")
 
 
 def runs_root() -> Path:
-    root = cache_root() / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return make_dirs(cache_root() / "runs")
 
 
 def metrics_record(result: ExperimentResult) -> dict:
