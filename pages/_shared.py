@@ -20,6 +20,7 @@ from core.errors import PosterGenreError
 from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
 from core.features.backbones import BACKBONES
 from core.features.weights import Weights, default_weights_spec, resolve_weights
+from core.model.experiment import LabelsInfo, labels_info
 from core.progress import Progress, ProgressFn
 
 DEMO = "demo"
@@ -196,6 +197,18 @@ def features_if_cached(dataset: Dataset) -> FeatureSet | None:
     except PosterGenreError as err:
         st.error(str(err))
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _labels_of(root: str, dataset_fingerprint: tuple, features_key: str, _dataset: Dataset,
+               _ids: list[str]) -> LabelsInfo:
+    return labels_info(_dataset, _ids)
+
+
+def current_labels(dataset: Dataset, features: FeatureSet) -> LabelsInfo:
+    """Today's labels of the active features: a saved run answers for them only when it was trained on them
+    (re-hashed only when labels.csv or the posters change)."""
+    return _labels_of(str(dataset.root), fingerprint(dataset.root), features.key, dataset, features.ids)
 
 
 def forget_features() -> None:

@@ -37,7 +37,7 @@ import pytest
 
 from core.errors import RunError
 from core.model.config import TRAIN_OPTIONS, TrainConfig
-from core.model.experiment import DatasetInfo, run_experiment, run_key
+from core.model.experiment import DatasetInfo, labels_info, run_experiment, run_key
 from core.model.runs import (METRIC_COLUMNS, RUN_FILES, delete_run, find_run, list_runs, load_run, runs_root,
                              runs_table, save_run)
 from core.features.weights import resolve_weights
@@ -74,7 +74,7 @@ def test_round_trip_config_vocabulary_split_history(saved, result, tiny_features
     assert sorted(train + validation + test) == sorted(features.ids)
     assert len(test) == 8 and len(train) == 32
     assert [entry.epoch for entry in run.history] == [1, 2]
-    assert run.key == run_key(features, CONFIG)
+    assert run.key == run_key(features, CONFIG, labels_info(dataset, features.ids))
     assert run.features_info["weights_identity"] == features.weights.identity
     assert run.weights.identity == features.weights.identity and run.weights.is_random
     assert run.dataset_info == DatasetInfo.of(dataset) and run.info["dataset"]["n_posters"] == 40
@@ -164,13 +164,14 @@ def test_bad_test_scores_raise_run_error(copy):
 
 
 def test_find_run_and_list_runs(result, tiny_features, tmp_path, monkeypatch):
-    _, features = tiny_features
+    dataset, features = tiny_features
+    labels = labels_info(dataset, features.ids)
     monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
     folder = save_run(result)
-    assert folder == runs_root() / run_key(features, CONFIG)
-    found = find_run(features, CONFIG)
+    assert folder == runs_root() / run_key(features, CONFIG, labels)
+    found = find_run(features, CONFIG, labels)
     assert found is not None and found.folder == folder
-    assert find_run(features, dataclasses.replace(CONFIG, epochs=3)) is None
+    assert find_run(features, dataclasses.replace(CONFIG, epochs=3), labels) is None
     (runs_root() / "junk").mkdir()
     assert [run.folder for run in list_runs()] == [folder]
 
@@ -208,9 +209,10 @@ def test_run_key_ignores_fields_left_at_their_defaults(tiny_features):
     from core.model.experiment import run_key
     from core.model.config import TrainConfig
 
-    _, features = tiny_features
-    assert run_key(features, TrainConfig()) == run_key(features, TrainConfig(ensemble=1))
-    assert run_key(features, TrainConfig()) != run_key(features, TrainConfig(ensemble=2))
+    dataset, features = tiny_features
+    labels = labels_info(dataset, features.ids)
+    assert run_key(features, TrainConfig(), labels) == run_key(features, TrainConfig(ensemble=1), labels)
+    assert run_key(features, TrainConfig(), labels) != run_key(features, TrainConfig(ensemble=2), labels)
 
 
 def test_runs_for_dataset_label_and_hidden_activations(result, tiny_features, tmp_path):

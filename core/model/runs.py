@@ -1,6 +1,6 @@
 """Saved training runs: a folder per run, plain files only (no pickle).
 
-``model.keras``, ``run.json`` (config, features and their weights, dataset), ``vocabulary.json``,
+``model.keras``, ``run.json`` (config, features and their weights, dataset, the labels' key), ``vocabulary.json``,
 ``split.json``, ``history.json``, ``metrics.json`` (the evaluation and training figures),
 ``per_genre.csv`` and ``test_scores.npy``. A run folder appears whole or not at all: it is written
 beside its final place and renamed. ``runs_table`` lays runs side by side, one column per training option.
@@ -28,7 +28,7 @@ from core.features.weights import Weights
 from core.model.classifier import EpochLog
 from core.features.weights import same_weights
 from core.model.config import TRAIN_OPTIONS, TrainConfig, applies
-from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, run_key
+from core.model.experiment import DatasetInfo, ExperimentResult, LabelsInfo, RUN_VERSION, run_key
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
@@ -63,7 +63,7 @@ def save_run(result: ExperimentResult, folder: Path | None = None, *,
 
     ``dataset_info`` replaces the result's own record of its dataset (for runs imported from elsewhere).
     """
-    key = run_key(result.features, result.config)
+    key = run_key(result.features, result.config, result.labels)
     folder = Path(folder) if folder else runs_root() / key
     check_run_destination(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +124,7 @@ def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_i
                      "resize": features.config.resize, "geometry": features.config.geometry,
                      "backbone": features.config.backbone, "storage": features.config.stored},
         "dataset": dataset_info.to_dict(),
+        "labels": result.labels.to_dict(),
         "seconds": result.seconds,
         "stopped_by_user": result.stopped_by_user,
     })
@@ -165,6 +166,16 @@ class Run:
     @property
     def dataset_info(self) -> DatasetInfo:
         return DatasetInfo.from_dict(self.info.get("dataset"))
+
+    @property
+    def labels_info(self) -> LabelsInfo | None:
+        """The labels the run was trained and scored on; ``None`` for runs saved before runs recorded them."""
+        return LabelsInfo.from_dict(self.info.get("labels"))
+
+    def trained_on(self, labels: LabelsInfo) -> bool:
+        """Whether the run answers for ``labels`` (a run that does not record its labels never does)."""
+        trained = self.labels_info
+        return trained is not None and trained.key == labels.key
 
     @property
     def evaluation(self) -> EvaluationSummary:
@@ -361,13 +372,38 @@ def runs_for_dataset(root: Path, runs_folder: Path | None = None) -> list[Run]:
     return [run for run in list_runs(runs_folder) if run.dataset_info.root == wanted]
 
 
-def find_run(features: FeatureSet, config: TrainConfig, root: Path | None = None) -> Run | None:
-    """The saved run for exactly these features and this configuration, if any."""
-    folder = (root or runs_root()) / run_key(features, config)
+def find_run(features: FeatureSet, config: TrainConfig, labels: LabelsInfo, root: Path | None = None) -> Run | None:
+    """The saved run for exactly these features, these labels and this configuration, if any."""
+    folder = (root or runs_root()) / run_key(features, config, labels)
     try:
-        return load_run(folder)
+        run = load_run(folder)
     except RunError:
         return None
+    return run if run.trained_on(labels) else None
+
+
+def labels_note(run: Run, current: LabelsInfo) -> str | None:
+    """``None`` when ``run`` was trained on the ``current`` labels; else which labels it was trained on."""
+    trained = run.labels_info
+    if trained is None:
+        return (f"This run was saved before runs recorded their labels, so it may have been trained on other genres "
+                f"than today's labels ({current.describe()}). It is never reused; train it again for today's labels.")
+    if trained.key == current.key:
+        return None
+    if (trained.n_posters, trained.genres) == (current.n_posters, current.genres):
+        what = (f"the same {current.n_posters:,} posters and {len(current.genres)} genres, but some posters' genres "
+                "were different then")
+    else:
+        what = f"{trained.describe()}; today's labels: {current.describe()}"
+    return (f"This run was trained on other labels than today's: {what}. Its figures answer for the labels it was "
+            "trained on, not today's; train it again for today's labels.")
+
+
+def labels_state(run: Run, current: LabelsInfo) -> str:
+    """The run table's ``labels`` cell: ``today's``, ``other`` or ``not recorded``."""
+    if run.labels_info is None:
+        return "not recorded"
+    return "today's" if run.trained_on(current) else "other"
 
 
 def delete_run(folder: Path) -> None:
@@ -416,9 +452,10 @@ def _table_value(option, config: TrainConfig):
     return option.format(value, "→") if option.kind == "int_list" else value
 
 
-def runs_table(runs: Sequence[Run]):
+def runs_table(runs: Sequence[Run], current: LabelsInfo | None = None):
     """One row per run: when, every training option (``TRAIN_OPTIONS``' columns), epochs run and the
-    metrics beside the frequency prior; ``run`` holds the menu label."""
+    metrics beside the frequency prior; ``run`` holds the menu label. With ``current`` labels, a ``labels``
+    column says whether each run was trained on them (``labels_state``)."""
     import pandas as pd
 
     rows = []
@@ -433,6 +470,7 @@ def runs_table(runs: Sequence[Run]):
             "recall@k": evaluation.recall_at_k.value, "micro F1": evaluation.micro_f1,
             "macro F1": evaluation.macro_f1, "mean AP": evaluation.mean_average_precision,
             "train seconds": run.train_seconds, "features": run.features_label, "weights": run.weights.label,
+            **({"labels": labels_state(run, current)} if current is not None else {}),
             "run": run.label(),
         })
     return pd.DataFrame(rows)
