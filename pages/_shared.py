@@ -133,7 +133,9 @@ def fingerprint(root: Path) -> tuple:
 
 
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
-def _load_dataset(root: str, _fingerprint: tuple) -> tuple[Dataset, LoadReport]:
+def _load_dataset(root: str, dataset_fingerprint: tuple) -> tuple[Dataset, LoadReport]:
+    """Keyed by the fingerprint too (no leading underscore, so Streamlit hashes it): an edited labels.csv
+    is read again on the next rerun, and runs are matched against today's labels."""
     loaded = load_dataset(root)
     keep_out_of_gc_passes(len(loaded[0]))
     return loaded
@@ -179,8 +181,8 @@ class _NotCached(Exception):
 
 
 @st.cache_resource(show_spinner="Opening cached features…", max_entries=4)
-def _cached_features(root: str, _fingerprint: tuple, config: FeatureConfig) -> FeatureSet:
-    dataset, _ = _load_dataset(root, _fingerprint)
+def _cached_features(root: str, dataset_fingerprint: tuple, config: FeatureConfig) -> FeatureSet:
+    dataset, _ = _load_dataset(root, dataset_fingerprint)
     features = cached_features(dataset, config)
     if features is None:
         raise _NotCached

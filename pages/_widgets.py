@@ -157,7 +157,7 @@ def run_selector(runs: list[Run], *, key: str = "run_select", label: str = "Run"
     run = by_folder[folder]
     st.caption(f"Features of this run: {run.features_label}")
     if current is not None and (note := labels_note(run, current)):
-        st.warning(f"⚠️ {note}")
+        st.warning(note)
     return run
 
 

@@ -11,8 +11,10 @@
   another dataset.
 - ``load_run`` raises ``RunError`` for a missing folder, each missing required file, damaged
   metadata, a vocabulary that disagrees with metrics.json, and bad ``test_scores.npy``.
-- ``find_run`` returns the run saved for the same features and config, ``None`` for another config;
-  ``list_runs`` skips folders that are not runs.
+- ``find_run`` returns the run saved for the same features, labels and config, ``None`` for another config
+  or when the run in the folder of the key records other labels; ``list_runs`` skips folders that are not runs.
+- ``LabelsInfo`` reads back what ``to_dict`` wrote and is ``None`` for a run without (or with a damaged)
+  labels record; ``runs_table`` given today's labels has a ``labels`` column (today's / other / not recorded).
 - ``save_run`` replaces an earlier run, leaves no staging folder, and refuses to overwrite a folder
   that is not a run; ``delete_run`` deletes a run and refuses a non-run folder.
 - ``run_key`` ignores fields left at their defaults; ``runs_for_dataset`` filters by dataset folder;
@@ -275,3 +277,26 @@ def test_runs_table_has_a_column_per_training_option(saved):
     summary = run.summary()
     assert "view avg" in summary and "hidden 16" in summary and "optimizer adam" in summary
     assert "32 train / 0 validation / 8 test posters" in summary and "2/2 epochs" in summary
+
+
+def test_find_run_refuses_a_run_whose_recorded_labels_differ(result, tiny_features, tmp_path, monkeypatch):
+    dataset, features = tiny_features
+    labels = labels_info(dataset, features.ids)
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    folder = save_run(result)
+    info = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**info, "labels": {**info["labels"], "key": "0" * 16}}))
+    assert folder == runs_root() / run_key(features, CONFIG, labels)
+    assert find_run(features, CONFIG, labels) is None
+    assert list(runs_table(list_runs(), labels)["labels"]) == ["other"]
+
+
+def test_labels_info_round_trips_and_tolerates_old_or_damaged_records(result):
+    from core.model.experiment import LabelsInfo
+
+    assert LabelsInfo.from_dict(result.labels.to_dict()) == result.labels
+    assert result.labels.describe(shown=2) == "40 posters, 8 genres (Action, Animation, …)"
+    for record in (None, [], {"n_posters": 40}, {"key": 5}):
+        assert LabelsInfo.from_dict(record) is None
+    assert LabelsInfo.from_dict({"key": "k", "genres": "Drama"}) == LabelsInfo("k", 0, ())
+    assert "labels" not in runs_table([]).columns
