@@ -7,7 +7,9 @@ Locks in (each on a copy of the tiny dataset, whose folder is hashed before and 
 - ``run.json`` records the labels (key, posters, vocabulary), equal to what the experiment trained on;
 - after one genre of labels.csv is edited: ``python -m core sweep`` trains every combination again
   (0 reused) where the repeat before the edit reused them all; ``python -m core train`` saves a run of
-  the new labels; ``quick_start`` trains again into a new run folder; none of them changes the dataset;
+  the new labels; ``python -m core evaluate`` of the earlier run notes that it was trained on other labels
+  (and of the new one, nothing); ``quick_start`` trains again into a new run folder; none of them changes
+  the dataset;
 - two folders with the same posters and different labels (8 genres against 2) never share a run: each
   trains its own, and ``labels_note`` names both label sets;
 - a run saved before runs recorded their labels is never reused (``find_run`` is ``None`` even in the
@@ -80,6 +82,7 @@ def test_run_json_records_the_labels_it_was_trained_on(tiny_features, tmp_path):
     assert run.labels_info == result.labels == labels_info(dataset, features.ids)
     assert run.info["labels"] == {"key": result.labels.key, "n_posters": 40, "genres": list(result.vocabulary.genres)}
     assert run.trained_on(result.labels) and labels_note(run, result.labels) is None
+    assert run.labels_in(dataset) == result.labels
 
 
 def sweep(root: Path, out: Path, capsys) -> str:
@@ -119,6 +122,12 @@ def test_cli_train_after_one_genre_is_edited_saves_a_run_of_the_new_labels(tiny_
     assert after.trained_on(labels_info(dataset, features.ids)) and not before.trained_on(labels_info(dataset, features.ids))
     assert "the same 40 posters and 8 genres, but some posters' genres were different then" in labels_note(
         before, labels_info(dataset, features.ids))
+    assert main(["evaluate", "--run", str(tmp_path / "before")]) == 0
+    assert ("note: This run was trained on other labels than today's: the same 40 posters and 8 genres, but some "
+            "posters' genres were different then. The figures below score its predictions against today's genres "
+            "of its test posters.") in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "after")]) == 0
+    assert "note:" not in capsys.readouterr().err and folder_hashes(root) == hashes
 
 
 def test_quick_start_trains_again_after_one_genre_is_edited(tiny_dataset, tmp_path):

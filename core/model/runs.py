@@ -177,6 +177,14 @@ class Run:
         trained = self.labels_info
         return trained is not None and trained.key == labels.key
 
+    def labels_in(self, dataset) -> LabelsInfo:
+        """Today's labels of the run's posters in ``dataset``, in the dataset's order as features are: equal to
+        the run's own when none of its posters was relabelled, removed or moved in labels.csv."""
+        from core.model.experiment import labels_info
+
+        posters = {id_ for part in SPLIT_PARTS for id_ in self.split[part]}
+        return labels_info(dataset, [id_ for id_ in dataset.ids if id_ in posters])
+
     @property
     def evaluation(self) -> EvaluationSummary:
         return EvaluationSummary.from_dict(self.metrics)
@@ -382,12 +390,16 @@ def find_run(features: FeatureSet, config: TrainConfig, labels: LabelsInfo, root
     return run if run.trained_on(labels) else None
 
 
-def labels_note(run: Run, current: LabelsInfo) -> str | None:
-    """``None`` when ``run`` was trained on the ``current`` labels; else which labels it was trained on."""
+RETRAIN_NOTE = "Its figures answer for the labels it was trained on, not today's; train it again for today's labels."
+
+
+def labels_note(run: Run, current: LabelsInfo, consequence: str = RETRAIN_NOTE) -> str | None:
+    """``None`` when ``run`` was trained on the ``current`` labels; else which labels it was trained on and
+    ``consequence``."""
     trained = run.labels_info
     if trained is None:
         return (f"This run was saved before runs recorded their labels, so it may have been trained on other genres "
-                f"than today's labels ({current.describe()}). It is never reused; train it again for today's labels.")
+                f"than today's labels ({current.describe()}); it is never reused. {consequence}")
     if trained.key == current.key:
         return None
     if (trained.n_posters, trained.genres) == (current.n_posters, current.genres):
@@ -395,8 +407,7 @@ def labels_note(run: Run, current: LabelsInfo) -> str | None:
                 "were different then")
     else:
         what = f"{trained.describe()}; today's labels: {current.describe()}"
-    return (f"This run was trained on other labels than today's: {what}. Its figures answer for the labels it was "
-            "trained on, not today's; train it again for today's labels.")
+    return f"This run was trained on other labels than today's: {what}. {consequence}"
 
 
 def labels_state(run: Run, current: LabelsInfo) -> str:
