@@ -119,9 +119,10 @@ def test_cli_train_after_one_genre_is_edited_saves_a_run_of_the_new_labels(tiny_
     assert "run saved to" in capsys.readouterr().out and folder_hashes(root) == hashes
     before, after = load_run(tmp_path / "before"), load_run(tmp_path / "after")
     dataset, features = opened(root)
-    assert after.trained_on(labels_info(dataset, features.ids)) and not before.trained_on(labels_info(dataset, features.ids))
+    today = labels_info(dataset, features.ids)
+    assert after.trained_on(today) and not before.trained_on(today)
     assert "the same 40 posters and 8 genres, but some posters' genres were different then" in labels_note(
-        before, labels_info(dataset, features.ids))
+        before, today)
     assert main(["evaluate", "--run", str(tmp_path / "before")]) == 0
     assert ("note: This run was trained on other labels than today's: the same 40 posters and 8 genres, but some "
             "posters' genres were different then. The figures below score its predictions against today's genres "

@@ -28,7 +28,7 @@ from core.features.weights import Weights
 from core.model.classifier import EpochLog
 from core.features.weights import same_weights
 from core.model.config import TRAIN_OPTIONS, TrainConfig, applies
-from core.model.experiment import DatasetInfo, ExperimentResult, LabelsInfo, RUN_VERSION, run_key
+from core.model.experiment import DatasetInfo, ExperimentResult, LabelsInfo, RUN_VERSION, labels_info, run_key
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
@@ -180,8 +180,6 @@ class Run:
     def labels_in(self, dataset) -> LabelsInfo:
         """Today's labels of the run's posters in ``dataset``, in the dataset's order as features are: equal to
         the run's own when none of its posters was relabelled, removed or moved in labels.csv."""
-        from core.model.experiment import labels_info
-
         posters = {id_ for part in SPLIT_PARTS for id_ in self.split[part]}
         return labels_info(dataset, [id_ for id_ in dataset.ids if id_ in posters])
 
