@@ -129,6 +129,13 @@ def test_cli_train_after_one_genre_is_edited_saves_a_run_of_the_new_labels(tiny_
             "of its test posters.") in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path / "after")]) == 0
     assert "note:" not in capsys.readouterr().err and folder_hashes(root) == hashes
+    test_poster = load_run(tmp_path / "after").split["test"][0]
+    edit_genre(root, test_poster, "Noir")
+    assert main(["evaluate", "--run", str(tmp_path / "after")]) == 1
+    err = capsys.readouterr().err
+    assert "note: This run was trained on other labels than today's: 40 posters, 8 genres (Action," in err
+    assert ("error: today's labels of these posters use genres the run was not trained on: ['Noir']\n"
+            "hint: the run was trained on other labels; train it again on today's labels") in err
 
 
 def test_quick_start_trains_again_after_one_genre_is_edited(tiny_dataset, tmp_path):

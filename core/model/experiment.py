@@ -129,9 +129,16 @@ def labels_for(dataset: Dataset, ids: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def genre_labels(dataset: Dataset, ids: Sequence[str], vocabulary: GenreVocabulary | None = None) -> GenreLabels:
-    """Labels of ``ids`` encoded in ``vocabulary``'s order (by default the sorted genres they use)."""
+    """Labels of ``ids`` encoded in ``vocabulary``'s order (by default the sorted genres they use).
+
+    A given vocabulary is a run's: genres of today's labels outside it are refused, naming them.
+    """
     labels = labels_for(dataset, ids)
-    vocabulary = vocabulary or GenreVocabulary.from_labels(labels)
+    if vocabulary is None:
+        vocabulary = GenreVocabulary.from_labels(labels)
+    elif unknown := sorted({genre for genres in labels for genre in genres} - set(vocabulary.genres)):
+        raise DatasetError(f"today's labels of these posters use genres the run was not trained on: {unknown}",
+                           "the run was trained on other labels; train it again on today's labels")
     return GenreLabels(list(ids), labels, vocabulary, vocabulary.encode(labels))
 
 
