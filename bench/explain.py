@@ -103,10 +103,10 @@ def cluster_report(dataset, features, Y: np.ndarray, genres: tuple[str, ...], co
 
 def recommended_run(dataset, features):
     from core.model.config import PRESETS
-    from core.model.experiment import run_experiment
+    from core.model.experiment import labels_info, run_experiment
     from core.model.runs import find_run, load_run, save_run
 
-    run = find_run(features, PRESETS["recommended"])
+    run = find_run(features, PRESETS["recommended"], labels_info(dataset, features.ids))
     if run is not None:
         print(f"\nrecommended run: saved {run.folder}")
         return run

@@ -103,9 +103,10 @@ def extraction_seconds_per_1000(dataset, config, n: int) -> float:
 
 def compare_presets(dataset, features, args, seeds) -> dict[str, dict]:
     from core.model.config import PRESETS
-    from core.model.experiment import run_experiment
+    from core.model.experiment import labels_info, run_experiment
     from core.model.runs import find_run, load_run, save_run
 
+    labels = labels_info(dataset, features.ids)
     rows: dict[str, list[dict]] = {}
     for preset in args.presets.split(","):
         if PRESETS[preset].feature_view == "flatten" and features.config.stored == "pooled":
@@ -113,7 +114,7 @@ def compare_presets(dataset, features, args, seeds) -> dict[str, dict]:
             continue
         for seed in seeds:
             config = replace(PRESETS[preset], seed=seed)
-            run = None if args.retrain else find_run(features, config)
+            run = None if args.retrain else find_run(features, config, labels)
             if run is None:
                 result = run_experiment(dataset, features, config)
                 run = load_run(save_run(result))

@@ -20,6 +20,7 @@ from core.errors import PosterGenreError
 from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
 from core.features.backbones import BACKBONES
 from core.features.weights import Weights, default_weights_spec, resolve_weights
+from core.model.experiment import LabelsInfo, labels_info
 from core.progress import Progress, ProgressFn
 
 DEMO = "demo"
@@ -141,7 +142,9 @@ def fingerprint(root: Path) -> tuple:
 
 
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
-def _load_dataset(root: str, _fingerprint: tuple) -> tuple[Dataset, LoadReport]:
+def _load_dataset(root: str, dataset_fingerprint: tuple) -> tuple[Dataset, LoadReport]:
+    """Keyed by the fingerprint too (no leading underscore, so Streamlit hashes it): an edited labels.csv
+    is read again on the next rerun, and runs are matched against today's labels."""
     loaded = load_dataset(root)
     keep_out_of_gc_passes(len(loaded[0]))
     return loaded
@@ -187,8 +190,8 @@ class _NotCached(Exception):
 
 
 @st.cache_resource(show_spinner="Opening cached features…", max_entries=4)
-def _cached_features(root: str, _fingerprint: tuple, config: FeatureConfig) -> FeatureSet:
-    dataset, _ = _load_dataset(root, _fingerprint)
+def _cached_features(root: str, dataset_fingerprint: tuple, config: FeatureConfig) -> FeatureSet:
+    dataset, _ = _load_dataset(root, dataset_fingerprint)
     features = cached_features(dataset, config)
     if features is None:
         raise _NotCached
@@ -205,6 +208,18 @@ def features_if_cached(dataset: Dataset) -> FeatureSet | None:
     except PosterGenreError as err:
         st.error(str(err))
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _labels_of(root: str, dataset_fingerprint: tuple, features_key: str, _dataset: Dataset,
+               _ids: list[str]) -> LabelsInfo:
+    return labels_info(_dataset, _ids)
+
+
+def current_labels(dataset: Dataset, features: FeatureSet) -> LabelsInfo:
+    """Today's labels of the active features: a saved run answers for them only when it was trained on them
+    (re-hashed only when labels.csv or the posters change)."""
+    return _labels_of(str(dataset.root), fingerprint(dataset.root), features.key, dataset, features.ids)
 
 
 def forget_features() -> None:

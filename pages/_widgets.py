@@ -22,7 +22,8 @@ from core.errors import ImageError, PosterGenreError
 from core.features.backbones import BACKBONES
 from core.features.pipeline import FeatureSet
 from core.data.images import thumbnail
-from core.model.runs import Run
+from core.model.experiment import LabelsInfo
+from core.model.runs import Run, labels_note
 
 THUMBNAIL_SIDE = 256
 SELECTED_RUN = "selected_run"
@@ -139,17 +140,37 @@ def remember_run(folder: str | Path) -> None:
 
 
 def run_selector(runs: list[Run], *, key: str = "run_select", label: str = "Run",
-                 help: str | None = "Runs trained on the active dataset, newest first.") -> Run:
-    """A menu of ``runs`` that opens on the run last chosen on any page and remembers the choice."""
+                 help: str | None = "Runs trained on the active dataset, newest first.",
+                 current: LabelsInfo | None = None) -> Run:
+    """A menu of ``runs`` that opens on the run last chosen on any page and remembers the choice.
+
+    With today's labels (``current``), the menu opens by default on the newest run trained on them, marks
+    the others, and a run trained on other labels is shown with a warning saying which.
+    """
     by_folder = {str(run.folder): run for run in runs}
     if st.session_state.get(key) not in by_folder:
         remembered = st.session_state.get(SELECTED_RUN)
-        st.session_state[key] = remembered if remembered in by_folder else next(iter(by_folder))
+        st.session_state[key] = remembered if remembered in by_folder else _first_choice(runs, current)
     folder = st.selectbox(label, list(by_folder), key=key, help=help,
-                          format_func=lambda option: by_folder[option].label())
+                          format_func=lambda option: menu_label(by_folder[option], current))
     remember_run(folder)
-    st.caption(f"Features of this run: {by_folder[folder].features_label}")
-    return by_folder[folder]
+    run = by_folder[folder]
+    st.caption(f"Features of this run: {run.features_label}")
+    if current is not None and (note := labels_note(run, current)):
+        st.warning(note)
+    return run
+
+
+def _first_choice(runs: list[Run], current: LabelsInfo | None) -> str:
+    fitting = [run for run in runs if current is None or run.trained_on(current)]
+    return str((fitting or runs)[0].folder)
+
+
+def menu_label(run: Run, current: LabelsInfo | None = None) -> str:
+    """``Run.label``, marked when the run was not trained on today's labels."""
+    if current is None or run.trained_on(current):
+        return run.label()
+    return run.label() + (" · labels not recorded" if run.labels_info is None else " · OTHER LABELS")
 
 
 def random_run_warning(run: Run, consequence: str = "its numbers say nothing about posters") -> None:

@@ -7,8 +7,9 @@ from core.errors import PosterGenreError
 from core.model.classifier import training_fraction
 from core.model.config import PRESETS
 from core.model.quickstart import QUICK_START_PRESET, quick_start
-from pages._shared import (active_dataset, active_weights, dataset_caption, feature_config, feature_status,
-                           fingerprint, forget_features, progress_bar, route_through_app, weights_notice)
+from pages._shared import (active_dataset, active_weights, current_labels, dataset_caption, feature_config,
+                           feature_status, features_if_cached, fingerprint, forget_features, progress_bar,
+                           route_through_app, weights_notice)
 from pages._widgets import dataset_runs
 
 
@@ -64,7 +65,12 @@ if weights is not None:
 
 runs = dataset_runs(dataset)
 st.metric("Saved training runs on this dataset", len(runs))
-if weights is not None and (cached < total or not runs):
+features = features_if_cached(dataset) if weights is not None and cached == total and runs else None
+today = [run for run in runs if features is not None and run.trained_on(current_labels(dataset, features))]
+if features is not None and len(today) < len(runs):
+    st.caption(f"{len(runs) - len(today)} of them were not trained on today's labels.csv, so they do not answer "
+               "for it" + ("." if today else "; the one click below trains on today's labels."))
+if weights is not None and (cached < total or not today):
     st.markdown("One click extracts the features and trains the recommended model, so that every page has "
                 "something to show" + (" (about half a minute on a laptop)." if dataset.synthetic else "."))
     if st.button(start_button_label(dataset), key="quick_start", type="primary",

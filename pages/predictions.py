@@ -19,7 +19,8 @@ from core.analysis.metrics import per_genre_report
 from core.model.predict import PosterPrediction, Predictor, ScoredPosters, score_test_posters
 from core.model.runs import Run
 from pages._explain import gradcam_section
-from pages._shared import active_dataset, fingerprint, keep_out_of_gc_passes, require_features, route_through_app
+from pages._shared import (active_dataset, current_labels, fingerprint, keep_out_of_gc_passes, require_features,
+                           route_through_app)
 from pages._widgets import (dataset_runs, first_page, fmt, metric_with_prior, page_number, per_genre_table,
                             poster_picker, random_run_warning, require_runs, run_selector, show_per_genre,
                             show_poster, view_matrix)
@@ -262,8 +263,12 @@ st.caption("Poster by poster: what a trained run predicts, where it is wrong, an
 dataset, _ = active_dataset()
 runs = dataset_runs(dataset)
 require_runs(runs, dataset)
-run = run_selector(runs)
 features = require_features(dataset)
+labels = current_labels(dataset, features)
+run = run_selector(runs, current=labels)
+if not run.trained_on(labels):
+    st.caption("Below, its predictions are checked against today's genres; its headline figures come from the "
+               "labels it was trained on.")
 try:
     run.check_features(features)
     scored = scored_posters(run.cache_token, str(dataset.root), fingerprint(dataset.root), run, dataset)

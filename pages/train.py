@@ -15,10 +15,10 @@ from core.model.classifier import BatchProgress, EpochLog, training_fraction
 from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
                                TrainOption, applies, check_config, config_from_values, config_values,
                                long_training_note)
-from core.model.experiment import ExperimentResult, run_experiment
+from core.model.experiment import ExperimentResult, LabelsInfo, run_experiment
 from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, find_run, training_text,
                              runs_table, save_run)
-from pages._shared import active_dataset, require_features, route_through_app, save_settings
+from pages._shared import active_dataset, current_labels, require_features, route_through_app, save_settings
 from pages._sweep import sweep_section
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)
@@ -226,8 +226,8 @@ def save_trained(dataset, result: ExperimentResult, record: dict) -> Path:
     return folder
 
 
-def train_or_load(dataset, features: FeatureSet, config: TrainConfig, again: bool) -> None:
-    existing = find_run(features, config)
+def train_or_load(dataset, features: FeatureSet, config: TrainConfig, labels: LabelsInfo, again: bool) -> None:
+    existing = find_run(features, config, labels)
     if existing is not None and not again:
         select_run(existing.folder)
         st.success("Same configuration already trained — loaded from disk (tick “train again” to retrain).")
@@ -361,6 +361,7 @@ st.caption("Start from the tutorial's recipe or the recommended one, move the hy
 stopped_notice()
 dataset, _ = active_dataset()
 features = require_features(dataset)
+labels = current_labels(dataset, features)
 n_genres = len(dataset.genre_counts())
 
 init_controls()
@@ -379,11 +380,11 @@ if config is not None:
     changes = changed_from(preset, config)
     if changes:
         st.caption(f"Changed from the {preset} preset: {', '.join(changes)}")
-    if find_run(features, config) is not None:
+    if find_run(features, config, labels) is not None:
         st.caption("This configuration is already trained: Train will load it from disk.")
 again = st.checkbox("train again (even if this configuration was already trained)", key="train_again")
 if st.button("Train", key="train", type="primary", disabled=config is None):
-    train_or_load(dataset, features, config, again)
+    train_or_load(dataset, features, config, labels, again)
 sweep_section(dataset, features, config)
 
 st.header("Results")
@@ -392,11 +393,14 @@ runs = dataset_runs(dataset)
 if not runs:
     st.info("No saved runs for this dataset yet: choose a preset and press Train.")
     st.stop()
-show_results(run_selector(runs, key="run_select", label="Show run"))
+show_results(run_selector(runs, key="run_select", label="Show run", current=labels))
 
 st.header("Experiments")
 st.caption(f"{len(runs)} saved run(s) on this dataset; every run is also available on the Predictions page.")
-table = runs_table(runs)
+if stale := sum(not run.trained_on(labels) for run in runs):
+    st.caption(f"{stale} of them were not trained on today's labels (column labels): their figures answer for "
+               "the labels they were trained on, and Train never reuses them.")
+table = runs_table(runs, labels)
 show_table(table)
 comparison_chart(table)
 delete_controls(runs)

@@ -4,7 +4,8 @@ Behaviours locked in:
 - Home runs without exception, warns about random weights, counts the cached features and the saved
   runs of the active dataset (a run saved afterwards is counted on the next visit);
 - one click on "Explore the demo" extracts a fresh dataset's features and trains and saves `recommended`;
-  afterwards the counts say so and the button is gone;
+  afterwards the counts say so and the button is gone; after one genre of labels.csv is edited the run is
+  said not to answer for today's labels, the button is back and trains a second run (the folder unchanged);
 - no page script holds a bare expression other than a call (a string placed after the first statement,
   a name, a tuple...): Streamlit "magic" would write it onto the page.
 """
@@ -103,3 +104,16 @@ def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
     [run] = runs_for_dataset(root)
     assert run.config.ensemble == 8 and run.weights.is_random
     assert not [button for button in at.button if button.key == "quick_start"], "nothing left to start"
+
+    from tests.test_hostile_inputs import folder_hashes
+    from tests.test_run_identity import edit_genre
+
+    first_genres = (root / "labels.csv").read_text().splitlines()[1].rsplit(",", 1)[1]
+    edit_genre(root, "demo-0001", "Drama" if first_genres != "Drama" else "Comedy")
+    hashes = folder_hashes(root)
+    at.run()
+    assert any("not trained on today's labels.csv" in caption.value for caption in at.caption)
+    at.button(key="quick_start").click().run()
+    assert not at.exception and any("recommended model trained" in message.value for message in at.success)
+    assert len(runs_for_dataset(root)) == 2 and folder_hashes(root) == hashes
+    assert not [button for button in at.button if button.key == "quick_start"], "trained on today's labels"

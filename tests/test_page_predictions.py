@@ -2,6 +2,9 @@
 
 Behaviours locked in:
 - the page runs without exception and, with no run on the active dataset, says so and links to Train;
+- a run trained on other labels than today's labels.csv is marked in the menu and warned about (which labels
+  it was trained on), and without a choice the menu opens on a run trained on today's labels even when a run
+  of other labels is newer; the dataset folder is not changed;
 - a run trained on other features is refused with the RunError message, not a traceback;
 - the grid shows every test poster of the run's split once, with its true genres;
 - the hit/miss filter keeps exactly the posters that core.analysis.metrics.top_k_hits says it should;
@@ -15,6 +18,7 @@ Behaviours locked in:
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -213,3 +217,38 @@ def test_predictor_refuses_bytes_that_are_not_an_image(saved_run):
 
     refused = Predictor(saved_run).predict_image(b"not an image", "notes.jpg")
     assert refused.top == [] and "not an image" in refused.error
+
+
+def test_a_run_trained_on_other_labels_is_marked_warned_and_not_chosen_first(tiny_dataset, tiny_features, tmp_path):
+    from core.data.datasets import load_dataset
+    from tests.test_hostile_inputs import folder_hashes
+    from tests.test_run_identity import copy_dataset, edit_genre
+
+    root = copy_dataset(tiny_dataset, tmp_path / "posters")
+    _, features = tiny_features
+    config = TrainConfig(feature_view="avg", hidden=(16,), epochs=2, seed=108)
+    old = save_run(run_experiment(load_dataset(root)[0], features, config))
+    at = open_page(root, old)
+    assert not [warning for warning in at.warning if "other labels" in warning.value]
+    assert "OTHER LABELS" not in at.selectbox(key="run_select").format_func(str(old))
+
+    edit_genre(root, "demo-0001", "Comedy")
+    hashes = folder_hashes(root)
+    at = open_page(root, old)
+    assert at.selectbox(key="run_select").value == str(old)
+    assert at.selectbox(key="run_select").format_func(str(old)).endswith(" · OTHER LABELS")
+    assert any(warning.value.startswith("This run was trained on other labels than today's: the same 40 posters "
+                                     "and 8 genres, but some posters' genres were different then")
+               for warning in at.warning)
+    assert any("checked against today's genres" in caption.value for caption in at.caption)
+    assert sorted(card_ids(at)) == sorted(load_run(old).split["test"])
+
+    info = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({**info, "created": "2099-01-01T00:00:00+00:00"}))
+    fresh = save_run(run_experiment(load_dataset(root)[0], features, dataclasses.replace(config, seed=109)))
+    at = open_page(root)
+    first = at.selectbox(key="run_select").options[0]
+    assert first.startswith("2099-01-01") and first.endswith(" · OTHER LABELS"), "the newest run is listed first"
+    assert at.selectbox(key="run_select").value == str(fresh), "but today's labels' run is chosen"
+    assert not [warning for warning in at.warning if "other labels" in warning.value]
+    assert folder_hashes(root) == hashes

@@ -9,7 +9,9 @@ Locks in:
   TrainingError message; with an ensemble the validation fraction is disabled and the error goes away;
 - a 2-epoch training on the avg view is saved, listed in the experiment table and its metrics are
   shown beside the frequency prior; the selected run is published in session_state["selected_run"];
-- training the same configuration again is answered from disk without a new run folder;
+- training the same configuration again is answered from disk without a new run folder; after one genre of
+  labels.csv is edited (the dataset folder otherwise unchanged) Train trains again, the table's labels column
+  says which run was trained on today's labels, and the old run, picked, is marked and warned about;
 - a 2-network ensemble saves the history of both members, and the run's loss chart draws a train and a
   validation line for each member;
 - Stop (Streamlit interrupts the script at its next st call inside on_epoch, then runs it anew)
@@ -293,3 +295,37 @@ def test_stop_during_training_reports_stopped_and_saves_nothing(train_page, monk
     assert run_folders() == before and len(calls) == 1
     at.run()
     assert "Training was stopped" not in texts(at.warning)
+
+
+def test_train_retrains_after_one_genre_is_edited_and_marks_the_old_run(tiny_dataset, tiny_features, tmp_path):
+    """A run answers only for the labels it was trained on: after one genre of labels.csv changes, Train
+    trains again instead of loading the old run, which is listed as trained on other labels."""
+    from tests.test_hostile_inputs import folder_hashes
+    from tests.test_run_identity import copy_dataset, edit_genre
+
+    root = copy_dataset(tiny_dataset, tmp_path / "posters")
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
+    at.run()
+    at.switch_page("pages/train.py").run()
+    widget(at, "seed").set_value(107)
+    old = train_avg(at, "12")
+    at.run()
+    assert "already trained: Train will load it from disk" in texts(at.caption)
+    edit_genre(root, "demo-0001", "Comedy")
+    hashes = folder_hashes(root)
+    at.run()
+    assert "already trained: Train will load it from disk" not in texts(at.caption)
+    before = run_folders()
+    at.button(key="train").click().run()
+    assert not at.exception and not at.error and "already trained" not in texts(at.success)
+    [new] = run_folders() - before
+    assert at.session_state["selected_run"] == str(runs_root() / new) and folder_hashes(root) == hashes
+    table = next(frame.value for frame in at.dataframe if "labels" in frame.value.columns)
+    assert sorted(table["labels"]) == ["other", "today's"]
+    assert "1 of them were not trained on today's labels" in texts(at.caption)
+    assert not [warning for warning in at.warning if "other labels" in str(warning.value)]
+    at.selectbox(key="run_select").set_value(str(old)).run()
+    assert "· OTHER LABELS" in at.selectbox(key="run_select").format_func(str(old))
+    assert ("This run was trained on other labels than today's: the same 40 posters and 8 genres, but some "
+            "posters' genres were different then") in texts(at.warning)

@@ -11,8 +11,10 @@
   another dataset.
 - ``load_run`` raises ``RunError`` for a missing folder, each missing required file, damaged
   metadata, a vocabulary that disagrees with metrics.json, and bad ``test_scores.npy``.
-- ``find_run`` returns the run saved for the same features and config, ``None`` for another config;
-  ``list_runs`` skips folders that are not runs.
+- ``find_run`` returns the run saved for the same features, labels and config, ``None`` for another config
+  or when the run in the folder of the key records other labels; ``list_runs`` skips folders that are not runs.
+- ``LabelsInfo`` reads back what ``to_dict`` wrote and is ``None`` for a run without (or with a damaged)
+  labels record; ``runs_table`` given today's labels has a ``labels`` column (today's / other / not recorded).
 - ``save_run`` replaces the files of an earlier run (removing those its manifest lists and the new run
   lacks), keeps the user's files, leaves no staging folder, and refuses to overwrite a folder that is
   not a run (tests/test_output_folders.py covers output folders in depth); ``delete_run`` deletes a run and refuses a non-run folder.
@@ -38,7 +40,7 @@ import pytest
 
 from core.errors import RunError
 from core.model.config import TRAIN_OPTIONS, TrainConfig
-from core.model.experiment import DatasetInfo, run_experiment, run_key
+from core.model.experiment import DatasetInfo, labels_info, run_experiment, run_key
 from core.model.runs import (METRIC_COLUMNS, RUN_FILES, RUN_WRITTEN, delete_run, find_run, list_runs, load_run,
                              runs_root, runs_table, save_run)
 from core.features.weights import resolve_weights
@@ -75,7 +77,7 @@ def test_round_trip_config_vocabulary_split_history(saved, result, tiny_features
     assert sorted(train + validation + test) == sorted(features.ids)
     assert len(test) == 8 and len(train) == 32
     assert [entry.epoch for entry in run.history] == [1, 2]
-    assert run.key == run_key(features, CONFIG)
+    assert run.key == run_key(features, CONFIG, labels_info(dataset, features.ids))
     assert run.features_info["weights_identity"] == features.weights.identity
     assert run.weights.identity == features.weights.identity and run.weights.is_random
     assert run.dataset_info == DatasetInfo.of(dataset) and run.info["dataset"]["n_posters"] == 40
@@ -165,13 +167,14 @@ def test_bad_test_scores_raise_run_error(copy):
 
 
 def test_find_run_and_list_runs(result, tiny_features, tmp_path, monkeypatch):
-    _, features = tiny_features
+    dataset, features = tiny_features
+    labels = labels_info(dataset, features.ids)
     monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
     folder = save_run(result)
-    assert folder == runs_root() / run_key(features, CONFIG)
-    found = find_run(features, CONFIG)
+    assert folder == runs_root() / run_key(features, CONFIG, labels)
+    found = find_run(features, CONFIG, labels)
     assert found is not None and found.folder == folder
-    assert find_run(features, dataclasses.replace(CONFIG, epochs=3)) is None
+    assert find_run(features, dataclasses.replace(CONFIG, epochs=3), labels) is None
     (runs_root() / "junk").mkdir()
     assert [run.folder for run in list_runs()] == [folder]
 
@@ -214,9 +217,10 @@ def test_run_key_ignores_fields_left_at_their_defaults(tiny_features):
     from core.model.experiment import run_key
     from core.model.config import TrainConfig
 
-    _, features = tiny_features
-    assert run_key(features, TrainConfig()) == run_key(features, TrainConfig(ensemble=1))
-    assert run_key(features, TrainConfig()) != run_key(features, TrainConfig(ensemble=2))
+    dataset, features = tiny_features
+    labels = labels_info(dataset, features.ids)
+    assert run_key(features, TrainConfig(), labels) == run_key(features, TrainConfig(ensemble=1), labels)
+    assert run_key(features, TrainConfig(), labels) != run_key(features, TrainConfig(ensemble=2), labels)
 
 
 def test_runs_for_dataset_label_and_hidden_activations(result, tiny_features, tmp_path):
@@ -279,3 +283,26 @@ def test_runs_table_has_a_column_per_training_option(saved):
     summary = run.summary()
     assert "view avg" in summary and "hidden 16" in summary and "optimizer adam" in summary
     assert "32 train / 0 validation / 8 test posters" in summary and "2/2 epochs" in summary
+
+
+def test_find_run_refuses_a_run_whose_recorded_labels_differ(result, tiny_features, tmp_path, monkeypatch):
+    dataset, features = tiny_features
+    labels = labels_info(dataset, features.ids)
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    folder = save_run(result)
+    info = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**info, "labels": {**info["labels"], "key": "0" * 16}}))
+    assert folder == runs_root() / run_key(features, CONFIG, labels)
+    assert find_run(features, CONFIG, labels) is None
+    assert list(runs_table(list_runs(), labels)["labels"]) == ["other"]
+
+
+def test_labels_info_round_trips_and_tolerates_old_or_damaged_records(result):
+    from core.model.experiment import LabelsInfo
+
+    assert LabelsInfo.from_dict(result.labels.to_dict()) == result.labels
+    assert result.labels.describe(shown=2) == "40 posters, 8 genres (Action, Animation, …)"
+    for record in (None, [], {"n_posters": 40}, {"key": 5}):
+        assert LabelsInfo.from_dict(record) is None
+    assert LabelsInfo.from_dict({"key": "k", "genres": "Drama"}) == LabelsInfo("k", 0, ())
+    assert "labels" not in runs_table([]).columns

@@ -5,7 +5,8 @@ Locks in:
   take ';' between values), and a bad name, a swept seed or an out-of-range value is refused by name;
 - a sweep is the product of the swept values, seeds innermost, every configuration checked;
 - ``run_sweep`` saves one run per combination, reuses every one of them the second time, and Stop
-  keeps the runs finished before it;
+  keeps the runs finished before it; after one genre of labels.csv is edited it trains every combination
+  again (core and the Train page's "Run sweep", which leaves the dataset unchanged);
 - ``python -m core sweep`` writes one run folder per combination and a sweep.csv (every option and metric),
   answers a repeat from disk, and refuses a foreign non-empty --out before any work, changing nothing;
 - the Train page's "Run sweep" trains the combinations and draws the chart and its table.
@@ -86,6 +87,25 @@ def test_run_sweep_saves_each_combination_then_reuses_them(tiny_features):
     assert {"dropout", "seed", "precision_at_k", "prior_precision_at_k", "learning_rate"} <= set(table.columns)
 
 
+def test_run_sweep_trains_again_after_one_genre_is_edited(tiny_dataset, tmp_path):
+    from core.data.datasets import load_dataset
+    from core.features.pipeline import FeatureConfig, extract_features
+    from tests.test_run_identity import copy_dataset, edit_genre
+
+    root = copy_dataset(tiny_dataset, tmp_path / "posters")
+    sweep = SweepConfig(FAST, (("dropout", (0.0, 0.5)),), seeds=(111,))
+    dataset, _ = load_dataset(root)
+    features = extract_features(dataset, FeatureConfig(weights="none"))
+    first, repeat = run_sweep(dataset, features, sweep), run_sweep(dataset, features, sweep)
+    assert (first.reused, repeat.reused, repeat.folders) == ([False, False], [True, True], first.folders)
+    edit_genre(root, "demo-0001", "Comedy")
+    edited, _ = load_dataset(root)
+    after = run_sweep(edited, features, sweep)
+    assert after.reused == [False, False] and not set(after.folders) & set(first.folders)
+    assert all(load_run(folder).vocabulary.genres == load_run(first.folders[0]).vocabulary.genres
+               for folder in after.folders)
+
+
 def test_stop_keeps_the_runs_finished_before_it(tiny_features):
     dataset, features = tiny_features
     sweep = SweepConfig(FAST, (("patience", (2, 3, 4)),), seeds=(7,))
@@ -153,3 +173,38 @@ def test_train_page_runs_a_sweep_and_draws_its_chart(tiny_features):
     tables = [frame.value for frame in at.dataframe if {"run", "dropout", "seed"} <= set(frame.value.columns)]
     assert len(tables) == 1 and sorted(zip(tables[0]["dropout"], tables[0]["seed"])) == [
         (0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)]
+
+
+def test_train_page_sweep_trains_again_after_one_genre_is_edited(tiny_dataset, tiny_features, tmp_path):
+    from tests.test_hostile_inputs import folder_hashes as dataset_hashes
+    from tests.test_run_identity import copy_dataset, edit_genre
+
+    root = copy_dataset(tiny_dataset, tmp_path / "posters")
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
+    at.run()
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="preset").set_value("tutorial").run()
+    at.radio(key="feature_view").set_value("avg")
+    at.text_input(key="hidden").input("8")
+    at.number_input(key="epochs").set_value(2)
+    at.run()
+    at.multiselect(key="sweep_params").set_value(["dropout"]).run()
+    at.text_input(key="sweep_values_dropout").input("0.0,0.5")
+    at.text_input(key="sweep_seeds").input("112")
+    at.run()
+
+    def sweep_folders() -> set[str]:
+        at.button(key="run_sweep").click().run()
+        assert not at.exception and not at.error
+        return set(at.session_state["sweep_last"]["folders"])
+
+    first = sweep_folders()
+    assert len(first) == 2 and sweep_folders() == first
+    assert "(2 reused)" in " ".join(str(bar.proto.text) for bar in at.get("progress"))
+    edit_genre(root, "demo-0001", "Comedy")
+    hashes = dataset_hashes(root)
+    after = sweep_folders()
+    assert len(after) == 2 and not after & first
+    assert "(0 reused)" in " ".join(str(bar.proto.text) for bar in at.get("progress"))
+    assert dataset_hashes(root) == hashes

@@ -283,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.data.datasets import load_dataset
     from core.model.config import check_config
     from core.model.experiment import genre_labels
-    from core.model.runs import load_run
+    from core.model.runs import labels_note, load_run
 
     run = load_run(args.run)
     k = run.check_k(args.k)
@@ -291,6 +291,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_config(replace(run.config, k=k, threshold=threshold), n_genres=len(run.vocabulary))
     root = args.dataset or Path(run.dataset_info.root or "")
     dataset, _ = load_dataset(root)
+    if note := labels_note(run, run.labels_in(dataset), "The figures below score its predictions against today's "
+                                                         "genres of its test posters."):
+        print(f"note: {note}", file=sys.stderr)
     y_test = genre_labels(dataset, run.split["test"], run.vocabulary).Y
     y_train = genre_labels(dataset, run.split["train"], run.vocabulary).Y
     evaluation = evaluate(y_test, run.test_scores(), y_train, run.vocabulary.genres, k=k, threshold=threshold,

@@ -1,6 +1,7 @@
 """One training experiment end to end: features → split → fit → evaluate → a saved run."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +46,44 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
+class LabelsInfo:
+    """The labels a run is trained and scored on (``run.json``'s ``labels``).
+
+    ``key`` hashes the poster ids in feature order (the split is drawn from their positions), each
+    poster's genres as the dataset folds them, and the vocabulary: a run answers for these labels only.
+    ``n_posters`` and ``genres`` (the vocabulary) say which labels they were, for people.
+    """
+
+    key: str
+    n_posters: int
+    genres: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ids: Sequence[str], labels: Sequence[Sequence[str]], vocabulary: GenreVocabulary) -> "LabelsInfo":
+        key = stable_hash({"ids": list(ids), "genres": [list(genres) for genres in labels],
+                           "vocabulary": list(vocabulary.genres)})
+        return cls(key, len(ids), tuple(vocabulary.genres))
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "LabelsInfo | None":
+        """``None`` for a run saved before runs recorded their labels (or a record of the wrong shape)."""
+        if not isinstance(data, dict) or not isinstance(data.get("key"), str):
+            return None
+        genres = data.get("genres")
+        n_posters = data.get("n_posters")
+        return cls(data["key"], n_posters if isinstance(n_posters, int) else 0,
+                   tuple(str(genre) for genre in genres) if isinstance(genres, list) else ())
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "n_posters": self.n_posters, "genres": list(self.genres)}
+
+    def describe(self, shown: int = 8) -> str:
+        """``40 posters, 8 genres (Action, Comedy, …)``."""
+        names = ", ".join(self.genres[:shown]) + (", …" if len(self.genres) > shown else "")
+        return f"{self.n_posters:,} posters, {len(self.genres)} genres ({names})"
+
+
+@dataclass(frozen=True)
 class GenreLabels:
     """The genres of some posters, in a fixed order: their names and the multi-hot matrix."""
 
@@ -52,6 +91,14 @@ class GenreLabels:
     labels: list[tuple[str, ...]]
     vocabulary: GenreVocabulary
     Y: np.ndarray
+
+    @functools.cached_property
+    def info(self) -> LabelsInfo:
+        return LabelsInfo.of(self.ids, self.labels, self.vocabulary)
+
+    @property
+    def key(self) -> str:
+        return self.info.key
 
 
 @dataclass
@@ -68,6 +115,7 @@ class ExperimentResult:
     stopped_by_user: bool
     features: FeatureSet
     dataset: DatasetInfo
+    labels: LabelsInfo
 
 
 def labels_for(dataset: Dataset, ids: Sequence[str]) -> list[tuple[str, ...]]:
@@ -81,21 +129,35 @@ def labels_for(dataset: Dataset, ids: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def genre_labels(dataset: Dataset, ids: Sequence[str], vocabulary: GenreVocabulary | None = None) -> GenreLabels:
-    """Labels of ``ids`` encoded in ``vocabulary``'s order (by default the sorted genres they use)."""
+    """Labels of ``ids`` encoded in ``vocabulary``'s order (by default the sorted genres they use).
+
+    A given vocabulary is a run's: genres of today's labels outside it are refused, naming them.
+    """
     labels = labels_for(dataset, ids)
-    vocabulary = vocabulary or GenreVocabulary.from_labels(labels)
+    if vocabulary is None:
+        vocabulary = GenreVocabulary.from_labels(labels)
+    elif unknown := sorted({genre for genres in labels for genre in genres} - set(vocabulary.genres)):
+        raise DatasetError(f"today's labels of these posters use genres the run was not trained on: {unknown}",
+                           "the run was trained on other labels; train it again on today's labels")
     return GenreLabels(list(ids), labels, vocabulary, vocabulary.encode(labels))
 
 
-def run_key(features: FeatureSet, config: TrainConfig) -> str:
-    """Identifies a run by everything that determines its result, so a repeat is read from disk.
+def labels_info(dataset: Dataset, ids: Sequence[str]) -> LabelsInfo:
+    """What ``run_experiment`` on features of ``ids`` would train and score on, without encoding the labels."""
+    labels = labels_for(dataset, ids)
+    return LabelsInfo.of(ids, labels, GenreVocabulary.from_labels(labels))
+
+
+def run_key(features: FeatureSet, config: TrainConfig, labels: LabelsInfo) -> str:
+    """Identifies a run by everything that determines its result, so a repeat is read from disk: the
+    features, the labels it is trained and scored on, and the configuration.
 
     Only fields that differ from ``TrainConfig()`` enter the key, so adding a field with a default
     keeps the keys of earlier runs valid.
     """
     defaults = TrainConfig().to_dict()
     changed = {name: value for name, value in config.to_dict().items() if defaults[name] != value}
-    return stable_hash({"features": features.key, "config": changed, "version": RUN_VERSION})
+    return stable_hash({"features": features.key, "labels": labels.key, "config": changed, "version": RUN_VERSION})
 
 
 def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, *,
@@ -117,7 +179,7 @@ def run_experiment(dataset: Dataset, features: FeatureSet, config: TrainConfig, 
                           threshold=config.threshold, seed=config.seed)
     return ExperimentResult(config, classifier, vocabulary, split, features.ids, evaluation, scores,
                             classifier.history_, time.perf_counter() - started,
-                            classifier.stopped_by_user_, features, DatasetInfo.of(dataset))
+                            classifier.stopped_by_user_, features, DatasetInfo.of(dataset), truth.info)
 
 
 def _rows(X: np.ndarray, index: np.ndarray) -> np.ndarray:

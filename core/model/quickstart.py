@@ -1,7 +1,8 @@
 """The one-click start: extract a dataset's features and train the ``recommended`` preset, with progress.
 
 What a newcomer's first click on Home runs (and ``bench.loop`` times), so that every page has
-features and a saved run to show. Cached features and an already saved run are reused.
+features and a saved run to show. Cached features and a run saved before on the same features and
+labels are reused.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class QuickStart:
     features: FeatureSet
     run_folder: Path
     trained: bool
-    """False when a saved run for these features and this preset already existed."""
+    """False when a saved run for these features, these labels and this preset already existed."""
 
 
 def quick_start(dataset: Dataset, feature_config: FeatureConfig = FeatureConfig(), *,
@@ -30,14 +31,15 @@ def quick_start(dataset: Dataset, feature_config: FeatureConfig = FeatureConfig(
                 on_epoch: EpochFn | None = None, on_batch: BatchFn | None = None,
                 runs_folder: Path | None = None) -> QuickStart:
     """Features (computing only what is missing), then a saved run of ``config`` unless one exists."""
-    from core.model.experiment import run_experiment, run_key
+    from core.model.experiment import labels_info, run_experiment, run_key
     from core.model.runs import find_run, save_run
 
     features = extract_features(dataset, feature_config, progress=on_extract)
-    existing = find_run(features, config, runs_folder)
+    labels = labels_info(dataset, features.ids)
+    existing = find_run(features, config, labels, runs_folder)
     if existing is not None:
         return QuickStart(features, existing.folder, trained=False)
     result = run_experiment(dataset, features, config, on_epoch=on_epoch, on_batch=on_batch)
-    folder = runs_folder / run_key(features, config) if runs_folder is not None else None
+    folder = runs_folder / run_key(features, config, labels) if runs_folder is not None else None
     return QuickStart(features, save_run(result, folder), trained=True)
 

@@ -1,6 +1,6 @@
 """Saved training runs: a folder per run, plain files only (no pickle).
 
-``model.keras``, ``run.json`` (config, features and their weights, dataset), ``vocabulary.json``,
+``model.keras``, ``run.json`` (config, features and their weights, dataset, the labels' key), ``vocabulary.json``,
 ``split.json``, ``history.json``, ``metrics.json`` (the evaluation and training figures),
 ``per_genre.csv`` and ``test_scores.npy``, listed in ``manifest.json`` (``core.outputs``). Saving over an
 earlier run replaces only those files, each atomically, with ``run.json`` removed first and written last
@@ -28,7 +28,7 @@ from core.features.weights import Weights
 from core.model.classifier import EpochLog
 from core.features.weights import same_weights
 from core.model.config import TRAIN_OPTIONS, TrainConfig, applies
-from core.model.experiment import DatasetInfo, ExperimentResult, RUN_VERSION, run_key
+from core.model.experiment import DatasetInfo, ExperimentResult, LabelsInfo, RUN_VERSION, labels_info, run_key
 from core.outputs import MANIFEST_FILE, OutputFolder, OutputKind, check_output, claim, claimed, read_manifest
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
@@ -66,7 +66,7 @@ def save_run(result: ExperimentResult, folder: Path | OutputFolder | None = None
     refuse instead claims its folder first. ``dataset_info`` replaces the result's own
     record of its dataset (for runs imported from elsewhere).
     """
-    key = run_key(result.features, result.config)
+    key = run_key(result.features, result.config, result.labels)
     if dataset_info is not None and not isinstance(dataset_info, DatasetInfo):
         dataset_info = DatasetInfo.from_dict(dict(dataset_info))
     with claimed(folder or runs_root() / key, RUN_OUTPUT, wait=True) as output:
@@ -130,6 +130,7 @@ def _write_run_files(folder: Path, result: ExperimentResult, key: str, dataset_i
                      "resize": features.config.resize, "geometry": features.config.geometry,
                      "backbone": features.config.backbone, "storage": features.config.stored},
         "dataset": dataset_info.to_dict(),
+        "labels": result.labels.to_dict(),
         "seconds": result.seconds,
         "stopped_by_user": result.stopped_by_user,
     })
@@ -171,6 +172,22 @@ class Run:
     @property
     def dataset_info(self) -> DatasetInfo:
         return DatasetInfo.from_dict(self.info.get("dataset"))
+
+    @property
+    def labels_info(self) -> LabelsInfo | None:
+        """The labels the run was trained and scored on; ``None`` for runs saved before runs recorded them."""
+        return LabelsInfo.from_dict(self.info.get("labels"))
+
+    def trained_on(self, labels: LabelsInfo) -> bool:
+        """Whether the run answers for ``labels`` (a run that does not record its labels never does)."""
+        trained = self.labels_info
+        return trained is not None and trained.key == labels.key
+
+    def labels_in(self, dataset) -> LabelsInfo:
+        """Today's labels of the run's posters in ``dataset``, in the dataset's order as features are: equal to
+        the run's own when none of its posters was relabelled, removed or moved in labels.csv."""
+        posters = {id_ for part in SPLIT_PARTS for id_ in self.split[part]}
+        return labels_info(dataset, [id_ for id_ in dataset.ids if id_ in posters])
 
     @property
     def evaluation(self) -> EvaluationSummary:
@@ -369,13 +386,41 @@ def runs_for_dataset(root: Path, runs_folder: Path | None = None) -> list[Run]:
     return [run for run in list_runs(runs_folder) if run.dataset_info.root == wanted]
 
 
-def find_run(features: FeatureSet, config: TrainConfig, root: Path | None = None) -> Run | None:
-    """The saved run for exactly these features and this configuration, if any."""
-    folder = (root or runs_root()) / run_key(features, config)
+def find_run(features: FeatureSet, config: TrainConfig, labels: LabelsInfo, root: Path | None = None) -> Run | None:
+    """The saved run for exactly these features, these labels and this configuration, if any."""
+    folder = (root or runs_root()) / run_key(features, config, labels)
     try:
-        return load_run(folder)
+        run = load_run(folder)
     except RunError:
         return None
+    return run if run.trained_on(labels) else None
+
+
+RETRAIN_NOTE = "Its figures answer for the labels it was trained on, not today's; train it again for today's labels."
+
+
+def labels_note(run: Run, current: LabelsInfo, consequence: str = RETRAIN_NOTE) -> str | None:
+    """``None`` when ``run`` was trained on the ``current`` labels; else which labels it was trained on and
+    ``consequence``."""
+    trained = run.labels_info
+    if trained is None:
+        return (f"This run was saved before runs recorded their labels, so it may have been trained on other genres "
+                f"than today's labels ({current.describe()}); it is never reused. {consequence}")
+    if trained.key == current.key:
+        return None
+    if (trained.n_posters, trained.genres) == (current.n_posters, current.genres):
+        what = (f"the same {current.n_posters:,} posters and {len(current.genres)} genres, but some posters' genres "
+                "were different then")
+    else:
+        what = f"{trained.describe()}; today's labels: {current.describe()}"
+    return f"This run was trained on other labels than today's: {what}. {consequence}"
+
+
+def labels_state(run: Run, current: LabelsInfo) -> str:
+    """The run table's ``labels`` cell: ``today's``, ``other`` or ``not recorded``."""
+    if run.labels_info is None:
+        return "not recorded"
+    return "today's" if run.trained_on(current) else "other"
 
 
 def delete_run(folder: Path) -> None:
@@ -424,9 +469,10 @@ def _table_value(option, config: TrainConfig):
     return option.format(value, "→") if option.kind == "int_list" else value
 
 
-def runs_table(runs: Sequence[Run]):
+def runs_table(runs: Sequence[Run], current: LabelsInfo | None = None):
     """One row per run: when, every training option (``TRAIN_OPTIONS``' columns), epochs run and the
-    metrics beside the frequency prior; ``run`` holds the menu label."""
+    metrics beside the frequency prior; ``run`` holds the menu label. With ``current`` labels, a ``labels``
+    column says whether each run was trained on them (``labels_state``)."""
     import pandas as pd
 
     rows = []
@@ -441,6 +487,7 @@ def runs_table(runs: Sequence[Run]):
             "recall@k": evaluation.recall_at_k.value, "micro F1": evaluation.micro_f1,
             "macro F1": evaluation.macro_f1, "mean AP": evaluation.mean_average_precision,
             "train seconds": run.train_seconds, "features": run.features_label, "weights": run.weights.label,
+            **({"labels": labels_state(run, current)} if current is not None else {}),
             "run": run.label(),
         })
     return pd.DataFrame(rows)

@@ -128,16 +128,18 @@ def run_sweep(dataset, features, sweep: SweepConfig, *, retrain: bool = False,
               on_progress: ProgressFn | None = None,
               should_stop: Callable[[], bool] | None = None, on_run: Callable[[Path], None] | None = None,
               train_options: dict | None = None) -> SweepResult:
-    """Train every configuration of ``sweep`` into the runs cache, reusing any trained before.
+    """Train every configuration of ``sweep`` into the runs cache, reusing any trained before on the same
+    features and labels.
 
     ``should_stop`` is asked between runs and passed to training, so Stop ends the current run unsaved
     and keeps the finished ones; ``on_run`` hears of each finished run folder as soon as it is there.
     ``train_options`` go to ``run_experiment`` (e.g. ``on_epoch``).
     """
-    from core.model.experiment import run_experiment
+    from core.model.experiment import labels_info, run_experiment
     from core.model.runs import find_run, save_run
 
     configs = check_sweep(sweep)
+    labels = labels_info(dataset, features.ids)
     result = SweepResult(sweep)
     started = time.perf_counter()
     trained_seconds, trained = 0.0, 0
@@ -146,9 +148,9 @@ def run_sweep(dataset, features, sweep: SweepConfig, *, retrain: bool = False,
             result.stopped_by_user = True
             break
         if on_progress:
-            left = _seconds_left(configs[index:], features, trained_seconds / trained if trained else None)
+            left = _seconds_left(configs[index:], features, labels, trained_seconds / trained if trained else None)
             on_progress(_progress(index, len(configs), sum(result.reused), left))
-        existing = None if retrain else find_run(features, config)
+        existing = None if retrain else find_run(features, config, labels)
         if existing is not None:
             result.folders.append(existing.folder)
             result.reused.append(True)
@@ -175,12 +177,12 @@ def _progress(done: int, total: int, reused: int, seconds_left: float | None) ->
     return Progress(done, total, "runs", f"{reused} reused" if reused else "", seconds_left=seconds_left)
 
 
-def _seconds_left(remaining: Sequence[TrainConfig], features, per_run: float | None) -> float | None:
+def _seconds_left(remaining: Sequence[TrainConfig], features, labels, per_run: float | None) -> float | None:
     from core.model.runs import find_run
 
     if per_run is None:
         return None
-    return per_run * sum(1 for config in remaining if find_run(features, config) is None)
+    return per_run * sum(1 for config in remaining if find_run(features, config, labels) is None)
 
 
 def sweep_table(runs: Sequence, parameters: Sequence[str]) -> pd.DataFrame:
