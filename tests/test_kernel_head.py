@@ -4,7 +4,8 @@ Locks in: the leave-one-out scores equal refitting without each row; Platt scali
 slope and intercept and stays finite for a genre with no positive; the saved Keras model computes exactly
 the fitted formula (kernel ridge scores, Platt folded into the last layer) and survives save and load;
 Nyström takes over above ``MAX_CENTERS`` rows; the head learns a genre the features carry; the options of
-the other head are inert (validation split, early stopping checks, summary, run table, page widgets).
+the other head are inert (validation split, early stopping checks, summary, menu label, run table, page
+widgets).
 """
 from __future__ import annotations
 
@@ -140,3 +141,6 @@ def test_a_sweep_of_an_option_the_head_ignores_is_refused_and_a_kernel_sweep_run
     assert len(table) == 4 and sorted(zip(table["ridge"], table["kernel_gamma"])) == [
         (0.3, 0.5), (0.3, 1.0), (3.0, 0.5), (3.0, 1.0)]
     assert len({run.key for run in runs}) == 4 and all(run.config.head == "kernel" for run in runs)
+    label = next(run.label() for run in runs if (run.config.ridge, run.config.kernel_gamma) == (0.3, 0.5))
+    assert " · avg45 · kernel γ 0.5 ridge 0.3 · P@3 " in label
+    assert not any(word in label for word in ("rmsprop", "→", "0.0001"))

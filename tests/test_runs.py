@@ -17,7 +17,7 @@
   labels record; ``runs_table`` given today's labels has a ``labels`` column (today's / other / not recorded).
 - ``save_run`` replaces the files of an earlier run (removing those its manifest lists and the new run
   lacks), keeps the user's files, leaves no staging folder, and refuses to overwrite a folder that is
-  not a run (tests/test_output_folders.py covers output folders in depth); ``delete_run`` deletes a run and refuses a non-run folder.
+  not a run (tests/test_output_folders.py covers output folders in depth); ``delete_run`` deletes a run's own files (the folder too once empty), keeps the user's and refuses a non-run folder.
 - ``run_key`` ignores fields left at their defaults; ``runs_for_dataset`` filters by dataset folder;
   ``Run.label`` names the view and random weights; ``Run.hidden_activations`` has the last hidden width.
 - Typed runs: ``Run.dataset_info`` is the ``DatasetInfo`` of the dataset the experiment ran on;
@@ -210,6 +210,13 @@ def test_delete_run_deletes_a_run_and_refuses_other_folders(copy, tmp_path):
     assert (other / "a.txt").exists()
     delete_run(copy)
     assert not copy.exists()
+
+
+def test_delete_run_keeps_the_users_files_in_a_run_folder(copy):
+    (copy / "my_analysis.md").write_text("mine")
+    delete_run(copy)
+    assert sorted(path.name for path in copy.iterdir()) == ["my_analysis.md"]
+    assert (copy / "my_analysis.md").read_text() == "mine"
 
 
 def test_run_key_ignores_fields_left_at_their_defaults(tiny_features):

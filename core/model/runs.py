@@ -9,6 +9,7 @@ one column per training option.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 from dataclasses import dataclass, field
@@ -268,8 +269,11 @@ class Run:
         score = self.evaluation.precision_at_k.value
         score_text = f"P@{config.k} {score:.3f}" if np.isfinite(score) else f"P@{config.k} n/a"
         random = " · RANDOM weights" if self.weights.is_random else ""
-        return (f"{created} · {config.feature_view} · {hidden}{ensemble} · {config.optimizer} "
-                f"{config.learning_rate:g} · {score_text}{random}")
+        if config.head == "kernel":
+            head = f"kernel γ {config.kernel_gamma:g} ridge {config.ridge:g}"
+        else:
+            head = f"{hidden}{ensemble} · {config.optimizer} {config.learning_rate:g}"
+        return f"{created} · {config.feature_view} · {head} · {score_text}{random}"
 
     def hidden_activations(self, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Last hidden layer activations for rows of the run's feature view (first member of an ensemble)."""
@@ -424,10 +428,15 @@ def labels_state(run: Run, current: LabelsInfo) -> str:
 
 
 def delete_run(folder: Path) -> None:
+    """Delete the files ``save_run`` wrote in ``folder`` (and the folder once empty); any other file stays."""
     folder = Path(folder)
     if not (folder / "run.json").is_file():
         raise RunError(f"{folder} is not a run folder; refusing to delete it")
-    shutil.rmtree(folder)
+    with claim_run_folder(folder) as output:
+        for name in sorted([*run_files(folder), MANIFEST_FILE], key=lambda name: name != "run.json"):
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            output.root.rmdir()
 
 
 
