@@ -4,7 +4,7 @@
 VGG16 features); nothing here writes to it.
 
 UMAP's numba kernels are compiled on first use, which costs more than a map of a few thousand
-posters; ``configure_numba_cache`` keeps the compiled code under the product's cache, so the
+posters; ``configure_numba_cache`` (``core.analysis.numba_cache``) keeps the compiled code under the product's cache, so the
 compilation is paid once per install, and ``warm_up`` (run in a background thread at server start)
 pays it before anyone asks for a map.
 
@@ -16,7 +16,6 @@ and take far longer than a user waits.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -26,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from core.analysis.neighbours import as_bool_labels, check_matrix
+from core.analysis.numba_cache import configure_numba_cache
 from core.cache import atomic_save_npy, cache_root, load_npy, stable_hash
 from core.errors import CacheError, PosterGenreError
 
@@ -40,21 +40,11 @@ RANDOMIZED_PCA_MIN_DIM = 2048
 RANDOMIZED_PCA_POWER_ITERATIONS = 3
 NO_GENRE = "(none)"
 WARM_UP_POSTERS = 200
-NUMBA_CACHE_ENV = "NUMBA_CACHE_DIR"
 KNN_BLOCK_ROWS = 1024
 SAMPLE_THRESHOLD = 20_000
 SAMPLE_SIZE = 20_000
 PLACE_BLOCK_ROWS = 16_384
 PCA_TRANSFORM_ROWS = 2048
-
-
-def configure_numba_cache() -> Path:
-    """Point numba's on-disk cache of compiled functions at ``<cache root>/numba`` unless the user
-    already chose a folder; must run before ``umap`` (hence numba) is first imported."""
-    folder = Path(os.environ.get(NUMBA_CACHE_ENV) or cache_root() / "numba")
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault(NUMBA_CACHE_ENV, str(folder))
-    return folder
 
 
 def warm_up(seed: int = 0) -> float:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from core.analysis.numba_cache import configure_numba_cache
 from core.cache import atomic_save_npy, cache_root, load_npy, stable_hash
 from core.errors import CacheError, PosterGenreError
 
@@ -103,8 +104,6 @@ def _knn_path(features_key: str, k: int, n: int) -> Path:
 def approximate_knn_indices(X: np.ndarray, *, k: int = 10) -> np.ndarray:
     """``(n, k)`` approximate cosine neighbours (itself excluded), nearest first, from pynndescent's
     NN-descent graph of ``k + 1`` neighbours (a poster is normally its own first neighbour)."""
-    from core.analysis.maps import configure_numba_cache
-
     configure_numba_cache()
     from pynndescent import NNDescent
 
