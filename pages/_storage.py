@@ -26,13 +26,13 @@ def _radio(name: str, label: str, options: dict[str, str], *, format_func=str.ca
 
 
 def backbone_controls() -> str:
-    notes = {name: f"{spec.label}" + ("" if spec.measured else " (quality on posters not measured here)")
-             for name, spec in BACKBONES.items()}
+    notes = {name: f"{spec.label} ({spec.note})" for name, spec in BACKBONES.items()}
     backbone = _radio("backbone", "Backbone", notes, format_func=lambda name: BACKBONES[name].label)
-    if not BACKBONES[backbone].measured:
-        st.info(f"{BACKBONES[backbone].label}: pooled views only. Its quality on posters was not measured here "
-                "(these machines hold real weights for VGG16 only); use ImageNet weights (online) or a local "
-                f"{BACKBONES[backbone].label} notop weights file. Grad-CAM explains VGG16 runs only.")
+    spec = BACKBONES[backbone]
+    if not spec.measured:
+        source = ("ImageNet weights come with the installed package" if not spec.keras_application else
+                  "use ImageNet weights (online) or a local notop weights file")
+        st.info(f"{spec.label}: {spec.note}; {source} ({spec.weights_files}). Grad-CAM explains VGG16 runs only.")
     return backbone
 
 

@@ -205,9 +205,10 @@ def weights_controls() -> Weights | None:
                              key="weights_kind", horizontal=True, on_change=_on_weights_kind)
     st.session_state["precision"] = settings["precision"]
     precision = precision_column.selectbox("Precision", PRECISIONS, key="precision", on_change=_on_precision,
-                                           help="auto uses bfloat16 where the CPU computes it natively, else float32.")
+                                           help="auto uses bfloat16 where the CPU computes it natively, else float32 "
+                                                "(EfficientNet-Lite2: always float32, faster there).")
     if precision == "auto":
-        precision_column.caption(f"auto → {resolve_precision('auto')} on this machine")
+        precision_column.caption(f"auto → {resolve_precision('auto', settings['backbone'])} on this machine")
     if kind == "file":
         weights_file_input()
     try:

@@ -89,11 +89,12 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))
     parser.add_argument("--geometry", choices=tuple(GEOMETRIES), default="tutorial",
                         help="; ".join(f"{name}: {text}" for name, text in GEOMETRIES.items()))
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="input width in pixels (default 224; the poster geometry is 1.5x as high)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="input width in pixels (default: the backbone's native size, 224; efficientnet-lite2 "
+                             "260); the poster geometry is 1.5x as high")
     parser.add_argument("--backbone", choices=tuple(BACKBONES), default="vgg16",
-                        help="the convolutional base: vgg16 (the tutorial's) or resnet50 (pooled views only; "
-                             "its quality on posters was not measured here)")
+                        help="the convolutional base: " + "; ".join(f"{name} ({spec.note})"
+                                                                    for name, spec in BACKBONES.items()))
     scale = parser.add_argument_group("extraction engine (Ray needs: pip install -r requirements-scale.txt)")
     scale.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: in this process (default); ray: Ray Data on a Ray cluster")
@@ -169,7 +170,7 @@ def _feature_config(args: argparse.Namespace):
     from core.features.pipeline import FeatureConfig, check_feature_config
     from core.features.weights import resolve_weights
 
-    config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
+    config = FeatureConfig(weights=resolve_weights(args.weights, args.backbone).spec, precision=args.precision,
                            batch_size=args.batch_size_extract, storage=args.storage, geometry=args.geometry,
                            image_size=args.image_size, backbone=args.backbone)
     check_feature_config(config)

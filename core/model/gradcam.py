@@ -27,6 +27,7 @@ import numpy as np
 
 from core.cache import atomic_save_npy, bytes_sha256, cache_root, load_npy, memo_file_sha256, stable_hash
 from core.errors import CacheError, RunError
+from core.features.backbones import BACKBONES
 from core.model.runs import Run
 
 BLOCK5 = "block5_conv3"
@@ -100,7 +101,8 @@ class GradCam:
         backbone = run.feature_config.backbone
         if backbone != "vgg16":
             raise RunError(f"run {run.folder.name} was trained on {run.features_label} features; Grad-CAM here "
-                           "explains VGG16 runs only",
+                           "explains VGG16 runs only (it walks the network layer by layer from the explained map, "
+                           f"and only VGG16 is a plain stack of layers; {BACKBONES[backbone].label} has branches)",
                            "train a run on VGG16 features (--backbone vgg16, the default) to see where it looks")
         if view not in VIEW_LAYERS:
             raise RunError(f"run {run.folder.name} uses feature view {view!r}, which has no VGG16 layer to explain",
