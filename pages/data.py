@@ -13,6 +13,7 @@ from core.data.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Ski
 from core.data.demo import ensure_demo_dataset
 from core.data.library import dataset_folder, datasets_dir, downloaded_datasets
 from core.errors import AuthError, PosterGenreError, WeightsError
+from core.features.backbones import BACKBONES
 from core.features.extractor import PRECISIONS, resolve_precision
 from core.features.pipeline import FeatureConfig, extract_features
 from core.features.weights import Weights, weights_kind
@@ -221,10 +222,12 @@ def weights_controls() -> Weights | None:
 
 
 def weights_file_input() -> None:
-    text = st.text_input("Weights file (the backbone's include_top=False weights, .h5)", key="weights_path",
-                         on_change=_on_weights_path, placeholder="/path/to/vgg16_imagenet_notop.weights.h5")
+    spec = BACKBONES[load_settings()["backbone"]]
+    text = st.text_input(f"Weights file ({spec.label} include_top=False weights: {spec.weights_files})",
+                         key="weights_path", on_change=_on_weights_path,
+                         placeholder="/path/to/vgg16_imagenet_notop.weights.h5")
     if not text.strip():
-        st.info("Type the path of a local VGG16 weights file; until then the previous weights stay active.")
+        st.info(f"Type the path of a local {spec.label} weights file; until then the previous weights stay active.")
         return
     try:
         weights = get_weights(str(Path(text.strip()).expanduser()))

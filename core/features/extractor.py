@@ -7,7 +7,8 @@ VGG16 on the tutorial's 224x224 squash gives each poster a full feature row of `
   (textures, lettering, faces at poster scale) that the top block has already pooled away.
 
 Any other backbone or geometry gives the backbone's pooled row (``Backbone.pooled_columns``): the
-mid-stage map averaged, then the top map averaged and maxed over its positions.
+mid-stage map(s) averaged (EfficientNet-Lite2: its last two stages), then the top map averaged and maxed
+over its positions.
 """
 from __future__ import annotations
 
