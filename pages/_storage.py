@@ -30,9 +30,9 @@ def backbone_controls() -> str:
     backbone = _radio("backbone", "Backbone", notes, format_func=lambda name: BACKBONES[name].label)
     spec = BACKBONES[backbone]
     if not spec.measured:
-        source = ("ImageNet weights come with the installed package" if not spec.keras_application else
-                  "use ImageNet weights (online) or a local notop weights file")
-        st.info(f"{spec.label}: {spec.note}; {source} ({spec.weights_files}). Grad-CAM explains VGG16 runs only.")
+        online = "ImageNet weights download online; " if spec.keras_application else ""
+        st.info(f"{spec.label}: {spec.note}. {online}A local weights file may be a notop {spec.weights_files}. "
+                "Grad-CAM explains VGG16 runs only.")
     return backbone
 
 

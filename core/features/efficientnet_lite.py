@@ -94,18 +94,26 @@ def efficientnet_lite2(weights: str | Path | None = None, include_top: bool = Fa
                            "build it with include_top=False; the features are the pooled head")
     model = _build(input_shape or (NATIVE_SIZE, NATIVE_SIZE, 3))
     if weights is not None:
-        path = imagenet_weights_file() if str(weights) == "imagenet" else keras_weights_file(Path(weights))
-        try:
-            model.load_weights(str(path))
-        except Exception as err:
-            raise WeightsError(f"{weights} is not an EfficientNet-Lite2 weights file ({err})",
-                               "use imagenet, none, or a Lite2 .weights.h5 or legacy .pth state dict") from err
+        _load(model, weights)
     return model
+
+
+def _load(model, weights: str | Path, retry: bool = True) -> None:
+    """Load ``weights``; a cached conversion that does not load is converted again once."""
+    path = imagenet_weights_file() if str(weights) == "imagenet" else keras_weights_file(Path(weights))
+    try:
+        model.load_weights(str(path))
+    except Exception as err:
+        if retry and path.parent == converted_path(PACKAGE_SHA256).parent:
+            log.warning("the converted weights %s do not load (%s); converting again", path.name, err)
+            path.unlink(missing_ok=True)
+            return _load(model, weights, retry=False)
+        raise WeightsError(f"{weights} is not an EfficientNet-Lite2 weights file ({err})",
+                           "use imagenet, none, or a Lite2 .weights.h5 or legacy .pth state dict") from err
 
 
 def _build(input_shape: tuple[int, int, int]):
     import keras
-    from keras import layers
 
     inputs = keras.Input(shape=input_shape, name="input")
     x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem")
