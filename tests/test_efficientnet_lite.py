@@ -358,7 +358,8 @@ def test_a_local_pth_or_converted_weights_file_gives_the_imagenet_features():
         np.testing.assert_allclose(get_extractor(local, "float32", 260, backbone=LITE2)(pixels), expected, rtol=1e-6)
     with pytest.raises(WeightsError, match="does not exist") as caught:
         resolve_weights("/no/such/lite2.pth", LITE2)
-    assert "EfficientNet-Lite2 include_top=False weights file (.weights.h5, or the legacy PyTorch .pth" in caught.value.hint
+    assert ("EfficientNet-Lite2 include_top=False weights file (.weights.h5, or the legacy PyTorch .pth"
+            in caught.value.hint)
 
 
 def test_a_damaged_cached_conversion_is_converted_again():

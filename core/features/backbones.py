@@ -2,8 +2,9 @@
 
 Each backbone declares its pooled row layout once: ``[mid-stage averages | top average | top max]``,
 the columns of the pooled views (``avg45``, ``avg``, ``max``); EfficientNet-Lite2's mid part is the
-averages of its last two stages' outputs (208 + 352 channels) beside its 1280-d head. Only VGG16 at the tutorial's 224x224
-squash also has the tutorial's flattened 25,088-d view (``core.features.extractor`` full rows).
+averages of its last two stages' outputs (208 + 352 channels) beside its 1280-d head. Only VGG16 at the
+tutorial's 224x224 squash also has the tutorial's flattened 25,088-d view (``core.features.extractor``
+full rows).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Backbone:
     mid_dim: int
     top_dim: int
     measured: bool
-    """Whether its quality on real posters was measured (these machines hold real weights for VGG16 only)."""
+    """Whether its quality on real posters was measured (bench/quality.py); VGG16 only so far."""
     note: str = ""
     """What the CLI help and the Data page say about it beside its label."""
     default_image_size: int = 224

@@ -166,8 +166,8 @@ def package_weights_path() -> Path:
     """The installed package's ``.pth`` (found without importing the package)."""
     spec = util.find_spec(PACKAGE_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"the ImageNet EfficientNet-Lite2 weights need the package {PACKAGE}, which is not installed",
-                           INSTALL_HINT)
+        raise WeightsError(f"the ImageNet EfficientNet-Lite2 weights need the package {PACKAGE}, which is not "
+                           "installed", INSTALL_HINT)
     path = Path(next(iter(spec.submodule_search_locations))) / PACKAGE_FILE
     if not path.is_file():
         raise WeightsError(f"{PACKAGE} is installed but {path} is missing", f"reinstall it: {INSTALL_HINT}")

