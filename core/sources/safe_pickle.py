@@ -22,7 +22,7 @@ import pickletools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -157,15 +157,15 @@ class _StorageType:
     name: str
 
 
-@dataclass(frozen=True)
-class _StorageRef:
+class _StorageRef(NamedTuple):
+    """Named tuples, so a BUILD opcode cannot rewrite them after they were checked (they have no ``__dict__``)."""
+
     key: str
     dtype: str
     numel: int
 
 
-@dataclass(frozen=True)
-class _TensorRef:
+class _TensorRef(NamedTuple):
     storage: _StorageRef
     offset: int
     size: tuple[int, ...]
