@@ -4,6 +4,7 @@ training time per 1,000 posters.
 
     python -m bench.quality [--dataset DIR] [--weights PATH] [--seeds 0,1,2] [--presets tutorial,fast,recommended]
                             [--geometries tutorial,poster] [--image-size 224] [--time-n 96]
+                            [--backbone vgg16|resnet50|efficientnet-lite2]
 
 The extraction time is measured in this run on the first --time-n posters into an empty cache, for every
 geometry one after the other, so their ratio compares like with like (the full set's features are read
@@ -30,7 +31,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--presets", default="tutorial,fast,recommended")
     parser.add_argument("--geometries", default="tutorial", help="input geometries to compare, e.g. tutorial,poster")
-    parser.add_argument("--image-size", type=int, default=224, help="input width (the poster geometry is 1.5x as high)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="input width (default: the backbone's native size; the poster geometry is 1.5x as high)")
+    parser.add_argument("--backbone", default="vgg16", help="vgg16, resnet50 or efficientnet-lite2")
     parser.add_argument("--time-n", type=int, default=96, help="posters timed per geometry (0: no timing)")
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N posters of the dataset (all of them by default)")
@@ -48,7 +51,9 @@ def main() -> None:
         dataset = replace(dataset, posters=dataset.posters[:args.limit])
     seeds = [int(seed) for seed in args.seeds.split(",")]
     geometries = args.geometries.split(",")
-    configs = {geometry: FeatureConfig(weights=args.weights, geometry=geometry, image_size=args.image_size)
+    weights = args.weights if args.backbone == "vgg16" or args.weights != _common.default_weights() else "imagenet"
+    configs = {geometry: FeatureConfig(weights=weights, geometry=geometry, image_size=args.image_size,
+                                       backbone=args.backbone)
                for geometry in geometries}
     extract_seconds = {geometry: extraction_seconds_per_1000(dataset, config, args.time_n)
                        for geometry, config in configs.items()} if args.time_n else {}

@@ -18,6 +18,7 @@ from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH,
                                   mosaic_layout, thumbnail_atlas)
 from core.data.images import thumbnail
 from core.errors import PosterGenreError
+from core.features.backbones import BACKBONES
 from core.features.descriptors import (DESCRIPTORS, NAMES, Descriptors, dataset_descriptors, descriptors_cached,
                                        map_neighbours, map_structure)
 from core.model.gradcam import VIEW_LAYERS, GradCam, localisation_caveat, overlay
@@ -85,7 +86,7 @@ def _clustering(source_key: str, config: ClusterConfig, _points):
     return find_clusters(_points, config)
 
 
-@st.cache_resource(show_spinner="Building the end-to-end model (VGG16 → the run's network)…", max_entries=2)
+@st.cache_resource(show_spinner="Building the end-to-end model (the backbone → the run's network)…", max_entries=2)
 def _gradcam(folder: str, created: str, _run: Run) -> GradCam:
     return GradCam(_run)
 
@@ -327,7 +328,8 @@ def gradcam_section(run: Run, dataset) -> None:
              caption=f"{genre}: probability {heatmap.probability:.0%} · gradients at {' + '.join(heatmap.layers)} · "
                      + ("from cache" if heatmap.from_cache else f"{heatmap.seconds:.2f} s"))
     if run.weights.is_random:
-        st.warning("⚠️ RANDOM VGG16 weights: this heatmap shows the mechanics, not what a real model looks at.")
+        st.warning(f"⚠️ RANDOM {BACKBONES[run.feature_config.backbone].label} weights: this heatmap shows the "
+                   "mechanics, not what a real model looks at.")
     if not heatmap.values.any():
         st.info(f"No region of this poster raises the model's score for {genre}: the gradient-weighted map is "
                 "negative everywhere, so Grad-CAM (which keeps only positive evidence) has nothing to show.")

@@ -172,9 +172,14 @@ def feature_config() -> FeatureConfig:
                          geometry=settings["geometry"], backbone=settings["backbone"])
 
 
+def get_weights(spec: str, backbone: str | None = None) -> Weights:
+    """The weights ``spec`` names for ``backbone`` (default: the saved backbone's, whose ImageNet source it is)."""
+    return _resolved_weights(spec, backbone or load_settings()["backbone"])
+
+
 @st.cache_resource(show_spinner=False)
-def get_weights(spec: str) -> Weights:
-    return resolve_weights(spec)
+def _resolved_weights(spec: str, backbone: str) -> Weights:
+    return resolve_weights(spec, backbone)
 
 
 def active_weights() -> Weights | None:
@@ -265,8 +270,7 @@ def weights_notice(weights: Weights, config: FeatureConfig | None = None) -> Non
     else:
         st.caption(f"Features: {config.label}, with {weights.label}")
     if not BACKBONES[config.backbone].measured:
-        st.caption(f"{backbone}'s quality on posters was not measured here (these machines hold real weights "
-                   "for VGG16 only).")
+        st.caption(f"{backbone}: {BACKBONES[config.backbone].note}.")
 
 
 def dataset_caption(dataset: Dataset) -> str:

@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.features.backbones import BACKBONES, GEOMETRIES, has_flatten
 from core.features.views import STORAGES
+from core.model.gradcam import BACKBONE_VIEW_LAYERS
 from pages._shared import feature_config, load_settings, save_settings
 
 FEATURE_CHOICES = ("backbone", "geometry", "storage")
@@ -26,13 +27,15 @@ def _radio(name: str, label: str, options: dict[str, str], *, format_func=str.ca
 
 
 def backbone_controls() -> str:
-    notes = {name: f"{spec.label}" + ("" if spec.measured else " (quality on posters not measured here)")
-             for name, spec in BACKBONES.items()}
+    notes = {name: f"{spec.label} ({spec.note})" for name, spec in BACKBONES.items()}
     backbone = _radio("backbone", "Backbone", notes, format_func=lambda name: BACKBONES[name].label)
-    if not BACKBONES[backbone].measured:
-        st.info(f"{BACKBONES[backbone].label}: pooled views only. Its quality on posters was not measured here "
-                "(these machines hold real weights for VGG16 only); use ImageNet weights (online) or a local "
-                f"{BACKBONES[backbone].label} notop weights file. Grad-CAM explains VGG16 runs only.")
+    spec = BACKBONES[backbone]
+    if not spec.measured:
+        online = "ImageNet weights download online; " if spec.keras_application else ""
+        explained = ("Grad-CAM explains its runs" if backbone in BACKBONE_VIEW_LAYERS else
+                     "Grad-CAM does not explain its runs (VGG16 and EfficientNet-Lite2 only)")
+        st.info(f"{spec.label}: {spec.note}. {online}A local weights file may be a notop {spec.weights_files}. "
+                f"{explained}.")
     return backbone
 
 

@@ -13,6 +13,7 @@ from core.data.datasets import Dataset, GenreVocabulary, LoadReport, Poster, Ski
 from core.data.demo import ensure_demo_dataset
 from core.data.library import dataset_folder, datasets_dir, downloaded_datasets
 from core.errors import AuthError, PosterGenreError, WeightsError
+from core.features.backbones import BACKBONES
 from core.features.extractor import PRECISIONS, resolve_precision
 from core.features.pipeline import FeatureConfig, extract_features
 from core.features.weights import Weights, weights_kind
@@ -207,9 +208,10 @@ def weights_controls() -> Weights | None:
                              key="weights_kind", horizontal=True, on_change=_on_weights_kind)
     st.session_state["precision"] = settings["precision"]
     precision = precision_column.selectbox("Precision", PRECISIONS, key="precision", on_change=_on_precision,
-                                           help="auto uses bfloat16 where the CPU computes it natively, else float32.")
+                                           help="auto uses bfloat16 where the CPU computes it natively, else float32 "
+                                                "(EfficientNet-Lite2: always float32, faster there).")
     if precision == "auto":
-        precision_column.caption(f"auto → {resolve_precision('auto')} on this machine")
+        precision_column.caption(f"auto → {resolve_precision('auto', settings['backbone'])} on this machine")
     if kind == "file":
         weights_file_input()
     try:
@@ -222,10 +224,12 @@ def weights_controls() -> Weights | None:
 
 
 def weights_file_input() -> None:
-    text = st.text_input("Weights file (the backbone's include_top=False weights, .h5)", key="weights_path",
-                         on_change=_on_weights_path, placeholder="/path/to/vgg16_imagenet_notop.weights.h5")
+    spec = BACKBONES[load_settings()["backbone"]]
+    text = st.text_input(f"Weights file ({spec.label} include_top=False weights: {spec.weights_files})",
+                         key="weights_path", on_change=_on_weights_path,
+                         placeholder="/path/to/vgg16_imagenet_notop.weights.h5")
     if not text.strip():
-        st.info("Type the path of a local VGG16 weights file; until then the previous weights stay active.")
+        st.info(f"Type the path of a local {spec.label} weights file; until then the previous weights stay active.")
         return
     try:
         weights = get_weights(str(Path(text.strip()).expanduser()))

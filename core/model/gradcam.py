@@ -1,18 +1,20 @@
 """Where the model looks: Grad-CAM heatmaps of a saved run, end to end from the poster's pixels.
 
-The end-to-end model is the run's own chain: image → VGG16 (its weights, in float32) → the run's feature
-view (flatten / avg / max / avg45 of block5_pool and block4_pool) → the run's network. Grad-CAM
-(Selvaraju et al., 2017) weights each channel of a convolution's output by the mean gradient of the
-genre's logit over the positions, sums the channels and keeps the positive part. Gradients are
-taken at ``block5_conv3``, and also at ``block4_conv3`` for a view that reads block4; the two maps are
-added at block4's resolution.
+The end-to-end model is the run's own chain: image → the backbone (its weights, in float32) → the run's
+feature view (flatten / avg / max / avg45 of the top map and the mid-level ones) → the run's network.
+Grad-CAM (Selvaraju et al., 2017) weights each channel of a convolution's output by the mean gradient of
+the genre's logit over the positions, sums the channels and keeps the positive part. For VGG16 gradients
+are taken at ``block5_conv3``, and also at ``block4_conv3`` for a view that reads block4; for
+EfficientNet-Lite2 at the head's output (``head_relu``), and also at the last-but-one stage's output
+(``block19_add``) for avg45; the maps are added at ``HEATMAP_SIDE``.
 
 The signed square root (``power_normalize``) has an infinite slope at 0, and the ReLU features are
 exactly 0 in many places, so the run's ``SignedSqrt`` is swapped for a copy whose gradient is 0 at 0
 and capped at ``0.5 / sqrt(SQRT_FLOOR)`` near it (``guarded_signed_sqrt``); its values are unchanged.
 
-Grad-CAM explains VGG16 runs only (either input geometry): a run on another backbone is refused with a
-``RunError``, since the chain above is walked layer by layer and only VGG16 is a plain stack of layers.
+Grad-CAM explains VGG16 and EfficientNet-Lite2 runs (either input geometry): above the first explained
+layer the chain is walked layer by layer, which needs a plain stack of layers there (VGG16 everywhere;
+Lite2 from its last-but-one stage's output up). A ResNet50 run is refused with a ``RunError``.
 
 Heatmaps are cached on disk per (run, poster content, genre).
 """
@@ -27,11 +29,19 @@ import numpy as np
 
 from core.cache import atomic_save_npy, bytes_sha256, cache_root, load_npy, memo_file_sha256, stable_hash
 from core.errors import CacheError, RunError
+from core.features.backbones import BACKBONES
 from core.model.runs import Run
 
 BLOCK5 = "block5_conv3"
 BLOCK4 = "block4_conv3"
 VIEW_LAYERS = {"flatten": (BLOCK5,), "avg": (BLOCK5,), "max": (BLOCK5,), "avg45": (BLOCK4, BLOCK5)}
+LITE2_HEAD, LITE2_STAGE6 = "head_relu", "block19_add"
+BACKBONE_VIEW_LAYERS = {
+    "vgg16": VIEW_LAYERS,
+    "efficientnet-lite2": {"avg": (LITE2_HEAD,), "max": (LITE2_HEAD,), "avg45": (LITE2_STAGE6, LITE2_HEAD)},
+}
+"""The layers whose gradients make the heatmap, per backbone and feature view (the first is where the walk
+up the chain starts)."""
 HEATMAP_SIDE = 28
 SQRT_FLOOR = 1e-3
 GRADCAM_VERSION = 1
@@ -98,23 +108,27 @@ class GradCam:
 
         view = run.config.feature_view
         backbone = run.feature_config.backbone
-        if backbone != "vgg16":
+        if backbone not in BACKBONE_VIEW_LAYERS:
             raise RunError(f"run {run.folder.name} was trained on {run.features_label} features; Grad-CAM here "
-                           "explains VGG16 runs only",
+                           "explains VGG16 and EfficientNet-Lite2 runs only (it walks the network layer by layer "
+                           f"from the explained map, and {BACKBONES[backbone].label} branches there)",
                            "train a run on VGG16 features (--backbone vgg16, the default) to see where it looks")
-        if view not in VIEW_LAYERS:
-            raise RunError(f"run {run.folder.name} uses feature view {view!r}, which has no VGG16 layer to explain",
-                           f"Grad-CAM works for runs on {', '.join(VIEW_LAYERS)}")
+        view_layers = BACKBONE_VIEW_LAYERS[backbone]
+        if view not in view_layers:
+            label = BACKBONES[backbone].label
+            raise RunError(f"run {run.folder.name} uses feature view {view!r}, which has no {label} layer to explain",
+                           f"Grad-CAM works for {label} runs on {', '.join(view_layers)}")
         predictor = Predictor(run, weights)
         self.run = run
         self.view = view
-        self.layers = VIEW_LAYERS[view]
+        self.layers = view_layers[view]
         self.feature_config = predictor.feature_config
         self.weights = predictor.weights
         self.model = predictor.model
         self.network = guarded_network(predictor.model)
         self.cache_dir = cache_dir or cache_root() / "gradcam"
         self._base = None
+        self._below: dict[str, object] = {}
         self._memo: dict[str, np.ndarray] = {}
 
     def heatmap(self, poster: Poster, genre: str | None = None, *, name: str | None = None) -> Heatmap:
@@ -148,7 +162,7 @@ class GradCam:
         return self.cache_dir / f"{key}.npy"
 
     def _start(self, digest: str, data: bytes, name: str | None) -> np.ndarray:
-        """VGG16 activations at the first explained layer, remembered for the last few posters (a new
+        """Backbone activations at the first explained layer, remembered for the last few posters (a new
         genre for the same poster then runs only the top of the chain)."""
         from core.data.images import load_pixels
 
@@ -177,7 +191,7 @@ class GradCam:
         maps = [_cam(np.asarray(a)[0], np.asarray(g)[0]) for a, g in zip(targets, gradients)]
         return _normalise(sum(_to_side(m, HEATMAP_SIDE) for m in maps))
 
-    def _vgg(self):
+    def _backbone(self):
         if self._base is None:
             from core.features.extractor import load_base
 
@@ -187,15 +201,16 @@ class GradCam:
         return self._base
 
     def _forward(self, pixels: np.ndarray, until: str) -> np.ndarray:
-        """VGG16 from the pixels up to and including layer ``until`` (no gradients needed below it)."""
+        """The backbone from the pixels up to and including layer ``until`` (no gradients needed below it)."""
+        import keras
+
         from core.features.extractor import preprocess
 
-        x = preprocess(pixels[None])
-        for layer in self._vgg().layers[1:]:
-            x = layer(x, training=False)
-            if layer.name == until:
-                return np.asarray(x)
-        raise RunError(f"VGG16 has no layer {until!r}")
+        if until not in self._below:
+            base = self._backbone()
+            self._below[until] = keras.Model(base.inputs, base.get_layer(until).output)
+        x = preprocess(pixels[None], self.feature_config.backbone)
+        return np.asarray(self._below[until](x, training=False))
 
     def _top(self, start, after: str) -> dict:
         """The rest of the chain from layer ``after``'s output: the named conv outputs, the pools,
@@ -203,32 +218,34 @@ class GradCam:
         import tensorflow as tf
 
         outputs, x, running = {after: start}, start, False
-        for layer in self._vgg().layers[1:]:
+        base = self._backbone()
+        for layer in base.layers[1:]:
             if running:
                 x = layer(x, training=False)
                 outputs[layer.name] = x
             running = running or layer.name == after
-        view = view_tensor(self.view, outputs["block5_pool"], outputs.get("block4_pool"))
+        mids = [outputs.get(name) for name in BACKBONES[self.feature_config.backbone].mid_layers]
+        view = view_tensor(self.view, outputs[base.layers[-1].name], *mids)
         view = tf.cast(view, tf.float32)
         outputs["logits"] = self.network(view, training=False)
         outputs["probabilities"] = self.model(view, training=False)
         return outputs
 
 
-def view_tensor(view: str, block5_pool, block4_pool=None):
-    """The TensorFlow twin of ``core.features.views.feature_view`` on one batch of pooled maps
-    (a test checks that both give the same numbers)."""
+def view_tensor(view: str, top, *mids):
+    """The TensorFlow twin of ``core.features.views.feature_view`` on one batch of maps: the top one
+    (VGG16's block5_pool) and the mid-level ones (block4_pool) (a test checks that both give the same numbers)."""
     import tensorflow as tf
 
-    batch = tf.shape(block5_pool)[0]
+    batch = tf.shape(top)[0]
     if view == "flatten":
-        return tf.reshape(block5_pool, [batch, -1])
+        return tf.reshape(top, [batch, -1])
     if view == "avg":
-        return tf.reduce_mean(block5_pool, axis=[1, 2])
+        return tf.reduce_mean(top, axis=[1, 2])
     if view == "max":
-        return tf.reduce_max(block5_pool, axis=[1, 2])
+        return tf.reduce_max(top, axis=[1, 2])
     if view == "avg45":
-        return tf.concat([tf.reduce_mean(block4_pool, axis=[1, 2]), tf.reduce_mean(block5_pool, axis=[1, 2])], axis=1)
+        return tf.concat([tf.reduce_mean(part, axis=[1, 2]) for part in (*mids, top)], axis=1)
     raise RunError(f"unknown feature view {view!r}", f"choose one of {', '.join(VIEW_LAYERS)}")
 
 

@@ -62,7 +62,7 @@ class Predictor:
         self.run = run
         spec = weights or trained_on.spec
         try:
-            self.weights = resolve_weights(spec)
+            self.weights = resolve_weights(spec, run.feature_config.backbone)
         except WeightsError as err:
             raise RunError(f"the run's weights {spec!r} are not available here: {err.message}",
                            "pass --weights with the same weights file the run was trained on") from err
