@@ -22,6 +22,9 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.sources.safe_pickle.load_
   converted Keras file is cached under the file's hash (skipped with the reason elsewhere); a local copy of
   the ``.pth`` (same identity as ``imagenet``) or of the converted ``.weights.h5`` gives the same features;
   a damaged cached conversion is converted again.
+- With the installed package (no ``../shared`` needed), real ImageNet features separate the synthetic demo's
+  genres far better than random weights: on 60 demo posters, the share of a poster's 5 nearest neighbours
+  (avg view) sharing a genre with it is 0.85 against 0.70 (the test requires a margin of 0.08).
 - Through the CLI: extract → train (avg45) → predict on a tiny generated set with this backbone; Grad-CAM
   explains the run at the last-but-one stage and the head (a 28x28 map peaking at 1) and its chain gives the
   predictor's probabilities.
@@ -271,6 +274,28 @@ def test_imagenet_conversion_matches_the_reference_outputs():
     assert relative_error(pooled, reference["pooled"]) <= 1e-4
     assert relative_error(probabilities, reference["probabilities"]) <= 1e-4
     assert probabilities.argmax(axis=1).tolist() == [285, 967, 657, 795]
+
+
+def test_real_imagenet_features_separate_the_demo_genres_better_than_random_weights(tmp_path):
+    try:
+        lite.package_weights_path()
+    except WeightsError as err:
+        pytest.skip(f"needs the installed package: {err}")
+    from core.analysis.neighbours import knn_genre_agreement
+    from core.data.datasets import load_dataset
+    from core.data.demo import DemoConfig, make_demo_dataset
+    from core.features.pipeline import FeatureConfig, extract_features
+    from core.model.experiment import genre_labels
+
+    dataset, _ = load_dataset(make_demo_dataset(tmp_path / "demo", DemoConfig(n_posters=60, seed=3)))
+    shared = {}
+    for weights in ("imagenet", "none"):
+        features = extract_features(dataset, FeatureConfig(weights=weights, backbone=LITE2, batch_size=16))
+        truth = genre_labels(dataset, features.ids)
+        table = knn_genre_agreement(features.view("avg"), truth.Y, truth.vocabulary.genres, k=5)
+        shared[weights] = table.iloc[0]["observed"]
+    assert shared["imagenet"] >= shared["none"] + 0.08, shared
+    assert shared["imagenet"] >= 0.8, shared
 
 
 # ---- end to end through the CLI -----------------------------------------------------------------------
