@@ -223,6 +223,8 @@ class Run:
         return training_text(self.history, self.config, self.metrics.get("epochs_run"))
 
     def model(self):
+        import zipfile
+
         import keras
 
         from core.model.classifier import custom_layers
@@ -230,6 +232,9 @@ class Run:
 
         custom_layers()
         kernel_layer()
+        if not zipfile.is_zipfile(self.folder / "model.keras"):
+            raise RunError(f"cannot load the model of run {self.folder}: model.keras is not a Keras archive "
+                           "(not a zip file)", "the run folder is damaged; delete it and train again")
         try:
             return keras.models.load_model(self.folder / "model.keras", compile=False, safe_mode=True)
         except Exception as err:
