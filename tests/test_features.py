@@ -483,7 +483,9 @@ def test_counts_stay_within_the_posters_when_a_fresh_shard_breaks(reference, col
     ({"batch_size": 0}, "batch size for extraction must be a whole number ≥ 1, got 0"),
     ({"batch_size": -5}, "got -5"),
     ({"batch_size": 2.5}, "got 2.5"),
-    ({"image_size": 16}, "image size must be a whole number ≥ 32, got 16"),
+    ({"image_size": 16}, r"image size must be a whole number between 32 and 1024 \(VGG16 learnt at 224; "
+                         r"larger inputs do not fit in memory\), got 16"),
+    ({"image_size": 100_000}, "between 32 and 1024 .*, got 100000"),
     ({"resize": "cubic"}, "resize must be one of"),
     ({"precision": "float16"}, "precision must be one of"),
     ({"storage": "tiny"}, "storage must be one of full, pooled, got 'tiny'"),

@@ -61,7 +61,7 @@ BAD_FIELDS = [
     ("dropout", -0.1, "dropout must be in [0, 1), got -0.1"),
     ("input_dropout", 1.0, "input dropout must be in [0, 1), got 1.0"),
     ("optimizer", "nadam", "optimizer must be one of rmsprop, adam, adamw, sgd, got 'nadam'"),
-    ("learning_rate", 0.0, "learning rate must be positive, got 0.0"),
+    ("learning_rate", 0.0, "learning rate must be in (0, 1], got 0.0"),
     ("epochs", 0, "epochs must be ≥ 1, got 0"),
     ("batch_size", 0, "batch size must be ≥ 1, got 0"),
     ("learning_rate", float("inf"), "learning rate must be a finite number, got inf"),

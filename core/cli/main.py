@@ -207,24 +207,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    """The preset with every given flag applied; text values are parsed by their option."""
-    from core.model.config import PRESETS, TRAIN_OPTIONS, settled, with_overrides
+    """The preset with every given flag applied; text values are parsed by their option. Every option is
+    checked, also those the chosen head ignores (``--preset fast --epochs -5`` is a mistake too)."""
+    from core.model.config import PRESETS, TRAIN_OPTIONS, check_config, settled, with_overrides
 
     values = {}
     for option in TRAIN_OPTIONS:
         given = getattr(args, option.name)
         parse = isinstance(given, str) and option.kind != "choice"
         values[option.name] = option.parse(given, name=option.flag) if parse else given
-    return settled(with_overrides(PRESETS[args.preset], **values))
+    config = with_overrides(PRESETS[args.preset], **values)
+    check_config(config)
+    return settled(config)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.model.config import check_config
     from core.model.experiment import run_experiment
     from core.model.runs import claim_run_folder, save_run, training_text
 
     config = train_config_from_args(args)
-    check_config(config)
     feature_config, engine = _feature_config(args), engine_from_args(args)
     line = ProgressLine("training")
 
@@ -236,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset = _load(args)
         features = _features(feature_config, dataset, engine)
         result = run_experiment(dataset, features, config, on_epoch=on_epoch)
-        folder = save_run(result, output)
+        folder = args.saved_run = save_run(result, output)
     print(_summary(result.evaluation, features.weights))
     print(f"run saved to {folder} ({result.seconds:.1f}s, {training_text(result.history, config)})")
     return 0
@@ -339,9 +340,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: work done so far is cached; run the same command again to resume",
-              file=sys.stderr)
+        print(f"\ninterrupted: {_kept_after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def _kept_after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind, said as it is."""
+    if args.command == "train":
+        if getattr(args, "saved_run", None):
+            return f"the run was saved to {args.saved_run} before the interrupt"
+        return (f"no new run was saved to {args.out}; the features extracted so far are cached, so the same "
+                "command starts again from them")
+    if args.command == "sweep":
+        from core.model.sweep import SWEEP_TABLE
+
+        return (f"the runs finished so far are kept in the runs cache (the same command reuses them); "
+                f"{args.out / SWEEP_TABLE} was not updated")
+    return "work done so far is cached; run the same command again to resume"
 
 
 if __name__ == "__main__":

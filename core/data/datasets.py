@@ -45,6 +45,11 @@ class Skipped:
     path: str | None = None
 
 
+def _first(names: list[str], most: int) -> str:
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
+
+
 @dataclass
 class LoadReport:
     n_rows: int = 0
@@ -60,6 +65,15 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         return [f"{item.id}: {item.reason}" for item in self.skipped]
+
+    def reasons_text(self, most: int = 8) -> str:
+        """The skipped items on one line, grouped by reason: ``a, b: empty file (0 bytes); c: ...``."""
+        by_reason: dict[str, list[str]] = {}
+        for item in self.skipped:
+            by_reason.setdefault(item.reason, []).append(item.id)
+        groups = [f"{_first(ids, most)}: {reason}" for reason, ids in list(by_reason.items())[:most]]
+        more = len(by_reason) - most
+        return "; ".join(groups) + (f"; and {more} other reasons" if more > 0 else "")
 
     def merge_lines(self) -> list[str]:
         return [f"genre {name!r} also written as {', '.join(map(quote_label, others))}; merged into {name!r}"
@@ -246,7 +260,8 @@ def load_dataset(root: str | Path, *, check_images: bool = True) -> tuple[Datase
         if stamp and posters:
             write_snapshot(root, stamp, _to_snapshot(posters, report))
     if not posters:
-        raise DatasetError(f"no usable posters in {root}: {report.n_rows} label rows, {report.n_images} images",
+        raise DatasetError(f"no usable posters in {root}: {report.n_rows} label rows, {report.n_images} images"
+                           + (f"; skipped {report.reasons_text()}" if report.skipped else ""),
                            "check that posters/ holds <id>.jpg files named like the ids in labels.csv")
     info = read_info(root)
     dataset = Dataset(root=root, posters=posters, name=info.get("name", root.name),
@@ -439,7 +454,7 @@ def format_lines(numbers: Sequence[int], shown: int = 5) -> str:
 
 def _list_images(folder: Path) -> tuple[list[str], list[str]]:
     """The names in ``folder`` with an image extension: regular files, then anything else (folders, broken
-    links), each sorted; from the directory listing, with no ``stat`` per file."""
+    links, symlink loops, pipes), each sorted; from the directory listing, with no ``stat`` per file."""
     files: list[str] = []
     others: list[str] = []
     if folder.is_dir():
@@ -448,8 +463,17 @@ def _list_images(folder: Path) -> tuple[list[str], list[str]]:
                 name = entry.name
                 # os.path.splitext's extension, faster: the name ends with one and has a dot after its leading dots
                 if name.lower().endswith(IMAGE_EXTENSIONS) and "." in name.lstrip("."):
-                    (files if entry.is_file() else others).append(name)
+                    (files if _is_file(entry) else others).append(name)
     return sorted(files), sorted(others)
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a regular file; a symlink loop (``ELOOP``) is not, and its row is skipped with
+    that reason instead of stopping the whole dataset."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _index_images(files: list[str], others: list[str]) -> tuple[dict[str, str], list[str], set[str]]:

@@ -6,10 +6,11 @@ report it and skip the poster instead of crashing a whole extraction.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import warnings
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -69,11 +70,16 @@ def _open_file(path: Path, label: str) -> BinaryIO:
     try:
         stat = path.stat()
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageError(f"{label}: symlink loop (following its links never reaches a file)") from err
         if path.is_symlink():
             raise ImageError(f"{label}: broken symbolic link (its target {os.readlink(path)} does not exist)") from err
         raise ImageError(f"{label}: cannot read file ({err.strerror or err})") from err
     if S_ISDIR(stat.st_mode):
         raise ImageError(f"{label}: is a folder, not an image file")
+    if not S_ISREG(stat.st_mode):
+        # Checked before any open: opening a FIFO for reading blocks until a writer comes.
+        raise ImageError(f"{label}: not a regular file (a named pipe, socket or device)")
     if stat.st_size == 0:
         raise ImageError(f"{label}: empty file (0 bytes)")
     try:

@@ -27,6 +27,9 @@ PIPELINE_VERSION = "vgg16-block5pool-flatten+block4pool-avg-3"
 STORE_DTYPE = "float16"
 MIN_IMAGE_SIZE = 32
 """The smallest input VGG16's five poolings accept."""
+MAX_IMAGE_SIZE = 1024
+"""The largest input width accepted: VGG16 learnt at 224, and at 1024 its first layer alone already holds
+1024 x 1536 x 64 float32 activations per poster of the poster geometry (0.4 GB; 13 GB for a batch of 32)."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,9 @@ def check_feature_config(config: FeatureConfig) -> None:
     if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
         problems.append(f"batch size for extraction must be a whole number ≥ 1, got {config.batch_size!r}")
     if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) \
-            or config.image_size < MIN_IMAGE_SIZE:
-        problems.append(f"image size must be a whole number ≥ {MIN_IMAGE_SIZE}, got {config.image_size!r}")
+            or not MIN_IMAGE_SIZE <= config.image_size <= MAX_IMAGE_SIZE:
+        problems.append(f"image size must be a whole number between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} (VGG16 "
+                        f"learnt at 224; larger inputs do not fit in memory), got {config.image_size!r}")
     if config.resize not in RESAMPLING:
         problems.append(f"resize must be one of {', '.join(RESAMPLING)}, got {config.resize!r}")
     if config.precision not in PRECISIONS:

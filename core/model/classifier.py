@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from core.errors import TrainingError
-from core.model.config import TrainConfig, applies, check_config
+from core.model.config import KERNEL_GAMMAS, TrainConfig, applies, check_config
 
 @dataclass(frozen=True)
 class EpochLog:
@@ -150,6 +150,18 @@ def training_fraction(config: TrainConfig, member: int, epochs_done: float) -> f
     return within
 
 
+def diverged(config: TrainConfig, what: str = "its weights are NaN or infinite") -> TrainingError:
+    """The error of a training that produced no usable model, with the fix that fits its head."""
+    if config.head == "kernel":
+        return TrainingError(f"the kernel head could not be fitted: {what} (kernel γ {config.kernel_gamma:g}, "
+                             f"ridge {config.ridge:g})",
+                             f"use a kernel γ between {KERNEL_GAMMAS[0]:g} and {KERNEL_GAMMAS[-1]:g} and a larger "
+                             "ridge (the fast preset: γ 1, ridge 1)")
+    return TrainingError(f"training diverged: {what} (learning rate {config.learning_rate:g}, "
+                         f"{config.optimizer})",
+                         "lower the learning rate (the presets use 1e-4 to 2e-3) or standardize the features")
+
+
 class GenreClassifier:
     """Multi-label genre classifier on feature vectors."""
 
@@ -177,8 +189,11 @@ class GenreClassifier:
         if config.head == "kernel":
             from core.model.kernel import fit_kernel_head
 
-            self.model_, self.epochs_run_ = fit_kernel_head(X, Y, config, self._prepare), 0
-            return self
+            try:
+                self.model_, self.epochs_run_ = fit_kernel_head(X, Y, config, self._prepare), 0
+            except np.linalg.LinAlgError as err:
+                raise diverged(config, f"its linear solve failed ({err})") from err
+            return self._check_finite()
         if config.ensemble > 1 and config.member_mode == "stacked":
             members = self._fit_stacked(X, Y, on_epoch, should_stop, on_batch)
         else:
@@ -186,7 +201,13 @@ class GenreClassifier:
         self.model_ = members[0] if config.ensemble == 1 else average_models(members, X.shape[1])
         # Each ensemble member stops early on its own; epochs_run_ counts the first member's.
         self.epochs_run_ = sum(1 for entry in self.history_ if entry.member == 1)
-        return self
+        return self._check_finite()
+
+    def _check_finite(self) -> "GenreClassifier":
+        """Refuse a model whose weights are NaN or infinite (a diverged training), with the fix of its head."""
+        if all(np.isfinite(weights).all() for weights in self.model_.get_weights()):
+            return self
+        raise diverged(self.config)
 
     def _prepare(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The rows as the model's first layers make them (signed square root, standardisation), and the

@@ -18,6 +18,11 @@ OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 KERNEL_GAMMAS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 RIDGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+MAX_LEARNING_RATE = 1.0
+"""Ten times the largest step on the slider; every optimizer here diverges long before it."""
+MAX_KERNEL_GAMMA = 100.0
+"""Far past the useful 0.125-4: at γ 100 a poster's similarity to any other is exp(−200) or less (distances are
+per feature, about 2 on standardised features), so the kernel head can only predict the genre frequencies."""
 MAX_HIDDEN_UNITS = 8192
 MAX_HIDDEN_LAYERS = 8
 # Weights of every network of a run together (an ensemble keeps all of its members): 200 M float32
@@ -112,7 +117,7 @@ class TrainOption:
         ``check_config``'s. ``name`` is what the message calls the option (default: ``what``)."""
         try:
             if self.kind == "int_list":
-                return tuple(int(part) for part in str(text).replace(" ", "").split(",") if part)
+                return _sizes(str(text))
             if self.kind == "bool":
                 return {"true": True, "false": False}[str(text).strip().lower()]
             return {"int": int, "float": float, "choice": str}[self.kind](text)
@@ -194,6 +199,17 @@ class TrainOption:
         return "write them comma-separated, e.g. 1024,256 or 512" if self.kind == "int_list" else None
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``"1024, 256"`` → ``(1024, 256)``; an empty part (``"1,,2"``, ``"8,"``) is a typo, not a separator."""
+    compact = text.replace(" ", "")
+    if not compact:
+        return ()
+    parts = compact.split(",")
+    if not all(parts):
+        raise ValueError(f"empty size in {text!r}")
+    return tuple(int(part) for part in parts)
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return ""
@@ -218,7 +234,7 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 help="What reads the features: the tutorial's MLP, or a kernel ridge regression that fits in "
                      "one linear solve (no epochs) and scores within a few thousandths of the best ensemble."),
     TrainOption("kernel_gamma", "float", "RBF kernel sharpness γ", "kernel γ", "Network", low=0.0, low_open=True,
-                grid=KERNEL_GAMMAS,
+                high=MAX_KERNEL_GAMMA, grid=KERNEL_GAMMAS,
                 help="Kernel head: similarity exp(−γ·|x − z|²/d) between two posters' d prepared features; "
                      "larger γ, more local."),
     TrainOption("ridge", "float", "Ridge penalty", "ridge", "Network", low=0.0, low_open=True, grid=RIDGES,
@@ -231,7 +247,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("optimizer", "choice", "Optimizer", "optimizer", "Optimisation", choices=OPTIMIZERS,
                 help="The tutorial used RMSprop; Adam trains the pooled views faster."),
     TrainOption("learning_rate", "float", "Learning rate", "learning rate", "Optimisation",
-                flags=("--lr", "--learning-rate"), low=0.0, low_open=True, grid=LEARNING_RATES,
+                flags=("--lr", "--learning-rate"), low=0.0, low_open=True, high=MAX_LEARNING_RATE,
+                grid=LEARNING_RATES,
                 help="Step size of the optimizer."),
     TrainOption("epochs", "int", "Epochs", "max epochs", "Optimisation", noun="epochs", low=1, step=1,
                 help="Passes over the training posters (the most, with early stopping)."),

@@ -12,7 +12,7 @@ from core.analysis.metrics import per_poster_report
 from core.data.datasets import Dataset
 from core.errors import ImageError, RunError, WeightsError
 from core.features.pipeline import extract_one
-from core.features.views import feature_view
+from core.features.views import feature_view, view_dim
 from core.features.weights import resolve_weights, same_weights
 from core.model.experiment import genre_labels
 from core.model.runs import Run, load_run
@@ -71,6 +71,22 @@ class Predictor:
                            f"predictions would be meaningless; use the run's weights: --weights {trained_on.spec}")
         self.feature_config = replace(run.feature_config, weights=self.weights.spec)
         self.model = run.model()
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Refuse a model that does not fit its run (an edited vocabulary.json, another run's model.keras)
+        instead of pairing genres with the wrong scores."""
+        run, (inputs, outputs) = self.run, (self.model.input_shape[-1], self.model.output_shape[-1])
+        if outputs != len(run.vocabulary):
+            raise RunError(f"run {run.folder}: its model scores {outputs} genres but vocabulary.json names "
+                           f"{len(run.vocabulary)}, so genres and scores cannot be paired",
+                           "vocabulary.json was edited or comes from another run; delete the run folder and "
+                           "train again")
+        expected = view_dim(run.config.feature_view, run.feature_config.backbone)
+        if inputs != expected:
+            raise RunError(f"run {run.folder}: its model reads {inputs} features but the run's "
+                           f"{run.config.feature_view} view has {expected}",
+                           "model.keras comes from another run; delete the run folder and train again")
 
     def predict_features(self, rows: np.ndarray) -> np.ndarray:
         """Probabilities for feature rows (``core.features.extractor``), in the run's vocabulary order."""

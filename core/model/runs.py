@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +246,8 @@ class Run:
         return training_text(self.history, self.config, self.metrics.get("epochs_run"))
 
     def model(self):
+        import zipfile
+
         import keras
 
         from core.model.classifier import custom_layers
@@ -254,6 +255,9 @@ class Run:
 
         custom_layers()
         kernel_layer()
+        if not zipfile.is_zipfile(self.folder / "model.keras"):
+            raise RunError(f"cannot load the model of run {self.folder}: model.keras is not a Keras archive "
+                           "(not a zip file)", "the run folder is damaged; delete it and train again")
         try:
             return keras.models.load_model(self.folder / "model.keras", compile=False, safe_mode=True)
         except Exception as err:

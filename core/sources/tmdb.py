@@ -118,6 +118,26 @@ def config_from_text(max_movies: int, list_name: str | None = None, years: str =
     return TmdbConfig(max_movies=max_movies, list_name=list_name, years=span, genres=wanted, **options)
 
 
+_GENRE_ID = re.compile(r"\s*[0-9]+\s*")
+"""ASCII digits only: ``"²"`` is a digit to ``str.isdigit`` but not a number to ``int``."""
+
+
+def parse_genre_id(value: Any) -> int | None:
+    """A genre id as TMDB and the tutorial's pickles write it (``28`` or ``"28"``); ``None`` for anything
+    else (``"abc"``, ``"²"``, ``True``, ``2.5``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and _GENRE_ID.fullmatch(value) else None
+
+
+def genre_ids_problem(value: Any) -> str | None:
+    """Why a movie's ``genre_ids`` is not a list of genre ids, naming the bad value; ``None`` when it is."""
+    if not isinstance(value, (list, tuple)):
+        return f"genre_ids {str(value)[:40]!r} is not a list of genre ids"
+    bad = [g for g in value if parse_genre_id(g) is None]
+    return f"genre id {str(bad[0])[:40]!r} is not a whole number" if bad else None
+
+
 def genre_name(genre_id: int, names: Mapping[int, str]) -> str:
     if genre_id in names:
         return names[genre_id]
@@ -163,8 +183,16 @@ class TmdbClient:
 
     def genre_names(self, language: str = "en-US") -> dict[int, str]:
         data = self.get("/genre/movie/list", {"language": language})
-        return {int(g["id"]): str(g["name"]) for g in data.get("genres") or []
-                if isinstance(g, dict) and "id" in g and "name" in g}
+        names = {}
+        for genre in data.get("genres") or []:
+            if isinstance(genre, dict) and "id" in genre and "name" in genre:
+                id_ = parse_genre_id(genre["id"])
+                if id_ is None:
+                    raise DownloadError(f"TMDB's genre list gives genre {str(genre['name'])[:40]!r} the id "
+                                        f"{str(genre['id'])[:40]!r}, which is not a whole number",
+                                        "check TMDB_API_BASE points at the TMDB v3 API")
+                names[id_] = str(genre["name"])
+        return names
 
     def poster_url(self, poster_path: str, size: str) -> str:
         return f"{self.image_base}/{size}/{poster_path.lstrip('/')}"
@@ -316,6 +344,8 @@ def _take(movie: Any, listing: MovieList, seen: set[int]) -> None:
         listing.skipped.append(Skipped(str(id_), f"{title!r} has no poster on TMDB"))
     elif not movie.get("genre_ids"):
         listing.skipped.append(Skipped(str(id_), f"{title!r} has no genres on TMDB"))
+    elif problem := genre_ids_problem(movie["genre_ids"]):
+        listing.skipped.append(Skipped(str(id_), f"{title!r}: {problem}"))
     else:
         listing.movies.append({key: movie.get(key) for key in _MOVIE_FIELDS})
 

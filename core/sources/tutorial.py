@@ -20,7 +20,8 @@ from core.data.datasets import Skipped
 from core.errors import DatasetError
 from core.data.images import IMAGE_EXTENSIONS
 from core.sources.safe_pickle import load_plain_pickle
-from core.sources.tmdb import genre_name, movie_metadata, note_unknown_genres, unknown_genres
+from core.sources.tmdb import (genre_ids_problem, genre_name, movie_metadata, note_unknown_genres, parse_genre_id,
+                               unknown_genres)
 from core.progress import ProgressFn
 from core.sources.builder import AcquireResult, DatasetFolder, PosterItem, build_dataset
 
@@ -66,8 +67,14 @@ def read_genre_names(path: str | Path) -> dict[int, str]:
                            "give the Genredict.pckl the tutorial saved")
     names = {}
     for key, name in data.items():
-        if str(key).strip().lstrip("-").isdigit() and isinstance(name, str) and name.strip():
-            names[int(key)] = name.strip()
+        if not isinstance(name, str) or not name.strip():
+            continue
+        id_ = parse_genre_id(key)
+        if id_ is None:
+            raise DatasetError(f"{path}: genre {name.strip()[:40]!r} has the id {str(key)[:40]!r}, which is not "
+                               "a whole number", "Genredict.pckl maps TMDB's integer genre ids to names; fix or "
+                                                 "remove that entry")
+        names[id_] = name.strip()
     return names
 
 
@@ -134,20 +141,19 @@ def _usable(movies: Iterable[Any]) -> tuple[list[dict[str, Any]], list[Skipped]]
             continue
         elif not isinstance(movie.get("title") or movie.get("original_title"), str):
             skipped.append(Skipped(label, "movie without a title"))
-        elif not _genre_ids(movie.get("genre_ids")):
+        elif not movie.get("genre_ids"):
             skipped.append(Skipped(label, f"{movie.get('title')!r} has no (integer) genre ids"))
+        elif problem := genre_ids_problem(movie.get("genre_ids")):
+            skipped.append(Skipped(label, f"{movie.get('title')!r}: {problem}"))
         else:
             seen.add(id_)
             usable.append(movie)
     return usable, skipped
 
 
-def _genre_ids(value: Any) -> list[int]:
-    if not isinstance(value, (list, tuple)):
-        return []
-    ids = [g for g in value if isinstance(g, int) and not isinstance(g, bool)]
-    ids += [int(g) for g in value if isinstance(g, str) and g.strip().isdigit()]
-    return ids if len(ids) == len(value) else []
+def _genre_ids(value: list) -> list[int]:
+    """The ids of a ``genre_ids`` list ``genre_ids_problem`` accepted."""
+    return [parse_genre_id(g) for g in value]
 
 
 def _index(files: list[Path], key: Callable[[Path], str]) -> dict[str, list[Path]]:
