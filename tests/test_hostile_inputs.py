@@ -20,8 +20,17 @@ this message), never a traceback and never a silently wrong result:
   promises no rebuild.
 - concurrency: two extractions of the same posters at once compute each poster once.
 
-Downloads into existing folders belong to the downloader and are not covered here; the output folders
-of train, sweep and demo (issue 20, class 3) are covered by tests/test_output_folders.py.
+Downloads into existing folders belong to the downloader and are not covered here. Beside this file, one
+file per class of issue 20's hostile inputs:
+
+1. a run answers only for the labels it was trained on: tests/test_run_identity.py;
+2. "checked when read" is true (bytes changed in place, ``cp -p``, ``python -m core verify``) and
+4. resource faults (full disk, read-only cache, a cache path that is a file): tests/test_cache_trust.py;
+3. output folders keep what the user put there, and are locked while written: tests/test_output_folders.py;
+5. labels read as a person means them (commas, Unicode forms, control characters, encodings, ``NA``
+   genres): tests/test_labels_reading.py;
+6. every user mistake is one line (option bounds, odd poster entries, predict's model checks, source
+   genre ids, Ctrl-C): tests/test_user_mistakes.py.
 """
 from __future__ import annotations
 
