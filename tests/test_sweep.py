@@ -150,10 +150,10 @@ def test_cli_sweep_refuses_a_foreign_folder_before_any_work(tiny_dataset, tmp_pa
     assert folder_hashes(out) == before
 
 
-def test_train_page_runs_a_sweep_and_draws_its_chart(tiny_features):
-    dataset, _ = tiny_features
+def train_page_with_a_dropout_sweep(dataset_root, seeds: str) -> AppTest:
+    """The Train page on a tiny tutorial-preset network with a sweep of dropout 0.0 and 0.5 filled in."""
     at = AppTest.from_file(str(APP), default_timeout=180)
-    at.session_state["settings"] = {"dataset": str(dataset.root), "weights": "none", "precision": "auto"}
+    at.session_state["settings"] = {"dataset": str(dataset_root), "weights": "none", "precision": "auto"}
     at.run()
     at.switch_page("pages/train.py").run()
     at.selectbox(key="preset").set_value("tutorial").run()
@@ -163,8 +163,13 @@ def test_train_page_runs_a_sweep_and_draws_its_chart(tiny_features):
     at.run()
     at.multiselect(key="sweep_params").set_value(["dropout"]).run()
     at.text_input(key="sweep_values_dropout").input("0.0,0.5")
-    at.text_input(key="sweep_seeds").input("0,1")
-    at.run()
+    at.text_input(key="sweep_seeds").input(seeds)
+    return at.run()
+
+
+def test_train_page_runs_a_sweep_and_draws_its_chart(tiny_features):
+    dataset, _ = tiny_features
+    at = train_page_with_a_dropout_sweep(dataset.root, "0,1")
     at.button(key="run_sweep").click().run()
     assert not at.exception and not at.error
     last = at.session_state["sweep_last"]
@@ -180,19 +185,7 @@ def test_train_page_sweep_trains_again_after_one_genre_is_edited(tiny_dataset, t
     from tests.test_run_identity import copy_dataset, edit_genre
 
     root = copy_dataset(tiny_dataset, tmp_path / "posters")
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
-    at.run()
-    at.switch_page("pages/train.py").run()
-    at.selectbox(key="preset").set_value("tutorial").run()
-    at.radio(key="feature_view").set_value("avg")
-    at.text_input(key="hidden").input("8")
-    at.number_input(key="epochs").set_value(2)
-    at.run()
-    at.multiselect(key="sweep_params").set_value(["dropout"]).run()
-    at.text_input(key="sweep_values_dropout").input("0.0,0.5")
-    at.text_input(key="sweep_seeds").input("112")
-    at.run()
+    at = train_page_with_a_dropout_sweep(root, "112")
 
     def sweep_folders() -> set[str]:
         at.button(key="run_sweep").click().run()
