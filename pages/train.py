@@ -12,13 +12,14 @@ import streamlit as st
 from core.errors import PosterGenreError, TrainingError
 from core.features.pipeline import FeatureSet
 from core.model.classifier import BatchProgress, EpochLog, training_fraction
-from core.model.config import (OPTIONS_BY_NAME, PRESET_NOTES, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
+from core.model.config import (OPTIONS_BY_NAME, PRESET_TABLE, PRESETS, TRAIN_OPTIONS, TrainConfig,
                                TrainOption, applies, check_config, config_from_values, config_values,
                                long_training_note)
 from core.model.experiment import ExperimentResult, LabelsInfo, run_experiment
-from core.model.runs import (COMPARABLE_COLUMNS, METRIC_COLUMNS, Run, delete_run, find_run, training_text,
-                             runs_table, save_run)
-from pages._shared import active_dataset, current_labels, require_features, route_through_app, save_settings
+from core.model.runs import (METRIC_COLUMNS, Run, comparable_columns, delete_run, find_run, first_comparable,
+                             training_text, runs_table, save_run)
+from pages._shared import (active_dataset, current_labels, load_settings, require_features, route_through_app,
+                           save_settings)
 from pages._sweep import sweep_section
 from pages._widgets import (SELECTED_RUN, dataset_runs, fmt, metric_with_prior, per_genre_table,
                             random_run_warning, remember_run, run_selector, show_per_genre)
@@ -29,6 +30,12 @@ FORM_MEMORY = "train_form"
 HIDDEN_TABLE_COLUMNS = ("run", "epochs run", "precision@k − prior", "mean AP")
 MEMBER_COLOURS = px.colors.qualitative.Plotly
 CHART_EVERY_S = 0.5
+FIRST_PRESET = "fast"
+"""A new browser session opens on this preset (made for sliders: seconds, not minutes), unless it has trained
+with another one before."""
+LAST_PRESET = "train_preset"
+"""The UI settings' key (``ui_settings.json``) of the preset last trained with, so a new session opens on it."""
+HEADLINE = "train_headline"
 
 
 # ---- controls ---------------------------------------------------------------------------------
@@ -42,10 +49,17 @@ def apply_preset() -> None:
     set_controls(PRESETS[st.session_state.preset])
 
 
+def opening_preset() -> str:
+    """The preset last trained with (in any session, saved in the UI settings), else ``FIRST_PRESET``."""
+    saved = load_settings().get(LAST_PRESET)
+    return saved if saved in PRESETS else FIRST_PRESET
+
+
 def init_controls() -> None:
-    """Restore the form after a page switch (Streamlit drops widget state of pages not shown)."""
+    """Restore the form after a page switch (Streamlit drops widget state of pages not shown); a new session
+    opens on ``opening_preset()``."""
     memory = st.session_state.get(FORM_MEMORY, {})
-    st.session_state.setdefault("preset", memory.get("preset", "tutorial"))
+    st.session_state.setdefault("preset", memory.get("preset") or opening_preset())
     defaults = {**config_values(PRESETS[st.session_state.preset]), **memory}
     for key in CONTROL_KEYS:
         st.session_state.setdefault(key, defaults[key])
@@ -56,9 +70,10 @@ def remember_controls() -> None:
 
 
 def preset_controls(n_posters: int) -> str:
-    preset = st.selectbox("Start from preset", list(PRESETS), key="preset", on_change=apply_preset,
-                          help="Changing the preset resets every control below to its values.")
-    st.caption(f"**{preset}**: {PRESET_NOTES[preset]}")
+    preset = st.radio("Start from preset", list(PRESETS), key="preset", on_change=apply_preset,
+                      captions=[PRESET_TABLE[name].cost for name in PRESETS],
+                      help="Changing the preset resets every control below to its values.")
+    st.caption(f"**{preset}**: {PRESET_TABLE[preset].what}")
     if note := long_training_note(preset, n_posters):
         st.warning(note)
     with st.expander("The presets at a glance"):
@@ -230,6 +245,7 @@ def train_or_load(dataset, features: FeatureSet, config: TrainConfig, labels: La
     existing = find_run(features, config, labels)
     if existing is not None and not again:
         select_run(existing.folder)
+        st.session_state[HEADLINE] = str(existing.folder)
         st.success("Same configuration already trained — loaded from disk (tick “train again” to retrain).")
         return
     record = {"last_epoch": 0, "member": 1, "members": config.ensemble}
@@ -246,7 +262,35 @@ def train_or_load(dataset, features: FeatureSet, config: TrainConfig, labels: La
         st.error(str(err))
         return
     select_run(folder)
+    st.session_state[HEADLINE] = str(folder)
     st.success(f"Saved run {folder.name}" + (" (replaced the earlier run of this configuration)" if existing else ""))
+
+
+def headline(features: FeatureSet, config: TrainConfig | None, labels: LabelsInfo) -> None:
+    """Right under Train, once it has trained (or loaded) the run of the controls' configuration: its
+    precision@k against the frequency prior, with both intervals; kept until the controls change."""
+    folder = st.session_state.get(HEADLINE)
+    run = find_run(features, config, labels) if config is not None and folder else None
+    if run is None or str(run.folder) != folder:
+        return
+    evaluation, k = run.evaluation, run.config.k
+    with st.container(border=True, key="headline"):
+        score, verdict = st.columns([1, 2])
+        metric_with_prior(score, f"Precision@{k} of this run", evaluation.precision_at_k,
+                          evaluation.prior_precision_at_k)
+        verdict.markdown(verdict_text(run))
+        verdict.caption(f"{evaluation.n_test:,} test posters · full results, per genre, under Results below.")
+
+
+def verdict_text(run: Run) -> str:
+    evaluation = run.evaluation
+    if not evaluation.overlaps_prior():
+        return ("**Better than the frequency prior**: the 95% intervals of the two precisions do not overlap.")
+    if evaluation.precision_at_k.value > evaluation.prior_precision_at_k.value:
+        return ("**Not clearly better than the frequency prior**: the 95% intervals overlap, so always answering "
+                "the most frequent genres may do as well on these test posters.")
+    return ("**Not better than the frequency prior**: always answering the most frequent genres does at least as "
+            "well on these test posters.")
 
 
 # ---- saved runs -------------------------------------------------------------------------------
@@ -267,11 +311,17 @@ def show_table(table: pd.DataFrame) -> None:
         "train seconds": st.column_config.NumberColumn(format="%.1f")})
 
 
-def comparison_chart(table: pd.DataFrame) -> None:
+def comparison_chart(table: pd.DataFrame, runs: list[Run]) -> None:
+    """Runs against one hyperparameter: only the options that apply to at least one of ``runs`` are offered."""
+    columns = comparable_columns([run.config for run in runs])
+    if st.session_state.get("compare_x") not in columns:
+        st.session_state.pop("compare_x", None)
     x_col, y_col = st.columns(2)
-    x = x_col.selectbox("Hyperparameter (x)", COMPARABLE_COLUMNS, key="compare_x",
-                        index=COMPARABLE_COLUMNS.index(OPTIONS_BY_NAME["learning_rate"].column))
+    x = x_col.selectbox("Hyperparameter (x)", columns, key="compare_x", index=first_comparable(columns))
     y = y_col.selectbox("Metric (y)", METRIC_COLUMNS, key="compare_y")
+    if missing := int(table[x].isna().sum()):
+        st.caption(f"{missing} of the {len(table)} runs have no {x} (it does not apply to their head) and are "
+                   "not drawn.")
     log_scale = {option.column for option in TRAIN_OPTIONS if option.grid}
     figure = px.scatter(table, x=x, y=y, color=OPTIONS_BY_NAME["feature_view"].column, hover_name="run",
                         log_x=x in log_scale, hover_data={"created": True, "epochs": True, "prior": ":.3f"})
@@ -356,8 +406,8 @@ def show_notice() -> None:
 
 route_through_app()
 st.title("Train")
-st.caption("Start from the tutorial's recipe or the recommended one, move the hyperparameters, "
-           "and compare every run against the frequency prior.")
+st.caption("Start from a preset (fast for moving sliders, the tutorial's recipe, or the recommended one), move "
+           "the hyperparameters, and compare every run against the frequency prior.")
 stopped_notice()
 dataset, _ = active_dataset()
 features = require_features(dataset)
@@ -384,7 +434,9 @@ if config is not None:
         st.caption("This configuration is already trained: Train will load it from disk.")
 again = st.checkbox("train again (even if this configuration was already trained)", key="train_again")
 if st.button("Train", key="train", type="primary", disabled=config is None):
+    save_settings(**{LAST_PRESET: preset})
     train_or_load(dataset, features, config, labels, again)
+headline(features, config, labels)
 sweep_section(dataset, features, config)
 
 st.header("Results")
@@ -402,5 +454,5 @@ if stale := sum(not run.trained_on(labels) for run in runs):
                "the labels they were trained on, and Train never reuses them.")
 table = runs_table(runs, labels)
 show_table(table)
-comparison_chart(table)
+comparison_chart(table, runs)
 delete_controls(runs)

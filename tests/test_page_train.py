@@ -2,6 +2,14 @@
 
 Locks in:
 - the page runs without exception and every control exists by key;
+- a new browser session opens on the fast preset (kernel head), every preset one click away (a radio) with its
+  cost beside it; once Train has trained with a preset, a new session opens on that one (remembered in the
+  UI settings file), and an unknown remembered preset falls back to fast;
+- when Train ends, right under the button: the run's precision@k with its 95% interval beside the frequency
+  prior's and whether it beats the prior, kept until the controls change;
+- a kernel run's comparison chart offers no network-only option (no learning rate, optimizer, hidden
+  layers, epochs run) and opens on the ridge; with a network run beside it, the runs without the chosen
+  option are counted as not drawn;
 - switching the preset resets the controls to that preset's values (recommended: an 8-network ensemble on
   square-rooted avg45 features), and the form survives a page switch;
 - a preset that would train for long on the dataset warns with its estimated time and points to fast;
@@ -40,15 +48,43 @@ CONTROL_KEYS = ("feature_view", "hidden", "dropout", "input_dropout", "power_nor
                 "early_stopping", "patience", "seed", "k", "threshold", "member_mode", "head", "kernel_gamma", "ridge")
 
 
-@pytest.fixture
-def train_page(tiny_features):
-    dataset, _ = tiny_features
+def open_train_page(root: Path, settings: bool = True) -> AppTest:
+    """A new browser session on the Train page of ``root``; ``settings=False`` leaves the session to read
+    them from the UI settings file, as a new browser session does."""
     at = AppTest.from_file(str(APP), default_timeout=120)
-    at.session_state["settings"] = {"dataset": str(dataset.root), "weights": "none", "precision": "auto"}
+    if settings:
+        at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
     at.run()
     at.switch_page("pages/train.py").run()
     assert not at.exception
     return at
+
+
+@pytest.fixture
+def train_page(tiny_features):
+    """The Train page switched to the tutorial preset, which the network tests start from."""
+    dataset, _ = tiny_features
+    at = open_train_page(dataset.root)
+    at.radio(key="preset").set_value("tutorial").run()
+    assert not at.exception
+    return at
+
+
+@pytest.fixture
+def own_dataset(tiny_dataset, tiny_features, tmp_path):
+    """A copy of the tiny dataset (same features), so the runs listed are this test's only."""
+    from tests.test_run_identity import copy_dataset
+
+    return copy_dataset(tiny_dataset, tmp_path / "posters")
+
+
+@pytest.fixture
+def settings_file():
+    """The UI settings file, removed afterwards so no later test reads what this one saved."""
+    from pages._shared import settings_path
+
+    yield settings_path()
+    settings_path().unlink(missing_ok=True)
 
 
 def widget(at: AppTest, key: str):
@@ -148,7 +184,7 @@ def test_preset_switch_resets_the_controls(train_page):
     assert (widget(at, "feature_view").value, widget(at, "optimizer").value) == ("flatten", "rmsprop")
     assert widget(at, "learning_rate").value == pytest.approx(1e-4)
     assert widget(at, "hidden").value == "1024,256"
-    at.selectbox(key="preset").set_value("recommended").run()
+    at.radio(key="preset").set_value("recommended").run()
     assert not at.exception
     shown = (widget(at, "feature_view").value, widget(at, "optimizer").value, widget(at, "hidden").value)
     assert shown == ("avg45", "adam", "512")
@@ -161,8 +197,8 @@ def test_preset_switch_resets_the_controls(train_page):
     assert not at.error and "Changed from" not in texts(at.caption)
     at.switch_page("pages/home.py").run()
     at.switch_page("pages/train.py").run()
-    assert widget(at, "feature_view").value == "avg45" and at.selectbox(key="preset").value == "recommended"
-    at.selectbox(key="preset").set_value("tutorial").run()
+    assert widget(at, "feature_view").value == "avg45" and at.radio(key="preset").value == "recommended"
+    at.radio(key="preset").set_value("tutorial").run()
     assert widget(at, "feature_view").value == "flatten" and widget(at, "early_stopping").value is False
     assert widget(at, "ensemble").value == 1 and widget(at, "power_normalize").value is False
     assert not widget(at, "validation_split").disabled
@@ -171,16 +207,16 @@ def test_preset_switch_resets_the_controls(train_page):
 def test_a_preset_that_would_train_for_long_warns_and_points_to_fast(train_page, monkeypatch):
     monkeypatch.setattr("core.model.config.LONG_TRAINING_S", 0.01)  # 40 posters: a long training made short
     at = train_page
-    at.selectbox(key="preset").set_value("recommended").run()
+    at.radio(key="preset").set_value("recommended").run()
     assert "recommended would train for about" in texts(at.warning) and "fast preset" in texts(at.warning)
-    at.selectbox(key="preset").set_value("fast").run()
+    at.radio(key="preset").set_value("fast").run()
     assert "would train for about" not in texts(at.warning)
 
 
 def test_the_fast_preset_greys_out_the_network_options_and_trains_in_closed_form(train_page):
     at = train_page
     assert widget(at, "kernel_gamma").disabled and widget(at, "ridge").disabled and not widget(at, "hidden").disabled
-    at.selectbox(key="preset").set_value("fast").run()
+    at.radio(key="preset").set_value("fast").run()
     assert widget(at, "head").value == "kernel" and widget(at, "feature_view").value == "avg45"
     for key in ("hidden", "dropout", "optimizer", "learning_rate", "epochs", "ensemble", "early_stopping"):
         assert widget(at, key).disabled, key
@@ -304,10 +340,8 @@ def test_train_retrains_after_one_genre_is_edited_and_marks_the_old_run(tiny_dat
     from tests.test_run_identity import copy_dataset, edit_genre
 
     root = copy_dataset(tiny_dataset, tmp_path / "posters")
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
-    at.run()
-    at.switch_page("pages/train.py").run()
+    at = open_train_page(root)
+    at.radio(key="preset").set_value("tutorial").run()
     widget(at, "seed").set_value(107)
     old = train_avg(at, "12")
     at.run()
@@ -329,3 +363,97 @@ def test_train_retrains_after_one_genre_is_edited_and_marks_the_old_run(tiny_dat
     assert "· OTHER LABELS" in at.selectbox(key="run_select").format_func(str(old))
     assert ("This run was trained on other labels than today's: the same 40 posters and 8 genres, but some "
             "posters' genres were different then") in texts(at.warning)
+
+
+def test_a_new_session_opens_on_fast_with_every_preset_one_click_away_and_its_cost(tiny_features):
+    from core.model.config import PRESET_TABLE
+
+    at = open_train_page(tiny_features[0].root)
+    preset = at.radio(key="preset")
+    assert preset.value == "fast" and preset.options == ["tutorial", "fast", "recommended"]
+    assert list(preset.proto.captions) == [PRESET_TABLE[name].cost for name in preset.options]
+    assert preset.proto.captions[0].startswith("about 12 minutes of training on the dev set")
+    assert (widget(at, "head").value, widget(at, "feature_view").value) == ("kernel", "avg45")
+    assert widget(at, "learning_rate").disabled and "Changed from" not in texts(at.caption)
+    at.radio(key="preset").set_value("tutorial").run()
+    assert (widget(at, "head").value, widget(at, "feature_view").value) == ("mlp", "flatten")
+
+
+def test_a_new_session_opens_on_the_preset_last_trained_with(own_dataset, settings_file):
+    at = open_train_page(own_dataset)
+    at.radio(key="preset").set_value("recommended").run()
+    at.radio(key="preset").set_value("tutorial").run()
+    assert not settings_file.exists() or "train_preset" not in json.loads(settings_file.read_text())
+    widget(at, "seed").set_value(203)
+    train_avg(at, "8")
+    assert json.loads(settings_file.read_text())["train_preset"] == "tutorial"
+    again = open_train_page(own_dataset, settings=False)
+    assert again.session_state["settings"]["dataset"] == str(own_dataset)
+    assert again.radio(key="preset").value == "tutorial" and widget(again, "feature_view").value == "flatten"
+    settings_file.write_text(json.dumps({**json.loads(settings_file.read_text()), "train_preset": "renamed"}))
+    assert open_train_page(own_dataset, settings=False).radio(key="preset").value == "fast"
+
+
+def document_order(at: AppTest) -> list:
+    return list(at.main)
+
+
+def train_fast(at: AppTest, seed: int) -> Path:
+    """Train the fast preset (the kernel head, one solve) through the page; the new run folder. A seed of
+    the test's own, so no other test's run of the same features and labels answers instead."""
+    widget(at, "seed").set_value(seed).run()
+    before = run_folders()
+    at.button(key="train").click().run()
+    assert not at.exception and not at.error
+    (folder,) = run_folders() - before
+    return runs_root() / folder
+
+
+def test_the_headline_appears_right_under_train_with_its_interval_and_the_prior(own_dataset):
+    at = open_train_page(own_dataset)
+    with pytest.raises(KeyError):
+        at.get_by_key("headline")
+    run = load_run(train_fast(at, 201))
+    evaluation = run.evaluation
+    model, prior = evaluation.precision_at_k, evaluation.prior_precision_at_k
+    nodes = document_order(at)
+    train = nodes.index(at.button(key="train"))
+    headline = nodes.index(at.get_by_key("headline"))
+    results = next(index for index, node in enumerate(nodes) if node.type == "header" and node.value == "Results")
+    first_metric = next(index for index, node in enumerate(nodes) if node.type == "metric")
+    assert train < headline < first_metric < results
+    metric = nodes[first_metric]
+    assert metric.label == "Precision@3 of this run" and metric.value == f"{model.value:.3f}"
+    assert metric.proto.delta == f"{model.value - prior.value:+.3f} vs prior"
+    inside = " | ".join(str(node.value) for node in nodes[headline:results] if node.type in ("caption", "markdown"))
+    assert f"95% bootstrap interval {model.low:.3f}–{model.high:.3f}" in inside
+    assert f"frequency prior {prior.value:.3f} ({prior.low:.3f}–{prior.high:.3f})" in inside
+    assert "than the frequency prior" in inside and f"{evaluation.n_test} test posters" in inside
+    at.run()
+    assert at.get_by_key("headline")
+    at.select_slider(key="ridge").set_value(3.0).run()
+    with pytest.raises(KeyError):
+        at.get_by_key("headline")
+
+
+def test_a_kernel_runs_comparison_chart_offers_only_what_applies(own_dataset):
+    from core.model.config import MLP_ONLY, OPTIONS_BY_NAME
+
+    at = open_train_page(own_dataset)
+    train_fast(at, 202)
+    offered = at.selectbox(key="compare_x").options
+    network_only = {OPTIONS_BY_NAME[name].column for name in MLP_ONLY}
+    assert network_only & set(offered) == set() and "epochs run" not in offered
+    assert {"ridge", "kernel γ", "view", "train seconds"} <= set(offered)
+    assert at.selectbox(key="compare_x").value == "ridge"
+    (chart,) = [element for element in at.get("plotly_chart") if "compare_chart" in element.proto.id]
+    assert json.loads(chart.proto.spec)["layout"]["xaxis"]["title"]["text"] == "ridge"
+    at.radio(key="preset").set_value("tutorial").run()
+    widget(at, "seed").set_value(202)
+    train_avg(at, "8")
+    offered = at.selectbox(key="compare_x").options
+    assert {"learning rate", "ridge", "epochs run"} <= set(offered)
+    assert at.selectbox(key="compare_x").value == "ridge"
+    at.selectbox(key="compare_x").set_value("learning rate").run()
+    assert "1 of the 2 runs have no learning rate (it does not apply to their head) and are not drawn" in texts(
+        at.caption)

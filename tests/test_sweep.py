@@ -156,7 +156,7 @@ def train_page_with_a_dropout_sweep(dataset_root, seeds: str) -> AppTest:
     at.session_state["settings"] = {"dataset": str(dataset_root), "weights": "none", "precision": "auto"}
     at.run()
     at.switch_page("pages/train.py").run()
-    at.selectbox(key="preset").set_value("tutorial").run()
+    at.radio(key="preset").set_value("tutorial").run()
     at.radio(key="feature_view").set_value("avg")
     at.text_input(key="hidden").input("8")
     at.number_input(key="epochs").set_value(2)

@@ -27,15 +27,33 @@ from core.features.pipeline import FeatureConfig, FeatureSet
 from core.features.weights import Weights
 from core.model.classifier import EpochLog
 from core.features.weights import same_weights
-from core.model.config import TRAIN_OPTIONS, TrainConfig, applies
+from core.model.config import OPTIONS_BY_NAME, TRAIN_OPTIONS, TrainConfig, applies
 from core.model.experiment import DatasetInfo, ExperimentResult, LabelsInfo, RUN_VERSION, labels_info, run_key
 from core.outputs import MANIFEST_FILE, OutputFolder, OutputKind, check_output, claim, claimed, read_manifest
 
 RUN_FILES = ("model.keras", "run.json", "vocabulary.json", "split.json", "metrics.json")
 METRIC_COLUMNS = ("precision@k", "recall@k", "precision@k − prior", "micro F1", "macro F1", "mean AP")
-COMPARABLE_COLUMNS = (*(option.column for option in TRAIN_OPTIONS), "features", "epochs run", "train seconds")
 SPLIT_PARTS = ("train", "validation", "test")
 FEATURE_FIELDS = ("weights", "precision", "image_size", "resize")
+COMPARE_FIRST = ("learning_rate", "ridge")
+"""The option a comparison chart opens on: the networks' learning rate, else the kernel head's ridge."""
+
+
+def comparable_columns(configs: Sequence[TrainConfig]) -> list[str]:
+    """The run table's columns worth an axis for runs of ``configs``: the options that apply to at least one
+    of them (a kernel run has no learning rate, a network no ridge), the features, the epochs run (networks
+    only) and the training time."""
+    def used(name: str) -> bool:
+        return any(applies(name, config) for config in configs)
+
+    options = [option.column for option in TRAIN_OPTIONS if used(option.name)]
+    return [*options, "features", *(["epochs run"] if used("epochs") else []), "train seconds"]
+
+
+def first_comparable(columns: Sequence[str]) -> int:
+    """The index in ``columns`` of the axis a comparison chart opens on (``COMPARE_FIRST``)."""
+    first = [OPTIONS_BY_NAME[name].column for name in COMPARE_FIRST if OPTIONS_BY_NAME[name].column in columns]
+    return list(columns).index(first[0]) if first else 0
 
 
 def runs_root() -> Path:
