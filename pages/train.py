@@ -30,11 +30,10 @@ FORM_MEMORY = "train_form"
 HIDDEN_TABLE_COLUMNS = ("run", "epochs run", "precision@k − prior", "mean AP")
 MEMBER_COLOURS = px.colors.qualitative.Plotly
 CHART_EVERY_S = 0.5
+# A new browser session opens on FIRST_PRESET (made for sliders: seconds, not minutes), or on the preset last
+# trained with, saved under LAST_PRESET in the UI settings file (ui_settings.json).
 FIRST_PRESET = "fast"
-"""A new browser session opens on this preset (made for sliders: seconds, not minutes), unless it has trained
-with another one before."""
 LAST_PRESET = "train_preset"
-"""The UI settings' key (``ui_settings.json``) of the preset last trained with, so a new session opens on it."""
 HEADLINE = "train_headline"
 
 
