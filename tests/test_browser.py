@@ -180,6 +180,7 @@ def test_one_session_trains_while_another_browses_then_stops(server, browser):
     before = len(list_runs())
     browser.get(f"{server}/train")
     _wait_until_done(browser)
+    _choose_tutorial_preset(browser)
     epochs = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="Epochs"]')
     epochs.send_keys(Keys.CONTROL, "a")
     epochs.send_keys("5000", Keys.ENTER)
@@ -203,6 +204,12 @@ def test_one_session_trains_while_another_browses_then_stops(server, browser):
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "stopped" in body and "not saved" in body
     assert len(list_runs()) == before
+
+
+def _choose_tutorial_preset(driver) -> None:
+    """A new session opens Train on the fast preset (the kernel head: no epochs, nothing to stop)."""
+    driver.find_element(By.XPATH, '//label[normalize-space()="tutorial"]').click()
+    _wait_until_done(driver)
 
 
 def _button(driver, label: str):
@@ -239,6 +246,7 @@ def test_run_sweep_trains_each_value_and_draws_the_chart(server, browser):
 
     browser.get(f"{server}/train")
     _wait_until_done(browser)
+    _choose_tutorial_preset(browser)
     browser.find_element(By.XPATH, '//label[normalize-space()="avg"]').click()
     _wait_until_done(browser)
     _set_number(browser, "Epochs", "2")
