@@ -284,7 +284,7 @@ def headline(features: FeatureSet, config: TrainConfig | None, labels: LabelsInf
 def verdict_text(run: Run) -> str:
     evaluation = run.evaluation
     if not evaluation.overlaps_prior():
-        return ("**Better than the frequency prior**: the 95% intervals of the two precisions do not overlap.")
+        return "**Better than the frequency prior**: the 95% intervals of the two precisions do not overlap."
     if evaluation.precision_at_k.value > evaluation.prior_precision_at_k.value:
         return ("**Not clearly better than the frequency prior**: the 95% intervals overlap, so always answering "
                 "the most frequent genres may do as well on these test posters.")

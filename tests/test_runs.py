@@ -26,6 +26,8 @@
   reads them; ``Run.cache_token`` changes when the run folder is replaced.
 - ``runs_table`` has one column per training option (``TRAIN_OPTIONS``) plus the metrics; ``Run.summary``
   names the options.
+- ``comparable_columns`` offers a kernel run's options only (no network option, no epochs run) and opens
+  on the ridge; beside a network run it offers both heads' options and opens on the learning rate.
 """
 from __future__ import annotations
 
@@ -313,3 +315,17 @@ def test_labels_info_round_trips_and_tolerates_old_or_damaged_records(result):
         assert LabelsInfo.from_dict(record) is None
     assert LabelsInfo.from_dict({"key": "k", "genres": "Drama"}) == LabelsInfo("k", 0, ())
     assert "labels" not in runs_table([]).columns
+
+
+def test_comparable_columns_offer_only_the_options_that_apply():
+    from core.model.config import MLP_ONLY, OPTIONS_BY_NAME, PRESETS
+    from core.model.runs import comparable_columns, first_comparable
+
+    kernel = comparable_columns([PRESETS["fast"]])
+    assert {OPTIONS_BY_NAME[name].column for name in MLP_ONLY} & set(kernel) == set()
+    assert "epochs run" not in kernel and kernel[first_comparable(kernel)] == "ridge"
+    assert kernel[-2:] == ["features", "train seconds"]
+    both = comparable_columns([PRESETS["fast"], PRESETS["tutorial"]])
+    assert {"learning rate", "ridge", "kernel γ", "epochs run"} <= set(both)
+    assert both[first_comparable(both)] == "learning rate"
+    assert "ridge" not in comparable_columns([PRESETS["tutorial"]])
