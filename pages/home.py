@@ -6,10 +6,12 @@ import streamlit as st
 from core.errors import PosterGenreError
 from core.model.classifier import training_fraction
 from core.model.config import PRESETS
-from core.model.quickstart import QUICK_START_PRESET, quick_start
+from core.features.backbones import BACKBONES
+from core.features.pipeline import FeatureConfig
+from core.model.quickstart import QUICK_START_PRESET, first_touch_features, quick_start
 from pages._shared import (active_dataset, active_weights, current_labels, dataset_caption, feature_config,
                            feature_status, features_if_cached, fingerprint, forget_features, progress_bar,
-                           route_through_app, weights_notice)
+                           route_through_app, save_settings, weights_notice)
 from pages._widgets import dataset_runs
 
 
@@ -17,8 +19,9 @@ def start_button_label(dataset) -> str:
     return "Explore the demo" if dataset.synthetic else f"Extract the features and train `{QUICK_START_PRESET}`"
 
 
-def one_click_start(dataset) -> bool:
-    """Extract what is missing and train the recommended preset, with one progress bar for each."""
+def one_click_start(dataset, features_config: FeatureConfig) -> bool:
+    """Extract what is missing and train the recommended preset, with one progress bar for each; the
+    features chosen become the active ones when they differ from the Data page's choice."""
     config = PRESETS[QUICK_START_PRESET]
     extraction, training = st.empty(), st.empty()
 
@@ -28,13 +31,16 @@ def one_click_start(dataset) -> bool:
                           text=f"Training `{QUICK_START_PRESET}`: epoch {entry.epoch}/{config.epochs}{validation}")
 
     try:
-        started = quick_start(dataset, feature_config(), config=config,
-                              on_extract=progress_bar(extraction, "Loading VGG16 (the first time in this server "
-                                                                  "also loads TensorFlow)…"),
+        started = quick_start(dataset, features_config, config=config,
+                              on_extract=progress_bar(extraction, f"Loading {BACKBONES[features_config.backbone].label} "
+                                                                  "(the first time in this server also loads "
+                                                                  "TensorFlow)…"),
                               on_epoch=on_epoch)
     except PosterGenreError as err:
         st.error(str(err))
         return False
+    if features_config != feature_config():
+        save_settings(backbone=features_config.backbone)
     forget_features()
     extraction.progress(1.0, text=f"Features ready: {len(started.features.ids):,} posters")
     training.progress(1.0, text=f"`{QUICK_START_PRESET}` " + ("trained and saved" if started.trained
@@ -71,10 +77,15 @@ if features is not None and len(today) < len(runs):
     st.caption(f"{len(runs) - len(today)} of them were not trained on today's labels.csv, so they do not answer "
                "for it" + ("." if today else "; the one click below trains on today's labels."))
 if weights is not None and (cached < total or not today):
+    first_touch = first_touch_features(dataset, feature_config())
     st.markdown("One click extracts the features and trains the recommended model, so that every page has "
                 "something to show" + (" (about half a minute on a laptop)." if dataset.synthetic else "."))
+    if first_touch != feature_config():
+        st.caption(f"The demo's features come from **{BACKBONES[first_touch.backbone].label}** with its ImageNet "
+                   "weights, installed with the requirements (nothing to download, several times faster than "
+                   "VGG16 on a CPU). The tutorial's VGG16 is one choice away on the Data page.")
     if st.button(start_button_label(dataset), key="quick_start", type="primary",
-                 icon=":material/play_arrow:") and one_click_start(dataset):
+                 icon=":material/play_arrow:") and one_click_start(dataset, first_touch):
         st.session_state.quick_start_done = True
         st.rerun()
 if st.session_state.pop("quick_start_done", False):

@@ -6,6 +6,9 @@ Behaviours locked in:
 - one click on "Explore the demo" extracts a fresh dataset's features and trains and saves `recommended`;
   afterwards the counts say so and the button is gone; after one genre of labels.csv is edited the run is
   said not to answer for today's labels, the button is back and trains a second run (the folder unchanged);
+- on the synthetic demo with ImageNet weights chosen, the one click extracts EfficientNet-Lite2 ImageNet
+  features when its package is installed (the page says so first), trains on them and makes them the
+  active features; any other dataset, backbone or weights choice is kept as chosen;
 - no page script holds a bare expression other than a call (a string placed after the first statement,
   a name, a tuple...): Streamlit "magic" would write it onto the page.
 """
@@ -117,3 +120,55 @@ def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
     assert not at.exception and any("recommended model trained" in message.value for message in at.success)
     assert len(runs_for_dataset(root)) == 2 and folder_hashes(root) == hashes
     assert not [button for button in at.button if button.key == "quick_start"], "trained on today's labels"
+
+
+def test_first_touch_features_take_lite2_for_the_demo_only_when_its_package_is_installed(tmp_path, monkeypatch):
+    from core.data.datasets import load_dataset
+    from core.data.demo import DemoConfig, make_demo_dataset
+    from core.features import efficientnet_lite
+    from core.features.pipeline import FeatureConfig
+    from core.model.quickstart import first_touch_features
+
+    demo, _ = load_dataset(make_demo_dataset(tmp_path / "demo", DemoConfig(n_posters=6, seed=1)))
+    real = make_demo_dataset(tmp_path / "real", DemoConfig(n_posters=6, seed=1))
+    (real / "dataset.json").unlink()
+    real, _ = load_dataset(real)
+    monkeypatch.setattr(efficientnet_lite, "package_installed", lambda: True)
+    chosen = FeatureConfig(weights="imagenet")
+    assert first_touch_features(demo, chosen) == FeatureConfig(weights="imagenet", backbone="efficientnet-lite2")
+    assert first_touch_features(demo, chosen).image_size == 260
+    for kept in (FeatureConfig(weights="none"), FeatureConfig(weights="imagenet", backbone="resnet50"),
+                 FeatureConfig(weights=str(tmp_path / "vgg16.weights.h5"))):
+        assert first_touch_features(demo, kept) == kept
+    assert not real.synthetic and first_touch_features(real, chosen) == chosen
+    monkeypatch.setattr(efficientnet_lite, "package_installed", lambda: False)
+    assert first_touch_features(demo, chosen) == chosen
+
+
+def test_one_click_on_the_demo_extracts_imagenet_lite2_features_and_makes_them_active(tmp_path):
+    from core.cache import cache_root
+    from core.data.demo import DemoConfig, make_demo_dataset
+    from core.features import efficientnet_lite
+    from core.model.runs import runs_for_dataset
+
+    if not efficientnet_lite.package_installed():
+        pytest.skip(f"needs the package {efficientnet_lite.PACKAGE} (in requirements.txt)")
+    root = make_demo_dataset(tmp_path / "fresh", DemoConfig(n_posters=24, seed=7))
+    settings_file = cache_root() / "ui_settings.json"
+    settings_file.unlink(missing_ok=True)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+        at.session_state["settings"] = {"dataset": str(root), "weights": "imagenet", "precision": "auto"}
+        at.run().run()
+        assert any("**EfficientNet-Lite2** with its ImageNet weights" in caption.value for caption in at.caption)
+        at.button(key="quick_start").click().run()
+        assert not at.exception and not at.error
+        assert any("recommended model trained" in message.value for message in at.success)
+        assert at.session_state["settings"]["backbone"] == "efficientnet-lite2"
+        metrics = {metric.label: metric.value for metric in at.metric}
+        assert metrics["Posters with cached features"] == "24 / 24"
+        [run] = runs_for_dataset(root)
+        assert run.feature_config.backbone == "efficientnet-lite2" and not run.weights.is_random
+        assert run.features_label == "EfficientNet-Lite2, tutorial 260x260"
+    finally:
+        settings_file.unlink(missing_ok=True)

@@ -162,6 +162,15 @@ def _mbconv(inputs, channels: int, stage: Stage, stride: int, name: str):
 
 # ---- weights -------------------------------------------------------------------------------------------
 
+def package_installed() -> bool:
+    """Whether the package with the ImageNet weights is installed (nothing is imported or read)."""
+    try:
+        package_weights_path()
+    except WeightsError:
+        return False
+    return True
+
+
 def package_weights_path() -> Path:
     """The installed package's ``.pth`` (found without importing the package)."""
     spec = util.find_spec(PACKAGE_MODULE)

@@ -2,20 +2,38 @@
 
 What a newcomer's first click on Home runs (and ``bench.loop`` times), so that every page has
 features and a saved run to show. Cached features and a run saved before on the same features and
-labels are reused.
+labels are reused. On the synthetic demo it extracts with EfficientNet-Lite2 when the package with its
+ImageNet weights is installed (``first_touch_features``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.data.datasets import Dataset
+from core.features import efficientnet_lite
 from core.features.pipeline import FeatureConfig, FeatureSet, extract_features
+from core.features.weights import weights_kind
 from core.model.classifier import BatchFn, EpochFn
 from core.model.config import PRESETS, TrainConfig
 from core.progress import ProgressFn
 
 QUICK_START_PRESET = "recommended"
+FIRST_TOUCH_BACKBONE = "efficientnet-lite2"
+
+
+def first_touch_features(dataset: Dataset, config: FeatureConfig) -> FeatureConfig:
+    """What the one-click start extracts for the chosen ``config``.
+
+    On the synthetic demo, VGG16 with ImageNet weights becomes EfficientNet-Lite2 with ImageNet weights when
+    the package that ships them is installed: real pretrained features with nothing to download, several
+    times faster on a CPU (the page says so). Any other dataset, backbone or weights choice is kept.
+    """
+    if not (dataset.synthetic and config.backbone == "vgg16" and weights_kind(config.weights) == "imagenet"):
+        return config
+    if not efficientnet_lite.package_installed():
+        return config
+    return replace(config, backbone=FIRST_TOUCH_BACKBONE, image_size=0)
 
 
 @dataclass(frozen=True)
