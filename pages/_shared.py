@@ -18,7 +18,7 @@ from core.data.datasets import Dataset, LoadReport, Skipped, load_dataset
 from core.data.demo import ensure_demo_dataset
 from core.errors import PosterGenreError
 from core.features.pipeline import FeatureConfig, FeatureSet, cache_status, cached_features
-from core.features.backbones import BACKBONES
+from core.features.backbones import BACKBONES, DEFAULT_BACKBONE
 from core.features.weights import Weights, default_weights_spec, resolve_weights
 from core.model.experiment import LabelsInfo, labels_info
 from core.progress import Progress, ProgressFn
@@ -269,7 +269,7 @@ def weights_notice(weights: Weights, config: FeatureConfig | None = None) -> Non
                    f"they are for testing the pipeline only and say nothing about posters ({config.label}).")
     else:
         st.caption(f"Features: {config.label}, with {weights.label}")
-    if not BACKBONES[config.backbone].measured:
+    if config.backbone != DEFAULT_BACKBONE:
         st.caption(f"{backbone}: {BACKBONES[config.backbone].note}.")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.features.backbones import BACKBONES, GEOMETRIES, has_flatten
+from core.features.backbones import BACKBONES, DEFAULT_BACKBONE, GEOMETRIES, has_flatten
 from core.features.views import STORAGES
 from core.model.gradcam import BACKBONE_VIEW_LAYERS
 from pages._shared import feature_config, load_settings, save_settings
@@ -30,7 +30,7 @@ def backbone_controls() -> str:
     notes = {name: f"{spec.label} ({spec.note})" for name, spec in BACKBONES.items()}
     backbone = _radio("backbone", "Backbone", notes, format_func=lambda name: BACKBONES[name].label)
     spec = BACKBONES[backbone]
-    if not spec.measured:
+    if backbone != DEFAULT_BACKBONE:
         online = "ImageNet weights download online; " if spec.keras_application else ""
         explained = ("Grad-CAM explains its runs" if backbone in BACKBONE_VIEW_LAYERS else
                      "Grad-CAM does not explain its runs (VGG16 and EfficientNet-Lite2 only)")
