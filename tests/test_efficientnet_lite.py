@@ -1,5 +1,5 @@
 """Behaviours locked in for the EfficientNet-Lite2 backbone (``core.features.efficientnet_lite``) and the
-torch-free reader of PyTorch's legacy ``.pth`` (``core.sources.safe_pickle.load_torch_legacy``).
+torch-free reader of PyTorch's legacy ``.pth`` (``core.safe_pickle.load_torch_legacy``).
 
 - The reader reads a legacy file written here with the stdlib ``pickle`` exactly as torch's ``_legacy_save``
   lays it out (magic number, protocol version 1001, system info, the state dict with ``('storage', type,
@@ -51,7 +51,7 @@ import pytest
 from core.errors import ConfigError, UnsafePickleError, WeightsError
 from core.features import efficientnet_lite as lite
 from core.features.backbones import BACKBONES
-from core.sources.safe_pickle import load_torch_legacy
+from core.safe_pickle import load_torch_legacy
 
 LITE2 = "efficientnet-lite2"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "weights" / "efficientnet_lite2_reference.npz"

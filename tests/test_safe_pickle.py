@@ -1,4 +1,4 @@
-"""core.sources.safe_pickle: plain data loads, anything else is refused unrun.
+"""core.safe_pickle: plain data loads, anything else is refused unrun.
 
 Locks in: dicts/lists/tuples/str/int/float/bool/None load in every protocol, shared and
 self-referencing containers included; Python 2 ``str`` pickles decode (UTF-8, else Latin-1); a
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from core.errors import DatasetError, UnsafePickleError
-from core.sources.safe_pickle import load_plain_pickle, loads_plain
+from core.safe_pickle import load_plain_pickle, loads_plain
 
 PLAIN = [{"id": 603, "title": "The Matrix", "genre_ids": [28, 878], "poster_path": None,
           "popularity": 83.5, "adult": False, "pair": (1, "a")}, {28: "Action"}]

