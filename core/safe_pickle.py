@@ -1,4 +1,5 @@
-"""Loading pickles that come from elsewhere (the tutorial's, PyTorch's legacy weights files) without running anything in them.
+"""Loading pickles that come from elsewhere (the tutorial's, PyTorch's legacy weights files) without
+running anything in them.
 
 Unpickling can call any importable function (``os.system`` included), so ``load_plain_pickle``
 1. scans the opcodes first and refuses those that can reach an object without ``find_class``
