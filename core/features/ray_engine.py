@@ -124,7 +124,7 @@ class _FeatureActor:
 def _decode(batch: dict[str, np.ndarray], config: FeatureConfig) -> dict[str, np.ndarray]:
     """The in-process decoder on one batch; undecodable posters stay as rows with a reason and no pixels."""
     keys = [str(key) for key in batch["key"]]
-    good, pixels, errors = _decode_batch(list(zip(map(Path, batch["path"]), keys)), config)
+    good, pixels, errors, _ = _decode_batch(list(zip(map(Path, batch["path"]), keys)), config)
     width, height = config.input_size
     out = np.zeros((len(keys), height, width, 3), np.uint8)
     position = {key: i for i, key in enumerate(keys)}
