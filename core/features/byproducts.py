@@ -19,7 +19,7 @@ import numpy as np
 from core.analysis.mosaic import missing_thumbnails, save_thumbnail, thumbnail_of
 from core.data.images import open_rgb
 from core.errors import ImageError
-from core.features.descriptors import (descriptors_of, missing_descriptors, remember_undecodable,
+from core.features.descriptors import (descriptor_store, descriptors_of, missing_descriptors, remember_undecodable,
                                        save_descriptors, undecodable)
 from core.progress import ProgressFn, ProgressTracker
 
@@ -45,12 +45,12 @@ class Byproducts:
         self.thumbnails += other.thumbnails
         self.descriptors += other.descriptors
 
-    def save(self, *, thumb_root: Path | None = None, descriptor_root: Path | None = None) -> None:
-        """Write into the thumbnail and descriptor caches (one descriptor shard per call)."""
+    def save(self, descriptors, *, thumb_root: Path | None = None) -> None:
+        """Write into the thumbnail cache and ``descriptors`` (a ``descriptor_store()``, one shard per call)."""
         for key, thumb in zip(self.keys, self.thumbnails):
             save_thumbnail(key, thumb, root=thumb_root)
         if self.keys:
-            save_descriptors(self.keys, np.stack(self.descriptors), root=descriptor_root)
+            save_descriptors(self.keys, np.stack(self.descriptors), store=descriptors)
 
 
 def missing(keys: Sequence[str], *, thumb_root: Path | None = None, descriptor_root: Path | None = None) -> list[str]:
@@ -78,6 +78,7 @@ def backfill(paths: Sequence[Path], keys: Sequence[str], *, progress: ProgressFn
         return failed
     log.info("making thumbnails and visual descriptors of %d posters (one decode each)", len(todo))
     tracker = ProgressTracker(len(todo), "posters", progress)
+    descriptors = descriptor_store(descriptor_root)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(todo), batch_size):
             batch = Byproducts()
@@ -87,7 +88,7 @@ def backfill(paths: Sequence[Path], keys: Sequence[str], *, progress: ProgressFn
                     failed[key] = made
                 else:
                     batch.extend(made)
-            batch.save(thumb_root=thumb_root, descriptor_root=descriptor_root)
+            batch.save(descriptors, thumb_root=thumb_root)
             tracker.update(tracker.done + len(chunk), failed=len(failed))
     remember_failures(failed, descriptor_root=descriptor_root)
     return failed

@@ -160,9 +160,11 @@ def remember_undecodable(failures: dict[str, str], *, root: Path | None = None) 
     _store(root).remember_failures(failures)
 
 
-def save_descriptors(keys: Sequence[str], rows: np.ndarray, *, root: Path | None = None) -> None:
-    """Cache descriptor rows computed elsewhere (``descriptors_of``); keys already cached are skipped."""
-    store = _store(root)
+def save_descriptors(keys: Sequence[str], rows: np.ndarray, *, root: Path | None = None, store=None) -> None:
+    """Cache descriptor rows computed elsewhere (``descriptors_of``); keys already cached are skipped.
+
+    A writer of many batches passes one ``descriptor_store()`` as ``store`` (opening one reads every sidecar)."""
+    store = store if store is not None else _store(root)
     new = [i for i, key in enumerate(keys) if key not in store]
     if new:
         rows = np.asarray(rows, dtype=np.float32)[new]
@@ -172,6 +174,10 @@ def save_descriptors(keys: Sequence[str], rows: np.ndarray, *, root: Path | None
 def descriptors_cached(dataset: Dataset, *, root: Path | None = None) -> bool:
     """Whether every poster of ``dataset`` has cached descriptors (undecodable ones aside); computes nothing."""
     return not missing_descriptors(dataset.content_keys(), root=root)
+
+
+def descriptor_store(root: Path | None = None):
+    return _store(root)
 
 
 def _store(root: Path | None):

@@ -1,0 +1,66 @@
+"""Extraction with and without the thumbnails and visual descriptors made from its decoded images (issue 23).
+
+Both variants run in this process on the same posters, each into an empty cache, alternating (off, on,
+off, on, ...) so a shared machine's load falls on both alike; the report is the ratio of the medians
+(target ≤ 1.10x).
+
+    python -m bench.byproducts [--dataset DIR] [--n 300] [--backbone efficientnet-lite2] [--weights imagenet]
+                               [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench import _common
+
+
+def one_run(dataset, config, byproducts: bool) -> float:
+    """Seconds of ``extract_features`` from files into an empty cache."""
+    from core.features.pipeline import _compute, extract_features
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["POSTER_GENRE_CACHE"] = cache
+        started = time.perf_counter()
+        result = extract_features(dataset, config, engine=functools.partial(_compute, byproducts=byproducts))
+        seconds = time.perf_counter() - started
+    assert result.n_computed == len(result.ids), "the cache was not empty"
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=_common.DEV_SET)
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--backbone", default="efficientnet-lite2")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from core.data.datasets import Dataset, load_dataset
+    from core.features.pipeline import FeatureConfig, extractor_for, store_for
+
+    _common.print_machine()
+    full, _ = load_dataset(args.dataset)
+    subset = Dataset(full.root, full.posters[: args.n], full.name)
+    config = FeatureConfig(weights=args.weights, backbone=args.backbone)
+    _, weights, precision = store_for(config)
+    extractor_for(config, weights, precision)  # build the model once, outside the timings
+    print(f"posters: {len(subset)} from {args.dataset}; {config.label}, weights {weights.label}, {precision}")
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for repeat in range(args.repeats):
+        for byproducts in (False, True):
+            times[byproducts].append(one_run(subset, config, byproducts))
+            print(f"run {repeat + 1} {'with' if byproducts else 'without'} thumbnails+descriptors: "
+                  f"{times[byproducts][-1]:.2f} s", flush=True)
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    print(f"median without {off:.2f} s, with {on:.2f} s: ratio {on / off:.3f}x (target <= 1.10x)")
+
+
+if __name__ == "__main__":
+    main()
