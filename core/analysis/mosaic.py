@@ -9,7 +9,7 @@ Two layouts:
 
 Either way a poster appears in at most one cell. The image is assembled from a thumbnail atlas: every
 poster is decoded once into a small ``THUMB_WIDTH`` x ``THUMB_HEIGHT`` thumbnail cached on disk under the
-sha256 of its file, and the atlas of a whole dataset is cached as one array, so a mosaic of thousands of
+sha256 of its file (feature extraction makes it from the image it decodes: ``core.features.byproducts``), and the atlas of a whole dataset is cached as one array, so a mosaic of thousands of
 posters is array indexing.
 """
 from __future__ import annotations

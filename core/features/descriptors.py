@@ -16,7 +16,8 @@ not depend on the file's resolution), except the aspect ratio, read from the ori
 - ``aspect_ratio``: width / height of the original file (a standard one-sheet is 27/40 = 0.675).
 
 Rows are cached per poster content (sha256 of the file's bytes) in a ``FeatureStore``, so a dataset
-that gains posters decodes only the new ones.
+that gains posters decodes only the new ones; feature extraction writes them from the image it decodes
+(``core.features.byproducts``), and posters that cannot be decoded are remembered there, not retried.
 """
 from __future__ import annotations
 
