@@ -14,21 +14,23 @@ import streamlit as st
 
 from core.analysis.clusters import ClusterCard, ClusterConfig, cluster_cards, find_clusters, selection_card
 from core.analysis.maps import reduce_pca
-from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, atlas_file, mosaic_image,
-                                  mosaic_layout, thumbnail_atlas)
+from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, THUMB_HEIGHT, THUMB_WIDTH, atlas_file, missing_thumbnails,
+                                  mosaic_image, mosaic_layout, thumbnail_atlas)
 from core.data.images import thumbnail
 from core.errors import PosterGenreError
 from core.features.backbones import BACKBONES
+from core.features.byproducts import backfill
 from core.features.descriptors import (DESCRIPTORS, NAMES, Descriptors, dataset_descriptors, descriptors_cached,
                                        map_neighbours, map_structure)
 from core.model.gradcam import VIEW_LAYERS, GradCam, localisation_caveat, overlay
 from core.model.runs import Run
-from pages._shared import fingerprint
+from pages._shared import fingerprint, progress_bar
 from pages._widgets import thumbnails
 
 CLUSTER_CARDS_SHOWN = 12
 AUTO_POSTERS = 500
-"""Up to this many posters, descriptors and thumbnails are computed without asking; more wait for a click."""
+"""Up to this many posters, descriptors and thumbnails are computed without asking; more wait for a click
+(extraction makes both, so only folders extracted before they existed ever see the click)."""
 MAP_NEIGHBOURS = 10
 PCA_COMPONENTS = 20
 CLUSTER_COLOUR = "(cluster)"
@@ -108,10 +110,33 @@ def _descriptor_gate(dataset, key: str) -> bool:
     done = f"{key}_done"
     if len(dataset) <= AUTO_POSTERS or st.session_state.get(done) or _descriptors_on_disk(dataset):
         return True
-    st.info(f"Visual descriptors are not computed for these {len(dataset):,} posters yet: each poster is decoded "
-            "once (about a minute per few thousand), then they are cached on disk.")
+    st.info(f"Visual descriptors are not computed for these {len(dataset):,} posters yet (they were extracted "
+            "before extraction made them): each poster is decoded once, for its descriptors and its mosaic "
+            "thumbnail (about a minute per few thousand), then both are cached on disk.")
     st.session_state[done] = st.button("Compute visual descriptors", key=key)
+    if st.session_state[done]:
+        _backfill(dataset.paths, dataset.content_keys())
     return st.session_state[done]
+
+
+def _backfill(paths, keys) -> None:
+    """The one-time decode of posters extracted before thumbnails and descriptors were made with features."""
+    box = st.empty()
+    backfill(list(paths), list(keys), progress=progress_bar(box, "Decoding posters once for thumbnails and "
+                                                                   "descriptors…"))
+    box.empty()
+
+
+def _mosaic_ready(contents: str, paths: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+    """Small sets and thumbnails made by extraction go ahead; a large set extracted before waits for a click."""
+    if len(paths) <= AUTO_POSTERS or _atlas_file(contents, paths, keys).is_file() \
+            or _on_disk("thumbnails", contents, lambda: not missing_thumbnails(keys)):
+        return True
+    if not st.button(f"Build the mosaic (decodes {len(paths):,} posters once, about 30 s per thousand, and "
+                     "caches their thumbnails and visual descriptors)", key="build_mosaic"):
+        return False
+    _backfill(paths, keys)
+    return True
 
 
 # ---- Clusters page: mosaic ----------------------------------------------------------------------
@@ -131,8 +156,7 @@ def mosaic_section(frame: pd.DataFrame, contents: str, coords: np.ndarray, rows:
     if method not in methods:
         method = "snap"
     paths, keys = tuple(frame["path"]), tuple(frame["key"])
-    if len(paths) > AUTO_POSTERS and not _atlas_file(contents, paths, keys).is_file() and not st.button(
-            f"Build the mosaic (decodes {len(paths):,} posters once, about 30 s per thousand)", key="build_mosaic"):
+    if not _mosaic_ready(contents, paths, keys):
         return
     atlas = _atlas(contents, paths, keys)
     started = time.perf_counter()

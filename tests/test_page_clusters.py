@@ -12,7 +12,11 @@ Behaviours locked in:
 - the nearest-neighbour section shows the picked poster and its neighbours as images;
 - the agreement table has an "overall" row first and one row per genre, with a lift per row;
 - a saved run's last hidden layer is a map source; a run that does not match the features is
-  refused with its RunError message.
+  refused with its RunError message;
+- right after extraction of a set above the no-click size, the mosaic and the descriptor colourings show
+  with no "Build the mosaic" / "Compute visual descriptors" button; a folder extracted before (no
+  thumbnails or descriptors) shows both buttons, and one click on "Build the mosaic" decodes each poster
+  once, draws the mosaic and makes the descriptors too (their button is gone); the next rerun decodes nothing.
 """
 from __future__ import annotations
 
@@ -252,3 +256,72 @@ def test_a_run_trained_on_other_posters_is_refused(trained_runs, tiny_dataset, m
     at.radio(key="map_source").set_value("run").run()
     assert not at.exception
     assert any("trained on another dataset" in error.value for error in at.error)
+
+
+# ---- thumbnails and descriptors made by extraction (issue 23) -------------------------------------
+
+@pytest.fixture(scope="module")
+def extracted_cache(tiny_dataset, tmp_path_factory) -> Path:
+    """``tiny_dataset`` extracted (random weights) into a cache of its own, so its thumbnails and descriptors
+    can only come from extraction."""
+    from core.data.datasets import load_dataset
+    from core.features.pipeline import FeatureConfig, extract_features
+
+    cache = tmp_path_factory.mktemp("extracted") / "cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POSTER_GENRE_CACHE", str(cache))
+        dataset, _ = load_dataset(tiny_dataset)
+        extract_features(dataset, FeatureConfig(weights="none"))
+    return cache
+
+
+def use_cache(cache: Path, monkeypatch) -> None:
+    """Point the app at ``cache``, forget what this server holds in memory or found on disk, and make 40
+    posters "large" (above the size up to which thumbnails and descriptors are made without asking)."""
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(cache))
+    monkeypatch.setattr("pages._explain.AUTO_POSTERS", 10)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def button_keys(at: AppTest) -> set[str]:
+    return {button.key for button in at.button}
+
+
+def test_after_extraction_the_mosaic_and_descriptors_come_without_a_click(extracted_cache, tiny_dataset,
+                                                                          monkeypatch, tmp_path):
+    from core.features.descriptors import NAMES
+
+    use_cache(Path(shutil.copytree(extracted_cache, tmp_path / "cache")), monkeypatch)
+    at = show_map(open_page(tiny_dataset))
+    assert not {"build_mosaic", "compute_descriptors"} & button_keys(at)
+    assert any("mosaic_chart" in element_id for element_id in charts(at))
+    assert "of 40 posters on a" in "\n".join(element.value for element in at.caption)
+    assert [option.split(":")[0] for option in at.selectbox(key="explain_colour").options] == list(NAMES)
+
+
+def test_a_folder_extracted_before_gets_thumbnails_and_descriptors_from_one_decode_each(
+        extracted_cache, tiny_dataset, monkeypatch, tmp_path):
+    from core.data.datasets import load_dataset
+    from core.features import byproducts
+
+    cache = Path(shutil.copytree(extracted_cache, tmp_path / "cache"))
+    shutil.rmtree(cache / "thumbnails")
+    shutil.rmtree(cache / "descriptors")
+    use_cache(cache, monkeypatch)
+    at = show_map(open_page(tiny_dataset))
+    assert {"build_mosaic", "compute_descriptors"} <= button_keys(at)
+    assert not any("mosaic_chart" in element_id for element_id in charts(at))
+    decoded: list = []
+    original = byproducts.open_rgb
+    monkeypatch.setattr(byproducts, "open_rgb", lambda path: decoded.append(path) or original(path))
+    at.button(key="build_mosaic").click().run()
+    assert not at.exception, at.exception
+    assert len(decoded) == len(set(map(str, decoded))) == 40
+    assert any("mosaic_chart" in element_id for element_id in charts(at))
+    assert "compute_descriptors" not in button_keys(at)
+    dataset, _ = load_dataset(tiny_dataset)
+    assert byproducts.missing(dataset.content_keys()) == []
+    decoded.clear()
+    at.run()
+    assert decoded == [] and not {"build_mosaic", "compute_descriptors"} & button_keys(at)

@@ -17,7 +17,10 @@ Locks in:
 - the TMDB form downloads from a fake TMDB into the cache's datasets folder, the result can be made
   the active dataset, and the API key appears nowhere on the page;
 - the URL-table form into a folder the product did not make shows core's refusal and changes nothing;
-- the page imports no private name from pages/_shared.py.
+- the page imports no private name from pages/_shared.py;
+- above the no-click size, the descriptor box plots of an extracted set show with no "Compute visual
+  descriptors" button (its undecodable poster, remembered by extraction, does not hold them back); a set
+  never extracted gets descriptors and mosaic thumbnails from that button's one-time decode.
 """
 from __future__ import annotations
 
@@ -238,3 +241,44 @@ def test_page_imports_no_private_shared_names():
     names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
              and node.module == "pages._shared" for alias in node.names]
     assert names and not [name for name in names if name.startswith("_")]
+
+
+def boxplot_shown(at: AppTest) -> bool:
+    return any("descriptor_boxplot" in element.proto.id for element in at.get("plotly_chart"))
+
+
+def above_the_no_click_size(monkeypatch) -> None:
+    """Make a dozen posters "large" (descriptors wait for a click) and forget what this server holds."""
+    import streamlit as st
+
+    monkeypatch.setattr("pages._explain.AUTO_POSTERS", 5)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_after_extraction_descriptor_plots_need_no_click_even_with_an_undecodable_poster(extracted, monkeypatch):
+    above_the_no_click_size(monkeypatch)
+    at = open_page(extracted["root"])
+    at.toggle(key="descriptors_on").set_value(True).run()
+    assert not at.exception, at.exception
+    assert "compute_descriptors_data" not in {button.key for button in at.button}
+    assert boxplot_shown(at)
+    assert "1 posters could not be decoded and have no descriptors." in texts(at.caption)
+
+
+def test_a_folder_never_extracted_gets_descriptors_and_thumbnails_from_one_click(tmp_path, monkeypatch):
+    from core.features.byproducts import missing
+
+    root = make_demo_dataset(tmp_path / "set", DemoConfig(n_posters=8, seed=7))
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(tmp_path / "cache"))
+    above_the_no_click_size(monkeypatch)
+    at = open_page(root)
+    at.toggle(key="descriptors_on").set_value(True).run()
+    assert not boxplot_shown(at)
+    at.button(key="compute_descriptors_data").click().run()
+    assert not at.exception, at.exception
+    assert boxplot_shown(at)
+    dataset, _ = load_dataset(root)
+    assert missing(dataset.content_keys()) == []
+    at.run()
+    assert boxplot_shown(at)

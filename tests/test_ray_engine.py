@@ -2,6 +2,8 @@
 
 Behaviours locked in:
 - the Ray engine's rows equal the in-process rows (to bfloat16 tolerance), in the same feature store;
+- the Ray engine caches each poster's thumbnail and visual descriptors, equal bit for bit to those of the
+  standalone paths (and so to in-process extraction's), and remembers the undecodable poster;
 - posters already cached are not sent to the cluster, and a second run computes nothing;
 - a poster that fails to decode is reported by name with the in-process reason;
 - the driver stores each batch as it arrives, so a job killed after one batch keeps that batch;
@@ -50,7 +52,12 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def ray_run(local_ray, tiny_dataset, tmp_path_factory):
+def ray_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ray-cache")
+
+
+@pytest.fixture(scope="module")
+def ray_run(local_ray, tiny_dataset, tmp_path_factory, ray_cache):
     """One Ray job on a copy of the tiny posters with one broken file and some rows already cached.
 
     The second run leaves the broken poster out: undecodable posters are retried each time, as in-process.
@@ -60,7 +67,7 @@ def ray_run(local_ray, tiny_dataset, tmp_path_factory):
     dataset, _ = load_dataset(root)
     dataset.posters[BROKEN].path.write_bytes(b"not an image at all")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("POSTER_GENRE_CACHE", str(tmp_path_factory.mktemp("ray-cache")))
+        patch.setenv("POSTER_GENRE_CACHE", str(ray_cache))
         extract_features(Dataset(root, dataset.posters[:PRECACHED], dataset.name), CONFIG)
         calls = []
         first = extract_features(dataset, CONFIG, engine=RayEngine(), progress=calls.append)
@@ -79,6 +86,27 @@ def test_ray_rows_equal_in_process_rows(ray_run, tiny_features):
     expected = np.asarray(reference.rows)[[reference.ids.index(id_) for id_ in first.ids]]
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(np.asarray(first.rows), expected, rtol=2e-2, atol=2e-2 * scale)
+
+
+@needs_ray
+def test_ray_writes_the_thumbnails_and_descriptors_in_process_extraction_writes(ray_run, ray_cache, monkeypatch,
+                                                                               tmp_path):
+    from core.analysis.mosaic import missing_thumbnails, poster_thumbnail, thumbnail_file
+    from core.cache import load_npy
+    from core.features.byproducts import missing
+    from core.features.descriptors import dataset_descriptors, image_descriptors
+
+    dataset, first, _, _, _, _ = ray_run
+    monkeypatch.setenv("POSTER_GENRE_CACHE", str(ray_cache))
+    keys = dataset.content_keys()
+    assert missing(keys) == [] and missing_thumbnails(keys) == [keys[BROKEN]]
+    decodable = [i for i in range(len(dataset)) if i != BROKEN]
+    for i in decodable[PRECACHED:]:  # made on the cluster (the first ones were extracted in-process)
+        np.testing.assert_array_equal(np.asarray(load_npy(thumbnail_file(keys[i]), mmap=False)),
+                                      poster_thumbnail(dataset.paths[i], root=tmp_path / "standalone"))
+    result = dataset_descriptors(dataset)
+    assert result.n_computed == 0 and result.ids == first.ids
+    np.testing.assert_array_equal(result.values, np.stack([image_descriptors(dataset.paths[i]) for i in decodable]))
 
 
 @needs_ray

@@ -9,7 +9,7 @@ Two layouts:
 
 Either way a poster appears in at most one cell. The image is assembled from a thumbnail atlas: every
 poster is decoded once into a small ``THUMB_WIDTH`` x ``THUMB_HEIGHT`` thumbnail cached on disk under the
-sha256 of its file, and the atlas of a whole dataset is cached as one array, so a mosaic of thousands of
+sha256 of its file (feature extraction makes it from the image it decodes: ``core.features.byproducts``), and the atlas of a whole dataset is cached as one array, so a mosaic of thousands of
 posters is array indexing.
 """
 from __future__ import annotations
@@ -147,16 +147,32 @@ def cell_at(layout: MosaicLayout, x_pixel: float, y_pixel: float, size: tuple[in
 
 def poster_thumbnail(path: Path, *, root: Path | None = None) -> np.ndarray:
     """A ``(THUMB_HEIGHT, THUMB_WIDTH, 3)`` uint8 thumbnail, decoded once per file content and cached."""
-    folder = root or _thumb_folder()
-    digest = memo_file_sha256(path)
-    cached = folder / digest[:2] / f"{digest}.npy"
+    cached = thumbnail_file(memo_file_sha256(path), root=root)
     try:
         return np.asarray(load_npy(cached, shape=(THUMB_HEIGHT, THUMB_WIDTH, 3), dtype="uint8", mmap=False))
     except (FileNotFoundError, CacheError):
         pass
-    thumb = _decode_thumbnail(path)
+    from core.data.images import open_rgb
+
+    thumb = thumbnail_of(open_rgb(path))
     atomic_save_npy(cached, thumb)
     return thumb
+
+
+def thumbnail_file(key: str, *, root: Path | None = None) -> Path:
+    """Where the thumbnail of the poster whose content sha256 is ``key`` is cached."""
+    return (root or _thumb_folder()) / key[:2] / f"{key}.npy"
+
+
+def save_thumbnail(key: str, thumb: np.ndarray, *, root: Path | None = None) -> None:
+    """Cache a thumbnail made elsewhere from the decoded poster (extraction makes them as it goes)."""
+    atomic_save_npy(thumbnail_file(key, root=root), np.asarray(thumb, dtype=np.uint8))
+
+
+def missing_thumbnails(keys: Sequence[str], *, root: Path | None = None) -> list[str]:
+    """The content keys without a cached thumbnail, each once; reads no image."""
+    folder = root or _thumb_folder()
+    return [key for key in dict.fromkeys(keys) if not thumbnail_file(key, root=folder).is_file()]
 
 
 def thumbnail_atlas(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root: Path | None = None,
@@ -201,13 +217,12 @@ def _tile_or_grey(path: Path, folder: Path) -> np.ndarray:
         return np.full((THUMB_HEIGHT, THUMB_WIDTH, 3), MISSING_GREY, dtype=np.uint8)
 
 
-def _decode_thumbnail(path: Path) -> np.ndarray:
-    """Fit the poster inside the tile (aspect kept, letterboxed on the background colour)."""
+def thumbnail_of(image) -> np.ndarray:
+    """The tile of a decoded RGB ``PIL.Image`` (``open_rgb``'s): the poster fitted inside it, aspect kept,
+    letterboxed on the background colour. ``image`` is left as it was."""
     from PIL import Image
 
-    from core.data.images import open_rgb
-
-    image = open_rgb(path)
+    image = image.copy()
     image.thumbnail((THUMB_WIDTH, THUMB_HEIGHT), Image.Resampling.LANCZOS)
     tile = Image.new("RGB", (THUMB_WIDTH, THUMB_HEIGHT), (BACKGROUND,) * 3)
     tile.paste(image, ((THUMB_WIDTH - image.width) // 2, (THUMB_HEIGHT - image.height) // 2))

@@ -112,7 +112,11 @@ def load_pixels(source: ImageSource, size: int | tuple[int, int] = 224, resample
                 name: str | None = None) -> np.ndarray:
     """Decode and resize to ``(size, size, 3)`` uint8, squashing the aspect ratio as the tutorial did,
     or to ``(height, width, 3)`` for ``size=(width, height)``."""
-    image = open_rgb(source, name=name)
+    return resize_pixels(open_rgb(source, name=name), size, resample)
+
+
+def resize_pixels(image: Image.Image, size: int | tuple[int, int] = 224, resample: str = "bilinear") -> np.ndarray:
+    """``load_pixels`` of an image already decoded by ``open_rgb`` (left unchanged)."""
     image = image.resize((size, size) if isinstance(size, int) else tuple(size), RESAMPLING[resample])
     return np.asarray(image, dtype=np.uint8)
 

@@ -1,1 +1,1 @@
-"""VGG16 features: which weights (``weights``), the network (``extractor``), the on-disk store (``store``), extraction into it (``pipeline``) and the views models train on (``views``)."""
+"""VGG16 features: which weights (``weights``), the network (``extractor``), the on-disk store (``store``), extraction into it (``pipeline``), the thumbnails and visual descriptors it makes on the way (``byproducts``, ``descriptors``) and the views models train on (``views``)."""

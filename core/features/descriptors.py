@@ -16,7 +16,8 @@ not depend on the file's resolution), except the aspect ratio, read from the ori
 - ``aspect_ratio``: width / height of the original file (a standard one-sheet is 27/40 = 0.675).
 
 Rows are cached per poster content (sha256 of the file's bytes) in a ``FeatureStore``, so a dataset
-that gains posters decodes only the new ones.
+that gains posters decodes only the new ones; feature extraction writes them from the image it decodes
+(``core.features.byproducts``), and posters that cannot be decoded are remembered there, not retried.
 """
 from __future__ import annotations
 
@@ -88,7 +89,9 @@ def pixel_descriptors(pixels: np.ndarray) -> np.ndarray:
     if rgb.ndim != 4 or rgb.shape[-1] != 3:
         raise PosterGenreError(f"pixels must be a (n, h, w, 3) RGB batch, got shape {rgb.shape}")
     luma = rgb @ _LUMA
-    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # Equal to rgb.max(axis=-1) / .min(axis=-1), about 20 times faster (a reduction over 3 values is slow).
+    high, low = np.maximum(np.maximum(red, green), blue), np.minimum(np.minimum(red, green), blue)
     chroma = high - low
     saturation = np.divide(chroma, high, out=np.zeros_like(chroma), where=high > 0)
     return np.column_stack([
@@ -104,9 +107,14 @@ def pixel_descriptors(pixels: np.ndarray) -> np.ndarray:
 
 def image_descriptors(source: ImageSource, *, name: str | None = None) -> np.ndarray:
     """All ``NAMES`` of one image (a path, bytes or an upload); raises ``ImageError`` if it cannot be decoded."""
+    return descriptors_of(open_rgb(source, name=name))
+
+
+def descriptors_of(image) -> np.ndarray:
+    """All ``NAMES`` of a decoded RGB ``PIL.Image`` (``open_rgb``'s), so extraction computes them from the
+    image it has already decoded; NaN for an undefined dominant hue."""
     from PIL import Image
 
-    image = open_rgb(source, name=name)
     width, height = image.size
     small = np.asarray(image.resize((DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), Image.Resampling.BILINEAR))
     return np.append(pixel_descriptors(small[None])[0], np.float32(width / height))
@@ -117,7 +125,8 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
     store = _store(root)
     keys = dataset.content_keys()
     path_of = dict(zip(keys, dataset.paths))
-    todo = store.missing(keys)
+    known_failures = store.known_failures()
+    todo = [key for key in store.missing(keys) if key not in known_failures]
     failures: dict[str, str] = {}
     if todo:
         log.info("computing visual descriptors of %d posters", len(todo))
@@ -127,6 +136,7 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
         failures = {key: error for key, (_, error) in zip(todo, results) if error is not None}
         if done:
             store.add([key for key, _ in done], np.nan_to_num(np.stack([row for _, row in done]), nan=NOT_DEFINED))
+        store.remember_failures(failures)
     kept = [i for i, key in enumerate(keys) if key in store]
     values = store.gather([keys[i] for i in kept]) if kept else np.empty((0, len(NAMES)), np.float32)
     values[values == NOT_DEFINED] = np.nan
@@ -136,10 +146,41 @@ def dataset_descriptors(dataset: Dataset, *, root: Path | None = None, workers: 
                        n_computed=len(todo) - len(failures))
 
 
+def missing_descriptors(keys: Sequence[str], *, root: Path | None = None) -> list[str]:
+    """The content keys without cached descriptors, each once, those known not to decode aside; reads no image."""
+    store = _store(root)
+    known_failures = store.known_failures()
+    return [key for key in store.missing(keys) if key not in known_failures]
+
+
+def undecodable(*, root: Path | None = None) -> set[str]:
+    """Content keys remembered as not decodable (by extraction, ``backfill`` or ``dataset_descriptors``)."""
+    return _store(root).known_failures()
+
+
+def remember_undecodable(failures: dict[str, str], *, root: Path | None = None) -> None:
+    """Content keys that could not be decoded: not tried again (the same bytes never decode)."""
+    _store(root).remember_failures(failures)
+
+
+def save_descriptors(keys: Sequence[str], rows: np.ndarray, *, root: Path | None = None, store=None) -> None:
+    """Cache descriptor rows computed elsewhere (``descriptors_of``); keys already cached are skipped.
+
+    A writer of many batches passes one ``descriptor_store()`` as ``store`` (opening one reads every sidecar)."""
+    store = store if store is not None else _store(root)
+    new = [i for i, key in enumerate(keys) if key not in store]
+    if new:
+        rows = np.asarray(rows, dtype=np.float32)[new]
+        store.add([keys[i] for i in new], np.nan_to_num(rows, nan=NOT_DEFINED))
+
+
 def descriptors_cached(dataset: Dataset, *, root: Path | None = None) -> bool:
     """Whether every poster of ``dataset`` has cached descriptors (undecodable ones aside); computes nothing."""
-    store = _store(root)
-    return all(map(store.__contains__, dataset.content_keys()))
+    return not missing_descriptors(dataset.content_keys(), root=root)
+
+
+def descriptor_store(root: Path | None = None):
+    return _store(root)
 
 
 def _store(root: Path | None):

@@ -18,7 +18,8 @@ from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
 from core.features.migrate import carry_over
 from core.features.store import FeatureStore, ShardedRows
 from core.features.views import FLATTEN_UNAVAILABLE, STORAGES, STORED_DIMS, feature_view, pooled_rows
-from core.data.images import RESAMPLING, load_pixels
+from core.data.images import RESAMPLING, load_pixels, open_rgb, resize_pixels
+from core.features import byproducts as extras
 from core.features.weights import Weights, resolve_weights
 from core.progress import ProgressFn, ProgressTracker
 
@@ -257,47 +258,67 @@ def _extract(dataset: Dataset, config: FeatureConfig, store: FeatureStore, weigh
 
 
 def _compute(store: FeatureStore, todo: list[tuple[Path, str]], config: FeatureConfig, weights: Weights,
-             precision: str, progress: ProgressFn | None) -> dict[str, str]:
+             precision: str, progress: ProgressFn | None, *, byproducts: bool = True) -> dict[str, str]:
     """Extract ``todo`` in batches, decoding the next batch while the model runs on this one.
 
-    Returns the reason for each content key whose image could not be decoded.
+    With ``byproducts``, each poster that has no thumbnail or visual descriptors yet gets them from the
+    image decoded here (``core.features.byproducts``). Returns the reason for each content key whose
+    image could not be decoded.
     """
     failed: dict[str, str] = {}
     if not todo:
         return failed
     extractor = extractor_for(config, weights, precision)
     tracker = ProgressTracker(len(todo), "posters", progress)
+    wanted = frozenset(extras.missing([key for _, key in todo])) if byproducts else frozenset()
+    descriptors = extras.descriptor_store() if wanted else None
+    saving = None
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for batch_keys, pixels, errors in _decoded_batches(pool, todo, config):
+        for batch_keys, pixels, errors, made in _decoded_batches(pool, todo, config, wanted):
             for key, reason in errors:
                 failed[key] = reason
+            if made.keys:  # written while the model runs, one batch at a time
+                if saving:
+                    saving.result()
+                saving = pool.submit(made.save, descriptors)
             if batch_keys:
                 store.add(batch_keys, extractor(pixels))
             tracker.update(tracker.done + len(batch_keys) + len(errors), failed=len(failed))
+        if saving:
+            saving.result()
+    if byproducts:
+        extras.remember_failures(failed)
     return failed
 
 
-def _decoded_batches(pool: ThreadPoolExecutor, todo: list[tuple[Path, str]],
-                     config: FeatureConfig) -> Iterator[tuple[list[str], np.ndarray, list]]:
+def _decoded_batches(pool: ThreadPoolExecutor, todo: list[tuple[Path, str]], config: FeatureConfig,
+                     wanted: frozenset[str]) -> Iterator[tuple[list[str], np.ndarray, list, extras.Byproducts]]:
     batches = [todo[i:i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
-    pending = pool.submit(_decode_batch, batches[0], config) if batches else None
+    pending = pool.submit(_decode_batch, batches[0], config, wanted) if batches else None
     for index in range(len(batches)):
         current = pending.result()
-        pending = pool.submit(_decode_batch, batches[index + 1], config) if index + 1 < len(batches) else None
+        pending = pool.submit(_decode_batch, batches[index + 1], config, wanted) \
+            if index + 1 < len(batches) else None
         yield current
 
 
-def _decode_batch(batch: list[tuple[Path, str]], config: FeatureConfig):
-    keys, arrays, errors = [], [], []
+def _decode_batch(batch: list[tuple[Path, str]], config: FeatureConfig, wanted: frozenset[str] = frozenset()):
+    """``(keys, pixels, errors, byproducts)``: the network's input of each decodable poster, and the
+    thumbnail and descriptors of those in ``wanted``, made from the same full decoded image."""
+    keys, arrays, errors, made = [], [], [], extras.Byproducts()
     for path, key in batch:
         try:
-            arrays.append(load_pixels(path, config.input_size, config.resize))
-            keys.append(key)
+            image = open_rgb(path)
         except ImageError as err:
             errors.append((key, str(err)))
+            continue
+        arrays.append(resize_pixels(image, config.input_size, config.resize))
+        keys.append(key)
+        if key in wanted:
+            made.add(key, image)
     width, height = config.input_size
     pixels = np.stack(arrays) if arrays else np.empty((0, height, width, 3), np.uint8)
-    return keys, pixels, errors
+    return keys, pixels, errors, made
 
 
 def extractor_for(config: FeatureConfig, weights: Weights, precision: str):

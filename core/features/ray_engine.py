@@ -4,7 +4,9 @@ The pipeline, for the posters the store does not hold yet:
 
     (key, path) rows ─► decode + resize (CPU tasks) ─► VGG16 (actor pool, one model per actor) ─► driver
 
-The driver writes each batch to the ``FeatureStore`` as it comes back (``iter_batches``), so a killed
+The decoding tasks also make each poster's mosaic thumbnail and visual descriptors from the decoded image
+(``core.features.byproducts``), as in-process extraction does; they travel with the rows and the driver
+caches them. The driver writes each batch to the ``FeatureStore`` as it comes back (``iter_batches``), so a killed
 job keeps every shard written so far and the next run sends only what is still missing. Workers read
 the posters and build their model from the weights *spec* (checking its identity against the driver's),
 so every node must see the dataset folder and the weights file at the same paths: a shared filesystem.
@@ -25,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from core.analysis.mosaic import THUMB_HEIGHT, THUMB_WIDTH
 from core.errors import EngineError, WeightsError
+from core.features import byproducts as extras
+from core.features.descriptors import NAMES
 from core.features.extractor import ROW_DIM, get_extractor
 from core.features.pipeline import FeatureConfig, _decode_batch
 from core.features.store import FeatureStore
@@ -118,20 +123,28 @@ class _FeatureActor:
         rows = np.zeros((len(decoded), self.extractor.dim), np.float32)
         if decoded.any():
             rows[decoded] = self.extractor(batch["pixels"][decoded])
-        return {"key": batch["key"], "row": rows, "error": batch["error"]}
+        return {**{name: column for name, column in batch.items() if name != "pixels"}, "row": rows}
 
 
 def _decode(batch: dict[str, np.ndarray], config: FeatureConfig) -> dict[str, np.ndarray]:
-    """The in-process decoder on one batch; undecodable posters stay as rows with a reason and no pixels."""
+    """The in-process decoder on one batch; undecodable posters stay as rows with a reason and no pixels.
+
+    Posters marked ``want`` also get their thumbnail and descriptors (``made``), for the driver to cache."""
     keys = [str(key) for key in batch["key"]]
-    good, pixels, errors = _decode_batch(list(zip(map(Path, batch["path"]), keys)), config)
+    wanted = frozenset(key for key, want in zip(keys, batch["want"]) if want)
+    good, pixels, errors, made = _decode_batch(list(zip(map(Path, batch["path"]), keys)), config, wanted)
     width, height = config.input_size
     out = np.zeros((len(keys), height, width, 3), np.uint8)
     position = {key: i for i, key in enumerate(keys)}
     for key, image in zip(good, pixels):
         out[position[key]] = image
+    thumbs = np.zeros((len(keys), THUMB_HEIGHT, THUMB_WIDTH, 3), np.uint8)
+    descriptors = np.zeros((len(keys), len(NAMES)), np.float32)
+    for key, thumb, row in zip(made.keys, made.thumbnails, made.descriptors):
+        thumbs[position[key]], descriptors[position[key]] = thumb, row
     reasons = dict(errors)
-    return {"key": np.array(keys), "pixels": out, "error": np.array([reasons.get(key, "") for key in keys])}
+    return {"key": np.array(keys), "pixels": out, "error": np.array([reasons.get(key, "") for key in keys]),
+            "made": np.array([key in set(made.keys) for key in keys]), "thumb": thumbs, "descriptors": descriptors}
 
 
 @dataclass(frozen=True)
@@ -153,10 +166,13 @@ class RayEngine:
         ray = connect(self.address)
         actors, gpus = plan_actors(ray.cluster_resources(), sum(n["Alive"] for n in ray.nodes()),
                                    self.actors, self.gpus_per_actor)
-        batches = self.pipeline(ray, todo, config, weights, precision, actors, gpus).iter_batches(
+        wanted = frozenset(extras.missing([key for _, key in todo]))
+        batches = self.pipeline(ray, todo, config, weights, precision, actors, gpus, wanted).iter_batches(
             batch_size=config.batch_size, batch_format="numpy")
         try:
-            return self._store_batches(batches, store, len(todo), progress)
+            failed = self._store_batches(batches, store, len(todo), progress)
+            extras.remember_failures(failed)
+            return failed
         except ray.exceptions.RayError as err:
             raise EngineError(f"the Ray job failed: {_last_line(err)}",
                               "the workers' traceback is above; every node needs the dataset folder and "
@@ -167,10 +183,15 @@ class RayEngine:
         """Write each batch as it arrives; the reasons of the posters that could not be decoded."""
         failed: dict[str, str] = {}
         tracker = ProgressTracker(total, "posters", progress)
+        descriptors = extras.descriptor_store()
         for batch in batches:
             decoded = batch["error"] == ""
             if decoded.any():
                 store.add([str(key) for key in batch["key"][decoded]], batch["row"][decoded])
+            if "made" in batch:  # thumbnails and descriptors made on the cluster (``_decode``)
+                made = batch["made"]
+                extras.Byproducts([str(key) for key in batch["key"][made]], list(batch["thumb"][made]),
+                                  list(batch["descriptors"][made])).save(descriptors)
             failed.update((str(key), str(reason)) for key, reason in
                           zip(batch["key"][~decoded], batch["error"][~decoded]))
             tracker.update(tracker.done + len(decoded), failed=len(failed))
@@ -178,14 +199,15 @@ class RayEngine:
 
     @staticmethod
     def pipeline(ray, todo: list[tuple[Path, str]], config: FeatureConfig, weights: Weights, precision: str,
-                 actors: int, gpus_per_actor: float):
-        """The lazy Ray Dataset of ``{key, row, error}`` batches for ``todo``."""
+                 actors: int, gpus_per_actor: float, wanted: frozenset[str] = frozenset()):
+        """The lazy Ray Dataset of ``{key, row, error, made, thumb, descriptors}`` batches for ``todo``; posters
+        in ``wanted`` get their thumbnail and descriptors made from the decoded image."""
         blocks = math.ceil(len(todo) / (config.batch_size * BATCHES_PER_BLOCK))
         context = ray.data.DataContext.get_current()
         # One output block per extraction batch, so the driver stores (and a killed job keeps) each batch.
-        context.target_max_block_size = config.batch_size * ROW_DIM * 4
+        context.target_max_block_size = config.batch_size * (ROW_DIM * 4 + THUMB_HEIGHT * THUMB_WIDTH * 3)
         context.enable_progress_bars = context.print_on_execution_start = False
-        items = [{"key": key, "path": str(path)} for path, key in todo]
+        items = [{"key": key, "path": str(path), "want": key in wanted} for path, key in todo]
         return (ray.data.from_items(items, override_num_blocks=blocks)
                 .map_batches(_decode, fn_kwargs={"config": config}, batch_size=config.batch_size,
                              batch_format="numpy", num_cpus=DECODE_CPUS)
