@@ -11,8 +11,8 @@ import streamlit as st
 
 from core.analysis.maps import (METRICS, SAMPLE_SIZE, SAMPLE_THRESHOLD, Embedding, UmapConfig, cached_umap,
                                 compute_umap, genre_membership, primary_genre)
-from core.analysis.neighbours import (APPROXIMATE_THRESHOLD, approximate, cached_knn_indices, knn_genre_agreement,
-                                      knn_indices, nearest_neighbors)
+from core.analysis.neighbours import (APPROXIMATE_THRESHOLD, approximate, cached_knn_indices, indexed_neighbors,
+                                      knn_genre_agreement, knn_indices, nearest_neighbors)
 from core.errors import PosterGenreError
 from core.model.experiment import genre_labels
 from core.features.views import FEATURE_VIEWS
@@ -132,7 +132,11 @@ def agreement_table(matrix_key: str, labels_key: str, k: int, _X, _Y, genres: tu
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def similar_posters(matrix_key: str, row: int, n: int, _X) -> tuple[np.ndarray, np.ndarray]:
-    return nearest_neighbors(_X, row, n=n)
+    """From the neighbour index once it is on disk (``K_MAX`` per poster), else one search against every row."""
+    index = cached_knn_indices(matrix_key, k=K_MAX, n=len(_X)) if n <= K_MAX else None
+    if index is None:
+        return nearest_neighbors(_X, row, n=n)
+    return indexed_neighbors(_X, index, row, n=n)
 
 
 def map_runs(dataset, features) -> list[Run]:

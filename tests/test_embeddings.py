@@ -10,7 +10,8 @@ Behaviours locked in:
   blocks) and whatever the chunk size;
 - knn_genre_agreement gives the same table from precomputed neighbours and refuses too few columns;
 - nearest_neighbors excludes the poster itself, returns same-blob posters first, similarities sorted
-  descending and ~1 for a duplicate; nearest_to_vector finds the vector's own row, refuses a wrong width;
+  descending and ~1 for a duplicate; read from a neighbour index (indexed_neighbors) they are the same
+  posters with the same similarities, and more than the index holds is refused; nearest_to_vector finds the vector's own row, refuses a wrong width;
 - knn_genre_agreement: observed ~1, chance ~ base rate and lift > 1 on separated blobs; lift ~1 on
   random labels; overall row first, then genres by support; read-only inputs are left untouched;
 - exact_neighbours (the graph handed to UMAP) equals brute-force neighbours for every metric, the
@@ -26,8 +27,8 @@ import pytest
 from core.analysis import neighbours
 from core.analysis.maps import (NO_GENRE, UmapConfig, compute_umap, exact_neighbours, genre_membership,
                                 primary_genre, reduce_pca)
-from core.analysis.neighbours import (OVERALL, knn_genre_agreement, knn_indices, nearest_neighbors,
-                                      nearest_to_vector)
+from core.analysis.neighbours import (OVERALL, indexed_neighbors, knn_genre_agreement, knn_indices,
+                                      nearest_neighbors, nearest_to_vector)
 from core.cache import load_npy
 from core.errors import PosterGenreError
 
@@ -163,6 +164,18 @@ def test_nearest_neighbors_are_same_blob_and_exclude_self(blobs):
     assert 3 not in indices
     assert (blob[indices] == blob[3]).all()
     assert (np.diff(similarities) <= 0).all()
+
+
+def test_neighbours_read_from_the_index_equal_a_search_against_every_row(blobs):
+    X = read_only(blobs[0])
+    index = knn_indices(X, k=10)
+    for row in (0, 3, len(X) - 1):
+        expected_order, expected_similarity = nearest_neighbors(X, row, n=6)
+        order, similarity = indexed_neighbors(X, index, row, n=6)
+        np.testing.assert_array_equal(order, expected_order)
+        np.testing.assert_allclose(similarity, expected_similarity, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PosterGenreError, match="outside the neighbour index"):
+        indexed_neighbors(X, index, 0, n=11)
 
 
 def test_duplicate_poster_is_the_nearest_with_similarity_one(blobs):

@@ -9,7 +9,8 @@ Behaviours locked in:
 - a box/lasso selection shows the selected posters and their genre shares; a single clicked point
   becomes the picked poster;
 - above the picker's limit a search box narrows the poster list, and a clicked point is still picked;
-- the nearest-neighbour section shows the picked poster and its neighbours as images;
+- the nearest-neighbour section shows the picked poster and its neighbours as images, read from the
+  neighbour index once it is on disk (no search against every row on each pick);
 - the agreement table has an "overall" row first and one row per genre, with a lift per row;
 - a saved run's last hidden layer is a map source; a run that does not match the features is
   refused with its RunError message;
@@ -143,6 +144,19 @@ def test_nearest_neighbours_show_the_picked_poster_and_its_neighbours(page):
     assert not page.exception
     page.slider(key="n_similar").set_value(4).run()
     assert image_count(page) == 1 + 4
+
+
+def test_a_picked_posters_neighbours_come_from_the_neighbour_index_once_it_is_on_disk(page, monkeypatch):
+    import core.analysis.neighbours as neighbours
+
+    def search_every_row(*args, **kwargs):
+        raise AssertionError("searched every row although the neighbour index is on disk")
+
+    monkeypatch.setattr(neighbours, "nearest_neighbors", search_every_row)
+    pick = page.selectbox(key="pick_poster")
+    pick.set_value(pick.options[7]).run()
+    assert not page.exception
+    assert image_count(page) == 1 + page.slider(key="n_similar").value
 
 
 def fake_selection(monkeypatch, rows: list[int]) -> None:

@@ -39,6 +39,23 @@ def nearest_neighbors(X: np.ndarray, index: int, *, n: int = 8) -> tuple[np.ndar
     return _top(similarities, min(n, rows - 1))
 
 
+def indexed_neighbors(X: np.ndarray, neighbours: np.ndarray, index: int, *, n: int = 8
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_neighbors`` read from a neighbour index (``knn_indices``, nearest first) for ``n`` up to its
+    width: the cosine similarity is computed for those ``n`` posters only, not against every row."""
+    X = check_matrix(X)
+    if not 0 <= int(index) < X.shape[0] or n > neighbours.shape[1]:
+        raise PosterGenreError(f"poster {index} and {n} neighbours are outside the neighbour index "
+                               f"({neighbours.shape[0]} posters x {neighbours.shape[1]})",
+                               "use nearest_neighbors for more neighbours than the index holds")
+    order = np.asarray(neighbours[int(index), :n], dtype=np.int64)
+    rows = np.asarray(X[order], dtype=np.float32)
+    query = np.asarray(X[int(index)], dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1) * float(np.linalg.norm(query))
+    similarities = (rows @ query) / np.maximum(norms, np.finfo(np.float32).tiny)
+    return order, similarities.astype(np.float32)
+
+
 def nearest_to_vector(X: np.ndarray, vector: np.ndarray, *, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` posters most cosine-similar to an outside feature vector (e.g. an uploaded poster)."""
     X = check_matrix(X)
