@@ -98,10 +98,12 @@ def _streamlit(env: dict[str, str]):
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """The child processes of every thread of ``pid`` (the warm-up thread starts its own)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
