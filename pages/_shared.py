@@ -41,6 +41,7 @@ _ROUTED = False
 WARM_UP_SETTLE_S = 1.0
 """The warm-up waits until no page has run for this long (a rerun follows its predecessor within it)."""
 WARM_UP_COMPILE_TIMEOUT_S = 600
+"""A child still compiling after this long (a very loaded machine) is stopped; the thread compiles the rest."""
 
 _warm_up_thread: threading.Thread | None = None
 _runs_in_progress = 0
@@ -52,8 +53,9 @@ def page_run():
     """Wrap every script run: counts the runs in progress, and starts the warm-up when the first has ended.
 
     Each warm-up step (a TensorFlow import, a numba compilation) holds the GIL for seconds, so it only
-    starts while no page runs: the first paint of a cold server measured 2x slower with the warm-up
-    started before the page (issue 22).
+    starts while no page runs: started before the page, it made a cold Home take 2.4x as long to
+    finish (issue 22). Threads are not niced: TensorFlow's and numba's worker pools, created by the
+    thread that first needs them, would inherit the low priority for the life of the server.
     """
     global _runs_in_progress
     with _runs_changed:
@@ -95,9 +97,9 @@ def warm_up_in_background() -> threading.Thread:
 def _warm_up() -> None:
     """Each step waits for a moment when no page runs; the bulk of the numba compilation (UMAP's import)
     runs in a child process at the lowest priority and fills the disk cache this process then reads."""
+    wait_until_no_page_runs()
     from core.analysis.maps import warm_up, warm_up_at_low_priority
 
-    wait_until_no_page_runs()
     compiling = warm_up_at_low_priority()
     import keras  # noqa: F401
 
