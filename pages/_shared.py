@@ -5,12 +5,12 @@ once per process by ``st.cache_resource`` (memory-mapped), never copied per sess
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import subprocess
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
@@ -48,14 +48,15 @@ _runs_in_progress = 0
 _runs_changed = threading.Condition()
 
 
-@contextmanager
+@contextlib.contextmanager
 def page_run():
     """Wrap every script run: counts the runs in progress, and starts the warm-up when the first has ended.
 
     Each warm-up step (a TensorFlow import, a numba compilation) holds the GIL for seconds, so it only
     starts while no page runs: started before the page, it made a cold Home take 2.4x as long to
-    finish (issue 22). Threads are not niced: TensorFlow's and numba's worker pools, created by the
-    thread that first needs them, would inherit the low priority for the life of the server.
+    finish (issue 22). The steps in this process are not niced: a page that needs Keras while a
+    nice-19 thread imports it waits on the import lock (33-39 s instead of 6 s measured on two busy
+    cores), and numba's worker threads would inherit a low priority for the life of the server.
     """
     global _runs_in_progress
     with _runs_changed:
