@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._shared import cache_usable_or_stop, sidebar, warm_up_in_background
+from pages._shared import cache_usable_or_stop, page_run, sidebar
 
 st.set_page_config(page_title="Poster Genre Explorer", page_icon=":material/movie:", layout="wide")
 
@@ -15,7 +15,7 @@ pages = [
     st.Page("pages/predictions.py", title="Predictions", icon=":material/search:"),
 ]
 navigation = st.navigation(pages)
-cache_usable_or_stop()
-warm_up_in_background()
-sidebar()
-navigation.run()
+with page_run():  # the background warm-up starts once this first run has ended, st.stop() and reruns included
+    cache_usable_or_stop()
+    sidebar()
+    navigation.run()

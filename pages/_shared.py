@@ -5,9 +5,11 @@ once per process by ``st.cache_resource`` (memory-mapped), never copied per sess
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -36,25 +38,78 @@ it little)."""
 _ROUTED = False
 
 
-@st.cache_resource(show_spinner=False)
+WARM_UP_SETTLE_S = 1.0
+"""The warm-up waits until no page has run for this long (a rerun follows its predecessor within it)."""
+WARM_UP_COMPILE_TIMEOUT_S = 600
+"""A child still compiling after this long (a very loaded machine) is stopped; the thread compiles the rest."""
+
+_warm_up_thread: threading.Thread | None = None
+_runs_in_progress = 0
+_runs_changed = threading.Condition()
+
+
+@contextlib.contextmanager
+def page_run():
+    """Wrap every script run: counts the runs in progress, and starts the warm-up when the first has ended.
+
+    Each warm-up step (a TensorFlow import, a numba compilation) holds the GIL for seconds, so it only
+    starts while no page runs: started before the page, it made a cold Home take 2.4x as long to
+    finish (issue 22). The steps in this process are not niced: a page that needs Keras while a
+    nice-19 thread imports it waits on the import lock (33-39 s instead of 6 s measured on two busy
+    cores), and numba's worker threads would inherit a low priority for the life of the server.
+    """
+    global _runs_in_progress
+    with _runs_changed:
+        _runs_in_progress += 1
+        _runs_changed.notify_all()
+    try:
+        yield
+    finally:
+        with _runs_changed:
+            _runs_in_progress -= 1
+            _runs_changed.notify_all()
+        warm_up_in_background()
+
+
+def wait_until_no_page_runs(settle: float = WARM_UP_SETTLE_S) -> None:
+    """Return once no script run has been in progress for ``settle`` seconds."""
+    with _runs_changed:
+        while True:
+            _runs_changed.wait_for(lambda: _runs_in_progress == 0)
+            if not _runs_changed.wait(settle) and _runs_in_progress == 0:
+                return
+
+
 def warm_up_in_background() -> threading.Thread:
     """Import TensorFlow and compile UMAP's kernels in a daemon thread, once per server process.
 
     No page that merely shows cached results imports TensorFlow, so the first paint does not wait for
-    it (~5 s here); by the time someone trains or maps, the imports and the numba compilation are done.
+    it (~7 s here); by the time someone trains or maps, the imports and the numba compilation are done.
     """
-    thread = threading.Thread(target=_warm_up, name="poster-genre-warm-up", daemon=True)
-    if os.environ.get(WARM_UP_ENV, "1") != "0":
-        thread.start()
-    return thread
+    global _warm_up_thread
+    with _runs_changed:
+        if _warm_up_thread is None:
+            _warm_up_thread = threading.Thread(target=_warm_up, name="poster-genre-warm-up", daemon=True)
+            if os.environ.get(WARM_UP_ENV, "1") != "0":
+                _warm_up_thread.start()
+        return _warm_up_thread
 
 
 def _warm_up() -> None:
+    """Each step waits for a moment when no page runs; the bulk of the numba compilation (UMAP's import)
+    runs in a child process at the lowest priority and fills the disk cache this process then reads."""
+    wait_until_no_page_runs()
+    from core.analysis.maps import warm_up, warm_up_at_low_priority
+
+    compiling = warm_up_at_low_priority()
     import keras  # noqa: F401
 
     keep_out_of_gc_passes()
-    from core.analysis.maps import warm_up
-
+    try:
+        compiling.wait(WARM_UP_COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        compiling.kill()
+    wait_until_no_page_runs()
     warm_up()
 
 

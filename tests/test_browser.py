@@ -7,14 +7,17 @@ random-weights warning appears where features are shown; one session can browse 
 trains; "Run sweep" on the Train page trains every combination and draws its chart; the Clusters page
 finds clusters and draws the poster mosaic, and the Predictions page shows a Grad-CAM heatmap; on a
 fresh server with nothing extracted, one click on Home extracts and trains, and the other pages are
-then populated. A screenshot of each page and step is kept in
+then populated; on a fresh server and an empty cache, Home and then Data finish without an exception
+while the warm-up (started after the first page) is still compiling in its child process. A screenshot of each page and step is kept in
 ``artifacts/screenshots/`` (override with ARTIFACTS_DIR). Needs Debian's chromium and
 chromium-driver (`.ci/run` installs them); outside CI the test skips, saying so, when they are absent.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -65,8 +68,13 @@ def server(tiny_features):
     yield from _streamlit(dict(os.environ))
 
 
+SERVERS: dict[str, subprocess.Popen] = {}
+"""Each running server's process by its URL."""
+
+
 def _streamlit(env: dict[str, str]):
-    """``streamlit run app.py`` on a free loopback port with ``env``; yields its URL, then stops it."""
+    """``streamlit run app.py`` on a free loopback port with ``env``; yields its URL, then stops it
+    (and the warm-up's child process, if one is still compiling)."""
     port = _free_port()
     log = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
     process = subprocess.Popen(
@@ -75,13 +83,27 @@ def _streamlit(env: dict[str, str]):
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_for_port(port, process, Path(log.name))
+        SERVERS[f"http://127.0.0.1:{port}"] = process
         yield f"http://127.0.0.1:{port}"
     finally:
+        children = _children(process.pid)
         process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of every thread of ``pid`` (the warm-up thread starts its own)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -325,3 +347,26 @@ def test_one_click_on_home_extracts_trains_and_populates_every_page(fresh_server
         body = _body(browser)
         assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), path
         assert expected in body, f"/{path} is not populated after the one-click start"
+
+
+@pytest.fixture
+def cold_server(tmp_path_factory):
+    """A fresh server on an empty cache (the demo not generated, numba's cache empty), warm-up enabled."""
+    cache = tmp_path_factory.mktemp("cold-cache")
+    yield from _streamlit({**os.environ, "POSTER_GENRE_CACHE": str(cache), "POSTER_GENRE_WARM_UP": "1"})
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the warm-up's child process in /proc")
+def test_cold_home_finishes_without_exception_while_the_warm_up_runs(cold_server, browser):
+    browser.get(cold_server)
+    _wait_until_done(browser)
+    browser.save_screenshot(str(_artifacts() / "home-cold.png"))
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), _body(browser)[:800]
+    assert "Explore the demo" in _body(browser)
+    deadline = time.monotonic() + 20
+    while not _children(SERVERS[cold_server].pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children(SERVERS[cold_server].pid), "the warm-up did not start after the first page"
+    browser.get(f"{cold_server}/data")
+    _wait_until_done(browser)
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'), _body(browser)[:800]

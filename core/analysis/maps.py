@@ -5,8 +5,10 @@ VGG16 features); nothing here writes to it.
 
 UMAP's numba kernels are compiled on first use, which costs more than a map of a few thousand
 posters; ``configure_numba_cache`` (``core.analysis.numba_cache``) keeps the compiled code under the product's cache, so the
-compilation is paid once per install, and ``warm_up`` (run in a background thread at server start)
-pays it before anyone asks for a map.
+compilation is paid once per install, and ``warm_up`` (run by the server once no page is running)
+pays the rest before anyone asks for a map. ``warm_up_at_low_priority`` does the bulk of the first
+compilation (pynndescent's kernels, compiled when ``umap`` is first imported: ~20 s here) in a separate
+process at the lowest CPU priority, so it fills the disk cache without taking the server's GIL.
 
 Above ``SAMPLE_THRESHOLD`` posters the map is fitted on a seeded random sample of ``SAMPLE_SIZE``
 (PCA and UMAP both) and every other poster is placed with UMAP's ``transform`` against the sample's
@@ -16,6 +18,9 @@ and take far longer than a user waits.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -54,6 +59,22 @@ def warm_up(seed: int = 0) -> float:
     for metric in METRICS:
         _umap_of(points.astype(np.float32), UmapConfig(metric=metric))
     return time.perf_counter() - started
+
+
+def warm_up_at_low_priority() -> subprocess.Popen:
+    """Run ``warm_up`` in a child process at the lowest CPU priority; its compiled kernels land in the
+    shared numba disk cache (the child inherits ``NUMBA_CACHE_DIR`` and ``POSTER_GENRE_CACHE``)."""
+    configure_numba_cache()
+    code = "from core.analysis.maps import _warm_up_niced; _warm_up_niced()"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _warm_up_niced() -> None:
+    if hasattr(os, "nice"):
+        os.nice(19)
+    sys.modules.update(tensorflow=None, keras=None)  # umap imports them for ParametricUMAP: 7 s of nothing here
+    warm_up()
 
 
 @dataclass(frozen=True)
