@@ -50,7 +50,8 @@ def one_click_start(dataset, features_config: FeatureConfig) -> bool:
 
 route_through_app()
 st.title("Poster Genre Explorer")
-st.caption("What do movie posters say about a film's genre? VGG16 features, a small MLP, honest metrics.")
+st.caption("What do movie posters say about a film's genre? Pretrained image features (VGG16 as in the tutorial, "
+           "or the faster EfficientNet-Lite2), a small MLP, honest metrics.")
 
 dataset, report = active_dataset()
 st.markdown(f"Dataset: {dataset_caption(dataset)}")
@@ -94,7 +95,8 @@ if st.session_state.pop("quick_start_done", False):
 
 st.subheader("The path through the app")
 st.markdown(
-    "1. **Data** — choose a poster folder (or the demo), look at its genres, extract VGG16 features.\n"
+    "1. **Data** — choose a poster folder (or the demo), look at its genres, extract their features (VGG16 or "
+    "EfficientNet-Lite2).\n"
     "2. **Train** — start from the tutorial's recipe or the recommended one, move the hyperparameters, "
     "watch the loss curves, compare runs against the frequency prior.\n"
     "3. **Clusters** — a UMAP map of the features: do posters of one genre sit together? With numbers.\n"
