@@ -154,14 +154,20 @@ def test_evaluate_refuses_scores_changed_in_place_instead_of_another_number(run_
     assert "top-3 precision" not in out
 
 
+def count_hashes(monkeypatch) -> list:
+    """A list that grows by one each time ``load_npy`` hashes a file's bytes."""
+    hashed = []
+    original = core.cache._sha256_read
+    monkeypatch.setattr(core.cache, "_sha256_read", lambda *args: hashed.append(1) or original(*args))
+    return hashed
+
+
 def test_one_process_hashes_an_unchanged_file_once_and_sees_a_rewrite(cache, monkeypatch):
     monkeypatch.setattr(core.cache, "RACY_NS", 0)
     path = cache / "x.npy"
     atomic_save_npy(path, np.ones((4, 3), dtype=np.float32))
     time.sleep(0.05)  # past one tick of the file system clock, so a later write moves the ctime
-    hashed = []
-    original = core.cache._sha256_read
-    monkeypatch.setattr(core.cache, "_sha256_read", lambda *args: hashed.append(1) or original(*args))
+    hashed = count_hashes(monkeypatch)
     load_npy(path)
     load_npy(path)
     assert len(hashed) == 1
@@ -177,9 +183,7 @@ def test_a_file_changed_within_two_seconds_of_its_check_is_hashed_at_every_read(
     monkeypatch.setattr(core.cache, "RACY_NS", 3600 * 10**9)  # however slow this machine is right now
     path = cache / "young.npy"
     atomic_save_npy(path, np.ones(3, dtype=np.float32))
-    hashed = []
-    original = core.cache._sha256_read
-    monkeypatch.setattr(core.cache, "_sha256_read", lambda *args: hashed.append(1) or original(*args))
+    hashed = count_hashes(monkeypatch)
     load_npy(path)
     load_npy(path)
     assert len(hashed) == 2
