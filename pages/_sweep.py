@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import PosterGenreError
-from core.model.config import OPTIONS_BY_NAME, TrainConfig
+from core.model.config import OPTIONS_BY_NAME, TrainConfig, applies
 from core.model.runs import load_run
 from core.model.sweep import SWEEPABLE, SweepConfig, parse_values, run_sweep, sweep_table, values_text
 from pages._shared import progress_bar
@@ -24,8 +24,12 @@ PRIOR_OF = {"precision_at_k": "prior_precision_at_k", "recall_at_k": "prior_reca
 
 def sweep_controls(base: TrainConfig) -> SweepConfig | None:
     """One or two options with their values, and seeds; ``None`` (with a message) until they parse."""
-    names = st.multiselect("Options to sweep (one or two)", SWEEPABLE, max_selections=2, key="sweep_params",
-                           format_func=lambda name: OPTIONS_BY_NAME[name].label)
+    options = [name for name in SWEEPABLE if applies(name, base)]
+    if chosen := st.session_state.get("sweep_params"):
+        st.session_state["sweep_params"] = [name for name in chosen if name in options]
+    names = st.multiselect("Options to sweep (one or two)", options, max_selections=2, key="sweep_params",
+                           format_func=lambda name: OPTIONS_BY_NAME[name].label,
+                           help="Only the options that apply to the chosen head.")
     grid = []
     columns = st.columns(max(len(names), 1) + 1)
     try:

@@ -9,7 +9,8 @@ Locks in:
   again (core and the Train page's "Run sweep", which leaves the dataset unchanged);
 - ``python -m core sweep`` writes one run folder per combination and a sweep.csv (every option and metric),
   answers a repeat from disk, and refuses a foreign non-empty --out before any work, changing nothing;
-- the Train page's "Run sweep" trains the combinations and draws the chart and its table.
+- the Train page's "Run sweep" trains the combinations and draws the chart and its table; it offers only the
+  options that apply to the chosen head (the kernel head's ridge and γ, no MLP option) and drops a stale choice.
 """
 from __future__ import annotations
 
@@ -165,6 +166,23 @@ def train_page_with_a_dropout_sweep(dataset_root, seeds: str) -> AppTest:
     at.text_input(key="sweep_values_dropout").input("0.0,0.5")
     at.text_input(key="sweep_seeds").input(seeds)
     return at.run()
+
+
+def test_the_page_offers_only_options_that_apply_to_the_chosen_head(tiny_features):
+    from core.model.config import OPTIONS_BY_NAME
+
+    def offered() -> set[str]:
+        labels = set(at.multiselect(key="sweep_params").options)
+        return {name for name, option in OPTIONS_BY_NAME.items() if option.label in labels}
+
+    dataset, _ = tiny_features
+    at = train_page_with_a_dropout_sweep(dataset.root, "0")
+    assert {"dropout", "learning_rate"} <= offered() and "ridge" not in offered()
+    at.radio(key="preset").set_value("fast").run()
+    assert not at.exception
+    assert {"ridge", "kernel_gamma"} <= offered()
+    assert not {"dropout", "learning_rate", "epochs", "hidden"} & offered()
+    assert at.multiselect(key="sweep_params").value == []
 
 
 def test_train_page_runs_a_sweep_and_draws_its_chart(tiny_features):
