@@ -234,6 +234,15 @@ def _json(code: int, body: Any) -> tuple[int, bytes, dict[str, str]]:
     return code, json.dumps(body).encode("utf-8"), {"Content-Type": "application/json;charset=utf-8"}
 
 
+def use_fake_tmdb(monkeypatch, server: FakeTmdb, home) -> None:
+    """Point the product at ``server`` with the v3 test key, and ``HOME`` (where secrets are looked up) at ``home``."""
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("TMDB_READ_TOKEN", raising=False)
+    monkeypatch.setenv("TMDB_API_KEY", API_KEY)
+    monkeypatch.setenv("TMDB_API_BASE", server.api_base)
+    monkeypatch.setenv("TMDB_IMAGE_BASE", server.image_base)
+
+
 @pytest.fixture
 def fake_tmdb() -> Iterator[FakeTmdb]:
     server = FakeTmdb().start()

@@ -29,7 +29,7 @@ from core.sources.http import HttpConfig
 from core.data.images import open_rgb
 from core.sources.tmdb import TmdbConfig, TmdbCredentials, download_tmdb, load_credentials, parse_years
 from tests.fake_tmdb import (API_KEY, INVALID_JSON, READ_TOKEN, SLOW, FakeTmdb, make_movies,
-                             status)
+                             status, use_fake_tmdb)
 
 FAST = HttpConfig(requests_per_second=1000, timeout=0.3, max_retries=3, backoff_base=0.01)
 KEY = TmdbCredentials(api_key=API_KEY)
@@ -314,11 +314,7 @@ def _cli(argv: list[str]) -> int:
 @pytest.fixture
 def cli_env(fake, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("TMDB_READ_TOKEN", raising=False)
-    monkeypatch.setenv("TMDB_API_KEY", API_KEY)
-    monkeypatch.setenv("TMDB_API_BASE", fake.api_base)
-    monkeypatch.setenv("TMDB_IMAGE_BASE", fake.image_base)
+    use_fake_tmdb(monkeypatch, fake, tmp_path)
     return monkeypatch
 
 

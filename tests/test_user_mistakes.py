@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.cli.main import main
 from core.errors import TrainingError
-from tests.fake_tmdb import API_KEY, GENRES, FakeTmdb, make_movies
+from tests.fake_tmdb import GENRES, FakeTmdb, make_movies, use_fake_tmdb
 from tests.test_hostile_inputs import JPEG, assert_refused, make_folder, run_cli
 
 POSTER = "demo-0001.jpg"
@@ -253,11 +252,7 @@ def tmdb_env(tmp_path, monkeypatch):
     def serve(movies, genres) -> None:
         server = FakeTmdb(movies=movies, genres=genres).start()
         servers.append(server)
-        monkeypatch.setenv("HOME", str(tmp_path))
-        monkeypatch.delenv("TMDB_READ_TOKEN", raising=False)
-        monkeypatch.setenv("TMDB_API_KEY", API_KEY)
-        monkeypatch.setenv("TMDB_API_BASE", server.api_base)
-        monkeypatch.setenv("TMDB_IMAGE_BASE", server.image_base)
+        use_fake_tmdb(monkeypatch, server, tmp_path)
     yield serve
     for server in servers:
         server.stop()
