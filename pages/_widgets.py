@@ -9,10 +9,9 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 from PIL import Image
 
@@ -24,6 +23,9 @@ from core.features.pipeline import FeatureSet
 from core.data.images import thumbnail
 from core.model.experiment import LabelsInfo
 from core.model.runs import Run, labels_note
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 THUMBNAIL_SIDE = 256
 SELECTED_RUN = "selected_run"

@@ -4,6 +4,7 @@
 - The folder loads with ``load_dataset`` with nothing skipped, and dataset.json says it is synthetic.
 - Every genre appears, several posters carry more than one genre, and genres are imbalanced.
 - Genre styles differ measurably (Horror is darker than Comedy, Sci-Fi bluer than Western).
+- The grain is Gaussian: per pixel a value shared by the channels (sigma) plus one per channel (sigma / 3).
 - Progress is reported for every poster.
 - ``ensure_demo_dataset`` reuses a complete folder untouched, regenerates a missing, incomplete or
   outdated one, and keeps a complete folder that another caller installed meanwhile.
@@ -26,6 +27,7 @@ from core.data.demo import (
     DEMO_GENRES,
     GENERATOR_VERSION,
     DemoConfig,
+    _grain,
     _sample_labels,
     demo_dataset_dir,
     ensure_demo_dataset,
@@ -122,6 +124,15 @@ def test_genre_styles_differ_measurably(demo):
     western = _mean_colour(_single_genre_paths(demo, "Western"))
     assert comedy.mean() - horror.mean() > 80
     assert scifi[2] - scifi[0] > 30 > western[2] - western[0]
+
+
+def test_grain_is_gaussian_with_a_shared_and_a_per_channel_part():
+    noise = _grain(np.full((300, 200, 3), 128.0, dtype=np.float32), np.random.default_rng(0), 6.0) - 128.0
+    assert noise.dtype == np.float32
+    assert abs(noise.mean()) < 0.05
+    assert noise.std() == pytest.approx(np.hypot(6.0, 2.0), rel=0.02)
+    assert np.mean(np.abs(noise) < noise.std()) == pytest.approx(0.6827, abs=0.01)
+    assert np.corrcoef(noise[..., 0].ravel(), noise[..., 1].ravel())[0, 1] == pytest.approx(36 / 40, abs=0.01)
 
 
 def test_progress_is_reported_for_every_poster(tmp_path):

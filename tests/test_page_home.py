@@ -9,12 +9,17 @@ Behaviours locked in:
 - on the synthetic demo with ImageNet weights chosen, the one click extracts EfficientNet-Lite2 ImageNet
   features when its package is installed (the page says so first), trains on them and makes them the
   active features; any other dataset, backbone or weights choice is kept as chosen;
+- a cold Home (a fresh process) imports none of the libraries it does not need for its first paint
+  (scikit-learn alone took 1.4 s to import);
 - no page script holds a bare expression other than a call (a string placed after the first statement,
   a name, a tuple...): Streamlit "magic" would write it onto the page.
 """
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,19 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_SCRIPTS = [ROOT / "app.py", *sorted(path for path in (ROOT / "pages").glob("*.py")
                                          if not path.name.startswith("_"))]
+NOT_FOR_FIRST_PAINT = ("sklearn", "scipy", "pandas", "tensorflow", "keras", "umap", "numba")
+COLD_HOME = '''
+import sys
+from streamlit.testing.v1 import AppTest
+from core.data.demo import DemoConfig, make_demo_dataset
+root = make_demo_dataset(sys.argv[1], DemoConfig(n_posters=6))
+at = AppTest.from_file(sys.argv[2], default_timeout=120)
+at.session_state["settings"] = {"dataset": str(root), "weights": "none", "precision": "auto"}
+at.run()
+assert not at.exception, at.exception
+assert at.metric, "Home was not drawn"
+print(" ".join(name for name in sys.argv[3:] if name in sys.modules))
+'''
 DOCSTRING_HOLDERS = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)
 NOT_WRITTEN = (ast.Call, ast.Await, ast.Yield, ast.YieldFrom)
 
@@ -56,6 +74,14 @@ def test_magic_check_finds_a_string_after_a_constant():
     tree = ast.parse('"""Module docstring."""\nLIMIT = 3\n"""Not a docstring: shown on the page."""\n'
                      'def f():\n    x = 1\n    "shown too"\n')
     assert magic_writes(tree) == [3, 6]
+
+
+def test_a_cold_home_imports_nothing_its_first_paint_does_not_need(tmp_path):
+    env = {**os.environ, "POSTER_GENRE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", COLD_HOME, str(tmp_path / "demo"), str(ROOT / "app.py"),
+                           *NOT_FOR_FIRST_PAINT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == []
 
 
 def test_home_counts_features_and_runs(tiny_features):

@@ -18,6 +18,9 @@ not depend on the file's resolution), except the aspect ratio, read from the ori
 Rows are cached per poster content (sha256 of the file's bytes) in a ``FeatureStore``, so a dataset
 that gains posters decodes only the new ones; feature extraction writes them from the image it decodes
 (``core.features.byproducts``), and posters that cannot be decoded are remembered there, not retried.
+
+pandas is imported by the two functions that build tables: this module is on every page's import path
+(through the feature pipeline), and Home's first paint builds none.
 """
 from __future__ import annotations
 
@@ -26,15 +29,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 
 from core.cache import cache_root, stable_hash
 from core.data.datasets import Dataset, Skipped
 from core.data.images import ImageSource, open_rgb
 from core.errors import ImageError, PosterGenreError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,8 @@ class Descriptors:
     n_computed: int = 0
 
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.values, columns=list(NAMES)).assign(id=self.ids)
 
     def for_ids(self, ids: Sequence[str]) -> np.ndarray:
@@ -223,6 +230,8 @@ def map_structure(neighbours: np.ndarray, values: np.ndarray, Y: np.ndarray,
                   genres: Sequence[str]) -> pd.DataFrame:
     """How much each descriptor and each genre is shared by map neighbours (``neighbour_predictability``),
     one row per column with ``kind`` "descriptor" or "genre", best first."""
+    import pandas as pd
+
     Y = np.asarray(Y, dtype=np.float64)
     if Y.shape != (len(values), len(genres)):
         raise PosterGenreError(f"labels of shape {Y.shape} do not match {len(values)} posters × {len(genres)} genres")
