@@ -4,7 +4,10 @@ Every configuration runs in this process on the same posters (the model built an
 figure is decode + hash + inference + shard writes), so read the ratios: the CPU may be shared.
 
     python -m bench.backbones [--dataset DIR] [--n 128] [--vgg16-weights PATH|imagenet]
-                              [--configs vgg16:tutorial:float32,efficientnet-lite2:tutorial:float32,...]
+                              [--configs vgg16:tutorial:float32,efficientnet-lite2:poster:float32:320,...]
+
+A configuration is ``backbone:geometry:precision``, with an optional ``:width`` (the input width; the
+backbone's native one when left out).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from bench import _common
 
 DEFAULT_CONFIGS = ("vgg16:tutorial:float32", "vgg16:tutorial:auto", "vgg16:poster:float32", "vgg16:poster:auto",
                    "efficientnet-lite2:tutorial:float32", "efficientnet-lite2:tutorial:bfloat16",
-                   "efficientnet-lite2:poster:float32", "efficientnet-lite2:poster:auto")
+                   "efficientnet-lite2:poster:float32", "efficientnet-lite2:poster:auto",
+                   "efficientnet-lite2:poster:float32:320")
 
 
 def posters_per_second(dataset, config, weights) -> float:
@@ -49,7 +53,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="posters per configuration")
     parser.add_argument("--vgg16-weights", default=_common.default_weights())
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="backbone:geometry:precision,...")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="backbone:geometry:precision[:width],...")
     args = parser.parse_args()
 
     from core.data.datasets import Dataset, load_dataset
@@ -64,10 +68,10 @@ def main() -> None:
     print("| backbone, input | precision | posters/s |")
     print("|---|---|---|")
     for item in args.configs.split(","):
-        backbone, geometry, precision = item.split(":")
+        backbone, geometry, precision, *width = item.split(":")
         spec = args.vgg16_weights if backbone == "vgg16" else "imagenet"
         config = FeatureConfig(weights=spec, precision=precision, batch_size=args.batch_size, geometry=geometry,
-                               backbone=backbone, storage="pooled")
+                               backbone=backbone, storage="pooled", image_size=int(width[0]) if width else 0)
         weights = resolve_weights(spec, backbone)
         rate = posters_per_second(subset, config, weights)
         print(f"| {config.label} | {precision} → {weights_precision(config)} | {rate:.1f} |", flush=True)
