@@ -22,7 +22,7 @@ from core.features.backbones import BACKBONES
 from core.features.byproducts import backfill
 from core.features.descriptors import (DESCRIPTORS, NAMES, Descriptors, dataset_descriptors, descriptors_cached,
                                        map_neighbours, map_structure)
-from core.model.gradcam import VIEW_LAYERS, GradCam, localisation_caveat, overlay
+from core.model.gradcam import BACKBONE_VIEW_LAYERS, GradCam, localisation_caveat, overlay
 from core.model.runs import Run
 from pages._shared import fingerprint, progress_bar
 from pages._widgets import thumbnails
@@ -319,8 +319,9 @@ def gradcam_section(run: Run, dataset) -> None:
     st.subheader("Where the model looks (Grad-CAM)")
     if not st.toggle("Show a heatmap of where the model looks (about 2 s per poster and genre)", key="gradcam_on"):
         return
-    if run.config.feature_view not in VIEW_LAYERS:
-        st.info(f"Grad-CAM needs a run on VGG16 features ({', '.join(VIEW_LAYERS)}).")
+    if run.config.feature_view not in BACKBONE_VIEW_LAYERS.get(run.feature_config.backbone, {}):
+        explained = " and ".join(BACKBONES[name].label for name in BACKBONE_VIEW_LAYERS)
+        st.info(f"Grad-CAM explains runs on {explained} features; this run's are {run.features_label}.")
         return
     posters = {poster.id: poster for poster in dataset.posters}
     choices = [UPLOAD] + [id_ for id_ in run.split["test"] if id_ in posters]

