@@ -1,0 +1,263 @@
+"""A new user's first touch, in headless Chromium against `streamlit run app.py` on a fresh server and an
+EMPTY cache (a temporary POSTER_GENRE_CACHE), every step timed in one run against the same run's baseline.
+
+    python -m bench.first_touch [--dataset DIR] [--n 1200] [--port 8597]
+
+Steps, clicked as a user would: a one-line Streamlit app's first paint (the baseline: read ratios, not
+seconds); the cold Home (title shown, page run finished); Home's one click ("Explore the demo": extract and
+train), beside the duration the page promises; a folder of the first N posters of DIR chosen on the Data page
+and extracted with EfficientNet-Lite2, beside the CLI's rate on the same posters in another empty cache;
+the `fast` preset on the Train page; the first map on the Clusters page; the Grad-CAM toggle on the
+Predictions page. It prints a markdown table `| step | seconds | baseline / ratio | target |`. A step whose
+element is missing stops the benchmark with its name and a screenshot (the path is printed), never a number.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import _common
+from bench.dashboard import _wait_done, browser, start_server, time_page, time_switch
+
+SHOTS = Path(tempfile.mkdtemp(prefix="pge-first-touch-shots-"))
+LITE2 = "EfficientNet-Lite2"
+GRADCAM_TOGGLE = "Show a heatmap of where the model looks (about 2 s per poster and genre)"
+
+
+class StepFailed(SystemExit):
+    """A step could not find what a user would see: its message names the step and the screenshot."""
+
+
+@contextlib.contextmanager
+def step(driver, name: str):
+    try:
+        yield
+    except StepFailed:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of a step is reported with its screenshot
+        shot = SHOTS / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}.png"
+        with contextlib.suppress(Exception):
+            driver.save_screenshot(str(shot))
+        raise StepFailed(f"step '{name}' failed: {type(err).__name__}: {err}\nscreenshot: {shot}") from err
+
+
+def body(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def until(driver, started: float, seen, what: str, timeout: float = 600) -> float:
+    """Seconds from ``started`` until ``seen(driver)`` is true (the result shows); then waits until the page
+    run has ended and no exception block is shown."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    while time.perf_counter() - started < timeout:
+        with contextlib.suppress(StaleElementReferenceException):
+            if seen(driver):
+                shown = time.perf_counter() - started
+                _wait_done(driver, started, timeout)
+                if errors := driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
+                    raise RuntimeError(f"the page shows an exception: {errors[0].text[:400]}")
+                return shown
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not show within {timeout:.0f}s on {driver.current_url}")
+
+
+def click(driver, label: str) -> float:
+    """Click the button, radio option or toggle whose visible text is ``label``; returns when it was clicked."""
+    from selenium.webdriver.common.by import By
+
+    for element in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stButton"] button, label'):
+        text = element.text.strip()
+        if label in (text, text.splitlines()[-1] if text else "") and element.is_displayed():
+            started = time.perf_counter()
+            element.click()
+            time.sleep(0.05)
+            return started
+    raise LookupError(f"nothing labelled {label!r} on {driver.current_url}")
+
+
+def has(css: str):
+    from selenium.webdriver.common.by import By
+
+    return lambda driver: bool(driver.find_elements(By.CSS_SELECTOR, css))
+
+
+def contains(text: str):
+    return lambda driver: text in body(driver)
+
+
+def settle(driver) -> None:
+    time.sleep(0.3)
+    _wait_done(driver, time.perf_counter(), 600)
+
+
+def make_folder(source: Path, n: int) -> Path:
+    """The first ``n`` posters of ``source`` (labels.csv order) as a dataset folder of symbolic links."""
+    root = Path(tempfile.mkdtemp(prefix="pge-first-touch-set-")) / f"first-{n}"
+    (root / "posters").mkdir(parents=True)
+    files = {path.stem: path for path in (source / "posters").iterdir()}
+    with open(source / "labels.csv", newline="", encoding="utf-8") as read, \
+            open(root / "labels.csv", "w", newline="", encoding="utf-8") as write:
+        rows, out = csv.DictReader(read), csv.writer(write)
+        out.writerow(["id", "title", "genres"])
+        for row in rows:
+            if n == 0:
+                break
+            if row["id"] in files:
+                (root / "posters" / files[row["id"]].name).symlink_to(files[row["id"]].resolve())
+                out.writerow([row["id"], row["title"], row["genres"]])
+                n -= 1
+    if n:
+        raise SystemExit(f"{source} has {n} posters fewer than asked for")
+    return root
+
+
+def cli_extract(folder: Path, env: dict) -> tuple[float, float]:
+    """The CLI on ``folder`` in its own empty cache: (the extraction's own seconds, the command's wall seconds)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "core", "extract", "--dataset", str(folder), "--backbone",
+                           "efficientnet-lite2", "--weights", "imagenet"], cwd=_common.ROOT, capture_output=True,
+                          text=True, env={**env, "POSTER_GENRE_CACHE": tempfile.mkdtemp(prefix="pge-cli-cache-")})
+    wall = time.perf_counter() - started
+    found = re.search(r"computed \d+, cached 0, failed \d+ \(([\d.]+)s\)", done.stdout)
+    if done.returncode or not found:
+        raise SystemExit(f"CLI extraction failed ({done.returncode}):\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
+    return float(found.group(1)), wall
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server and the warm-up's child processes it started (found through each of its threads)."""
+    children = []
+    for task in Path(f"/proc/{process.pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=20)
+    for child in children:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+
+
+def first_touch(driver, url: str, folder: Path, n: int) -> tuple[list[tuple], dict]:
+    """The steps in a user's order; rows of (step, seconds, target) and what the pages said."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    rows, said = [], {}
+    with step(driver, "cold Home"):
+        started = time.perf_counter()
+        driver.get(url)
+        title = until(driver, started, lambda d: any("Poster Genre Explorer" in h.text
+                                                     for h in d.find_elements(By.CSS_SELECTOR, "h1")),
+                      "Home's title", timeout=300)
+        done = _wait_done(driver, started, 300)
+        rows += [("cold Home: title visible", title, "<= 2 s"), ("cold Home: page run finished", done, "<= 3 s")]
+    with step(driver, "Explore the demo"):
+        promise = re.search(r"\(about [^)]*\)", body(driver))
+        said["promise"] = promise.group(0) if promise else "(no duration promised)"
+        started = click(driver, "Explore the demo")
+        seconds = until(driver, started, contains("Done: features extracted"), "the one-click result")
+        rows.append((f"Home one click (extract + train); page promises {said['promise']}", seconds, "<= 20 s"))
+    with step(driver, "Data page: choose the folder"):
+        time_switch(driver, "Data")
+        field = driver.find_element(By.CSS_SELECTOR, ".st-key-folder_path input")
+        field.send_keys(str(folder), Keys.ENTER)
+        settle(driver)
+        until(driver, click(driver, "Use this folder"), contains(f"Active dataset: {folder}"), "the folder's activation")
+        if f"{n:,}" not in body(driver):
+            raise RuntimeError(f"the Data page does not show {n:,} usable posters")
+    with step(driver, "Data page: EfficientNet-Lite2 and Extract features"):
+        click(driver, LITE2)
+        settle(driver)
+        started = click(driver, "Extract features")
+        seconds = until(driver, started, contains("Last extraction took"), "the extraction's result")
+        said["page_extract_s"] = float(re.search(r"Last extraction took ([\d.]+) s", body(driver)).group(1))
+        if f"{n:,} / {n:,}" not in body(driver):
+            raise RuntimeError(f"the page does not show features for all {n:,} posters after extracting")
+        rows.append((f"Data: extract {n:,} posters, {LITE2} (click to result)", seconds, "<= 15 s"))
+    with step(driver, "Train page: fast preset"):
+        time_switch(driver, "Train")
+        click(driver, "fast")
+        settle(driver)
+        seconds = until(driver, click(driver, "Train"), has(".st-key-headline"), "the headline result")
+        rows.append(("Train: `fast` preset, click to headline", seconds, "held (~3 s)"))
+    with step(driver, "Clusters page: first map"):
+        time_switch(driver, "Clusters")
+        said["clusters_opening"] = "an error" if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAlert"]'
+                                                                       ) and "not available" in body(driver) else "ok"
+        if said["clusters_opening"] != "ok":  # a user picks a pooled view, as the page's message says
+            driver.find_element(By.CSS_SELECTOR, ".st-key-map_view input").send_keys("global average pooling of "
+                                                                                     "block4", Keys.ENTER)
+            settle(driver)
+        seconds = until(driver, click(driver, "Compute map"), has(".st-key-umap_chart .main-svg"), "the map figure")
+        rows.append(("Clusters: first map, click to figure", seconds, "-"))
+    with step(driver, "Predictions page: Grad-CAM toggle"):
+        time_switch(driver, "Predictions")
+        section = '//*[contains(text(), "Where the model looks")]/ancestor::*[@data-testid="stVerticalBlock"][1]'
+        seconds = until(driver, click(driver, GRADCAM_TOGGLE), lambda d: contains("gradients at")(d) and any(
+            s.find_elements(By.CSS_SELECTOR, "img") for s in d.find_elements(By.XPATH, section)), "the heatmap")
+        rows.append(("Predictions: Grad-CAM toggle, one poster", seconds, "<= 2 s"))
+    return rows, said
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=_common.DEV_SET, help="folder with posters/ and labels.csv")
+    parser.add_argument("--n", type=int, default=1200, help="posters in the folder chosen on the Data page")
+    parser.add_argument("--port", type=int, default=8597)
+    args = parser.parse_args()
+    _common.print_machine()
+    folder = make_folder(args.dataset.resolve(), args.n)
+    cache = Path(tempfile.mkdtemp(prefix="pge-first-touch-cache-"))
+    env = {name: value for name, value in os.environ.items() if name != "POSTER_GENRE_WEIGHTS"}
+    env.update(POSTER_GENRE_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
+    print(f"empty cache {cache}; dataset folder {folder}; screenshots of failed steps go to {SHOTS}", flush=True)
+
+    baseline_script = Path(tempfile.mkdtemp(prefix="pge-baseline-")) / "baseline_app.py"
+    baseline_script.write_text('import streamlit as st\nst.title("Baseline")\nst.write("hello")\n')
+    driver = browser()
+    try:
+        base_server = start_server(baseline_script, args.port + 1, env)
+        try:
+            baseline = min(time_page(driver, f"http://127.0.0.1:{args.port + 1}/") for _ in range(3))
+        finally:
+            stop(base_server)
+        server = start_server(_common.ROOT / "app.py", args.port, env)
+        try:
+            rows, said = first_touch(driver, f"http://127.0.0.1:{args.port}/", folder, args.n)
+        finally:
+            stop(server)
+    finally:
+        driver.quit()
+    cli_seconds, cli_wall = cli_extract(folder, env)
+
+    page_seconds = next(seconds for name, seconds, _ in rows if name.startswith("Data: extract"))
+    print("\n| step | seconds | baseline / ratio | target |\n|---|---:|---:|---|")
+    print(f"| baseline: one-line app, first paint | {baseline:.2f} | 1.0x | - |")
+    for name, seconds, target in rows:
+        print(f"| {name} | {seconds:.2f} | {seconds / baseline:.1f}x | {target} |")
+    print(f"| CLI extract, same {args.n:,} posters, own cache (its measure; wall {cli_wall:.1f} s) | "
+          f"{cli_seconds:.2f} | {cli_seconds / baseline:.1f}x | - |")
+    print(f"| page rate / CLI rate ({args.n / page_seconds:.0f} vs {args.n / cli_seconds:.0f} posters/s; the page's "
+          f"own measure {said['page_extract_s']:.1f} s) | - | {cli_seconds / page_seconds:.2f}x | >= 0.9x |")
+    print("\nThe Clusters page opened without an error on its default feature view." if said["clusters_opening"] == "ok"
+          else "\nThe Clusters page opened on an error (its default view is VGG16's flatten, which these features "
+               "lack); the map row is of the avg45 view, picked as its message says.")
+    print(f"Home promises {said['promise']} for its one click; load while running: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
