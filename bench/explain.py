@@ -3,7 +3,7 @@
 Prints, for the dev set with the shared ImageNet weights:
 
 - the mosaic of the whole avg45 UMAP map: thumbnails decoded cold (into a temporary folder), then the
-  same mosaic from the per-poster thumbnail cache (atlas rebuilt) and from the cached atlas (what the
+  same mosaic from the thumbnail cache (atlas rebuilt) and from the cached atlas (what the
   Clusters page does on a rerun); the ratio is cold / cached;
 - the cluster report of the Clusters page: HDBSCAN on the avg45 map and on its PCA scores, the noise
   share, and per cluster its size, the genres enriched in it (ratio, BH q-value) and the visual

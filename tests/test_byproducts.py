@@ -4,6 +4,7 @@ Locks in:
 - an in-process extraction writes, for every decodable poster, a thumbnail and a descriptor row into the
   content-keyed caches, exactly equal (bit for bit) to what the standalone paths compute from the file
   (``poster_thumbnail``, ``image_descriptors``), including a non-RGB, non-2:3 PNG;
+- the thumbnails of an extraction batch go into one shard (one .npy per batch, not per poster);
 - after it, the atlas and ``dataset_descriptors`` decode no poster (Pillow's ``Image.open`` never called);
 - an undecodable poster gets neither, is still reported by extraction, and is remembered so that neither
   ``backfill`` nor ``descriptors_cached`` waits for it again;
@@ -21,8 +22,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from core.analysis.mosaic import missing_thumbnails, poster_thumbnail, thumbnail_atlas, thumbnail_file
-from core.cache import cache_root, load_npy
+from core.analysis.mosaic import (cached_thumbnails, missing_thumbnails, poster_thumbnail, thumbnail_atlas,
+                                  thumbnail_store)
+from core.cache import cache_root, read_json
 from core.data.datasets import load_dataset
 from core.data.demo import DemoConfig, make_demo_dataset
 from core.errors import ImageError
@@ -84,8 +86,10 @@ def _assert_equal_to_standalone(dataset, tmp_path: Path) -> None:
     assert len(thumbs) == len(rows) == len(keys) - 1  # the non-image has neither
     assert missing_thumbnails(keys) == [keys[2]] and missing_descriptors(keys) == [] and missing(keys) == []
     assert undecodable() == {keys[2]}
+    cached = cached_thumbnails(keys)
+    assert sorted(cached) == sorted(thumbs)
     for key, thumb in thumbs.items():
-        np.testing.assert_array_equal(np.asarray(load_npy(thumbnail_file(key), mmap=False)), thumb)
+        np.testing.assert_array_equal(cached[key], thumb)
     result = dataset_descriptors(dataset)
     assert result.n_computed == 0
     expected = np.stack([rows[key] for key in keys if key in rows])
@@ -97,6 +101,20 @@ def test_extraction_writes_thumbnails_and_descriptors_equal_to_the_standalone_on
     features = extract_features(dataset, CONFIG)
     assert [skipped.id for skipped in features.failed] == [dataset.posters[2].id]
     _assert_equal_to_standalone(dataset, tmp_path)
+
+
+def shard_holding(key: str) -> Path:
+    """The thumbnail shard (.npy) whose sidecar lists ``key``."""
+    return next(sidecar.with_suffix(".npy") for sidecar in thumbnail_store().folder.glob("shard-*.json")
+                if key in read_json(sidecar)["keys"])
+
+
+def test_extraction_writes_one_thumbnail_file_per_batch_not_per_poster(posters, cache):
+    dataset, _ = load_dataset(posters, check_images=False)
+    extract_features(dataset, CONFIG)  # batches of 4: posters 0-3 (2 does not decode) and 4-5
+    folder = thumbnail_store().folder
+    assert sorted(len(read_json(sidecar)["keys"]) for sidecar in folder.glob("shard-*.json")) == [2, 3]
+    assert len(list(cache.rglob("thumbnails/**/*.npy"))) == 2
 
 
 def test_after_extraction_the_atlas_and_descriptors_decode_nothing(posters, cache, monkeypatch):
@@ -143,8 +161,8 @@ def test_backfill_decodes_each_missing_poster_once_then_never(posters, cache, tm
 def test_backfill_after_a_lost_thumbnail_decodes_only_that_poster(posters, cache, decodes):
     dataset, _ = load_dataset(posters, check_images=False)
     keys = dataset.content_keys()
-    backfill(dataset.paths, keys)
-    thumbnail_file(keys[0]).unlink()
+    backfill(dataset.paths, keys, batch_size=1)
+    shard_holding(keys[0]).unlink()
     decodes.clear()
     backfill(dataset.paths, keys)
     assert decodes == [str(dataset.paths[0])]

@@ -222,6 +222,7 @@ def test_verify_names_each_damaged_file_and_exits_1(tiny_dataset, cache, monkeyp
     assert code == 0 and err == ""
     assert out.splitlines() == [
         f"feature shards in {cache / 'features'}: 2 checked, 0 damaged",
+        f"thumbnail shards in {cache / 'thumbnails'}: 0 checked, 0 damaged",
         f"cached arrays and run files in {cache}: 1 checked, 0 damaged",
         f"run files in {run}: 1 checked, 0 damaged",
         f"remembered poster hashes of {root}: {len(dataset)} checked, 0 damaged"]
@@ -241,6 +242,7 @@ def test_verify_names_each_damaged_file_and_exits_1(tiny_dataset, cache, monkeyp
     assert code == 1
     assert out.splitlines() == [
         f"feature shards in {cache / 'features'}: 2 checked, 1 damaged",
+        f"thumbnail shards in {cache / 'thumbnails'}: 0 checked, 0 damaged",
         f"cached arrays and run files in {cache}: 1 checked, 1 damaged",
         f"run files in {run}: 1 checked, 1 damaged",
         f"remembered poster hashes of {root}: {len(dataset)} checked, 1 damaged",

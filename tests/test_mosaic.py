@@ -4,7 +4,9 @@ Locks in: the snap layout puts each poster in at most one cell, each occupied ce
 nearest its centre, and an empty map region stays empty; the assignment layout fills a dense grid with
 every poster exactly once; the mosaic image places each thumbnail at its cell; thumbnails are decoded
 once per file content and the atlas is read back from disk; an unreadable poster becomes a grey tile;
-bad coordinates are refused.
+bad coordinates are refused. Thumbnails are cached many to a shard (one .npy for a batch) and read back bit
+for bit by a fresh store; a shard damaged in place or truncated is detected when read, removed, and its
+posters decoded again, so the atlas never shows its bytes.
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, BACKGROUND, MISSING_GREY, THUMB_HEIGHT, THUMB_WIDTH,
-                                  assign_layout, atlas_file, cell_at, grid_shape, mosaic_image, mosaic_layout,
-                                  poster_thumbnail, snap_layout, thumbnail_atlas)
+from core.analysis.mosaic import (ASSIGN_MAX_POSTERS, BACKGROUND, MISSING_GREY, THUMB_HEIGHT, THUMB_SHAPE,
+                                  THUMB_WIDTH, assign_layout, atlas_file, cached_thumbnails, cell_at, grid_shape,
+                                  missing_thumbnails, mosaic_image, mosaic_layout, poster_thumbnail,
+                                  save_thumbnails, snap_layout, thumbnail_atlas, thumbnail_store)
+from core.cache import memo_file_sha256, read_json
 from core.errors import PosterGenreError
 
 
@@ -107,6 +111,52 @@ def test_atlas_is_read_back_and_an_unreadable_poster_is_grey(tmp_path):
     assert atlas_file(paths, root=tmp_path / "cache").is_file()
     assert atlas.shape == (2, THUMB_HEIGHT, THUMB_WIDTH, 3)
     assert (atlas[1] == MISSING_GREY).all()
-    for tile in (tmp_path / "cache").glob("??/*.npy"):
-        tile.unlink()
+    shards = list((tmp_path / "cache").rglob("shard-*.npy"))
+    assert len(shards) == 1
+    shards[0].unlink()
     np.testing.assert_array_equal(thumbnail_atlas(paths, root=tmp_path / "cache"), atlas)
+
+
+def test_many_thumbnails_go_into_one_shard_and_come_back_bit_for_bit(tmp_path):
+    keys = [f"{i:064x}" for i in range(300)]
+    tiles = np.random.default_rng(0).integers(0, 256, (300, *THUMB_SHAPE), dtype=np.uint8)
+    save_thumbnails(keys, tiles, root=tmp_path)
+    assert len(list(tmp_path.rglob("*.npy"))) == 1
+    unknown = "f" * 64
+    cached = cached_thumbnails([unknown, *reversed(keys)], root=tmp_path)  # a fresh store: reads the sidecar
+    assert list(cached) == list(reversed(keys))
+    for key, tile in zip(keys, tiles):
+        np.testing.assert_array_equal(cached[key], tile)
+    assert missing_thumbnails([*keys, unknown], root=tmp_path) == [unknown]
+    save_thumbnails(keys[:10], tiles[:10], root=tmp_path)
+    assert len(list(tmp_path.rglob("*.npy"))) == 1
+
+
+@pytest.mark.parametrize("damage", ["bytes changed in place", "truncated"])
+def test_a_damaged_shard_is_detected_and_its_posters_are_decoded_again(tmp_path, monkeypatch, damage):
+    paths = [_poster(tmp_path / f"p{i}.png", (60 * i, 100, 240 - 60 * i)) for i in range(4)]
+    truth = [poster_thumbnail(path, root=tmp_path / "standalone") for path in paths]
+    keys = [memo_file_sha256(path) for path in paths]
+    cache = tmp_path / "cache"
+    save_thumbnails(keys[:2], np.stack(truth[:2]), root=cache)
+    save_thumbnails(keys[2:], np.stack(truth[2:]), root=cache)
+    folder = thumbnail_store(cache).folder
+    shard = next(sidecar.with_suffix(".npy") for sidecar in folder.glob("shard-*.json")
+                 if keys[0] in read_json(sidecar)["keys"])
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        del data[-1]
+    else:
+        data[-1] ^= 0xFF  # the last pixel of the second poster
+    shard.write_bytes(bytes(data))
+    decoded: list = []
+    import core.data.images
+
+    original = core.data.images.open_rgb
+    monkeypatch.setattr(core.data.images, "open_rgb", lambda path: decoded.append(path) or original(path))
+    atlas = thumbnail_atlas(paths, keys=keys, root=cache)
+    for tile, expected in zip(atlas, truth):
+        np.testing.assert_array_equal(tile, expected)
+    assert sorted(decoded) == paths[:2]
+    assert not shard.exists() and missing_thumbnails(keys, root=cache) == []
+    assert len(list(folder.glob("shard-*.npy"))) == 2

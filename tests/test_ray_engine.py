@@ -91,8 +91,7 @@ def test_ray_rows_equal_in_process_rows(ray_run, tiny_features):
 @needs_ray
 def test_ray_writes_the_thumbnails_and_descriptors_in_process_extraction_writes(ray_run, ray_cache, monkeypatch,
                                                                                tmp_path):
-    from core.analysis.mosaic import missing_thumbnails, poster_thumbnail, thumbnail_file
-    from core.cache import load_npy
+    from core.analysis.mosaic import cached_thumbnails, missing_thumbnails, poster_thumbnail
     from core.features.byproducts import missing
     from core.features.descriptors import dataset_descriptors, image_descriptors
 
@@ -101,8 +100,9 @@ def test_ray_writes_the_thumbnails_and_descriptors_in_process_extraction_writes(
     keys = dataset.content_keys()
     assert missing(keys) == [] and missing_thumbnails(keys) == [keys[BROKEN]]
     decodable = [i for i in range(len(dataset)) if i != BROKEN]
+    cached = cached_thumbnails(keys)
     for i in decodable[PRECACHED:]:  # made on the cluster (the first ones were extracted in-process)
-        np.testing.assert_array_equal(np.asarray(load_npy(thumbnail_file(keys[i]), mmap=False)),
+        np.testing.assert_array_equal(cached[keys[i]],
                                       poster_thumbnail(dataset.paths[i], root=tmp_path / "standalone"))
     result = dataset_descriptors(dataset)
     assert result.n_computed == 0 and result.ids == first.ids

@@ -11,6 +11,10 @@ Either way a poster appears in at most one cell. The image is assembled from a t
 poster is decoded once into a small ``THUMB_WIDTH`` x ``THUMB_HEIGHT`` thumbnail cached on disk under the
 sha256 of its file (feature extraction makes it from the image it decodes: ``core.features.byproducts``), and the atlas of a whole dataset is cached as one array, so a mosaic of thousands of
 posters is array indexing.
+
+Thumbnails live in a ``FeatureStore`` of uint8 rows (``thumbnail_store``): one checksummed shard per batch
+of posters, not a file per poster, so a batch costs two atomic writes. A shard is checked when read; a
+damaged one is removed and its posters count as missing, so they are decoded again, never shown wrong.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import numpy as np
 
 from core.cache import atomic_save_npy, cache_root, file_facts, file_sha256, load_npy, memo_file_sha256, stable_hash
 from core.errors import CacheError, ImageError, PosterGenreError
+from core.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,11 @@ LAYOUTS = ("snap", "assign")
 ASSIGN_MAX_POSTERS = 500
 BACKGROUND = 245
 MISSING_GREY = 200
-THUMBNAIL_VERSION = 1
+THUMBNAIL_VERSION = 2
+"""2: per-batch shards (1 was a .npy file per poster, left unread in its own folder)."""
+THUMB_SHAPE = (THUMB_HEIGHT, THUMB_WIDTH, 3)
+ATLAS_BATCH = 256
+"""Posters decoded for an atlas are cached this many to a shard, so an interrupted atlas keeps most of its work."""
 
 
 @dataclass(frozen=True)
@@ -146,54 +155,82 @@ def cell_at(layout: MosaicLayout, x_pixel: float, y_pixel: float, size: tuple[in
 
 
 def poster_thumbnail(path: Path, *, root: Path | None = None) -> np.ndarray:
-    """A ``(THUMB_HEIGHT, THUMB_WIDTH, 3)`` uint8 thumbnail, decoded once per file content and cached."""
-    cached = thumbnail_file(memo_file_sha256(path), root=root)
-    try:
-        return np.asarray(load_npy(cached, shape=(THUMB_HEIGHT, THUMB_WIDTH, 3), dtype="uint8", mmap=False))
-    except (FileNotFoundError, CacheError):
-        pass
+    """A ``THUMB_SHAPE`` uint8 thumbnail, decoded once per file content and cached."""
+    key = memo_file_sha256(path)
+    store = thumbnail_store(root)
+    cached = cached_thumbnails([key], store=store)
+    if key in cached:
+        return cached[key]
     from core.data.images import open_rgb
 
     thumb = thumbnail_of(open_rgb(path))
-    atomic_save_npy(cached, thumb)
+    save_thumbnails([key], thumb[None], store=store)
     return thumb
 
 
-def thumbnail_file(key: str, *, root: Path | None = None) -> Path:
-    """Where the thumbnail of the poster whose content sha256 is ``key`` is cached."""
-    return (root or _thumb_folder()) / key[:2] / f"{key}.npy"
+def thumbnail_store(root: Path | None = None) -> FeatureStore:
+    """The thumbnail cache (under ``root``, default ``thumbnails_root()``): one flattened uint8 tile
+    per poster content. A writer of many batches opens it once (opening reads every sidecar)."""
+    description = {"width": THUMB_WIDTH, "height": THUMB_HEIGHT, "background": BACKGROUND,
+                   "version": THUMBNAIL_VERSION}
+    folder = _thumb_folder(root)
+    return FeatureStore(folder.name, int(np.prod(THUMB_SHAPE)), description, root=folder.parent, dtype="uint8")
 
 
-def save_thumbnail(key: str, thumb: np.ndarray, *, root: Path | None = None) -> None:
-    """Cache a thumbnail made elsewhere from the decoded poster (extraction makes them as it goes)."""
-    atomic_save_npy(thumbnail_file(key, root=root), np.asarray(thumb, dtype=np.uint8))
+def save_thumbnails(keys: Sequence[str], thumbs: np.ndarray, *, root: Path | None = None,
+                    store: FeatureStore | None = None) -> None:
+    """Cache ``(n, *THUMB_SHAPE)`` thumbnails made elsewhere from the decoded posters (extraction makes them as
+    it goes) as one shard; keys already cached are skipped."""
+    store = store if store is not None else thumbnail_store(root)
+    new = {key: i for i, key in enumerate(keys) if key not in store}
+    if new:
+        thumbs = np.asarray(thumbs, dtype=np.uint8)
+        store.add(list(new), thumbs[list(new.values())].reshape(len(new), -1))
+
+
+def cached_thumbnails(keys: Sequence[str], *, root: Path | None = None,
+                      store: FeatureStore | None = None) -> dict[str, np.ndarray]:
+    """The cached thumbnail of each of ``keys`` that has one, read from a checked shard; the posters of a
+    damaged shard are left out (it is removed), so callers make them again."""
+    store = store if store is not None else thumbnail_store(root)
+    found, rows = store.intact_rows(keys, dtype=np.uint8)
+    return dict(zip(found, rows.reshape(len(found), *THUMB_SHAPE)))
 
 
 def missing_thumbnails(keys: Sequence[str], *, root: Path | None = None) -> list[str]:
-    """The content keys without a cached thumbnail, each once; reads no image."""
-    folder = root or _thumb_folder()
-    return [key for key in dict.fromkeys(keys) if not thumbnail_file(key, root=folder).is_file()]
+    """The content keys without a cached thumbnail, each once; reads no image (nor any shard)."""
+    return thumbnail_store(root).missing(keys)
 
 
 def thumbnail_atlas(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root: Path | None = None,
                     workers: int = 2) -> np.ndarray:
-    """``(n, THUMB_HEIGHT, THUMB_WIDTH, 3)`` thumbnails of ``paths``; one array per set of file contents.
+    """``(n, *THUMB_SHAPE)`` thumbnails of ``paths``; one array per set of file contents.
 
     An unreadable poster becomes a grey tile. The atlas is cached under the hash of the files' sha256s,
     and each thumbnail under its own, so a dataset that changes decodes only its new posters. ``keys``
     are those sha256s when the caller has them (a dataset's ``content_keys``), which saves a ``stat`` per file.
     """
-    folder = root or _thumb_folder()
-    atlas_path = atlas_file(paths, keys=keys, root=folder)
-    shape = (len(paths), THUMB_HEIGHT, THUMB_WIDTH, 3)
+    keys = list(keys) if keys is not None else file_facts(paths, "sha256", file_sha256)
+    atlas_path = atlas_file(paths, keys=keys, root=root)
+    shape = (len(paths), *THUMB_SHAPE)
     try:
         return np.asarray(load_npy(atlas_path, shape=shape, dtype="uint8", mmap=False))
     except (FileNotFoundError, CacheError):
         pass
     log.info("assembling a thumbnail atlas of %d posters into %s", len(paths), atlas_path)
+    store = thumbnail_store(root)
+    tiles = cached_thumbnails(keys, store=store)
+    todo = list({key: path for path, key in zip(paths, keys) if key not in tiles}.items())
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        tiles = list(pool.map(lambda path: _tile_or_grey(path, folder), paths))
-    atlas = np.stack(tiles) if tiles else np.empty(shape, dtype=np.uint8)
+        for start in range(0, len(todo), ATLAS_BATCH):
+            chunk = todo[start:start + ATLAS_BATCH]
+            made = dict(zip((key for key, _ in chunk), pool.map(lambda item: _decoded_tile(item[1]), chunk)))
+            made = {key: tile for key, tile in made.items() if tile is not None}
+            if made:
+                save_thumbnails(list(made), np.stack(list(made.values())), store=store)
+            tiles.update(made)
+    grey = np.full(THUMB_SHAPE, MISSING_GREY, dtype=np.uint8)
+    atlas = np.stack([tiles.get(key, grey) for key in keys]) if keys else np.empty(shape, dtype=np.uint8)
     atomic_save_npy(atlas_path, atlas)
     return atlas
 
@@ -202,19 +239,28 @@ def atlas_file(paths: Sequence[Path], *, keys: Sequence[str] | None = None, root
     """Where the atlas of exactly these files is cached: when it is a file, ``thumbnail_atlas`` reads it in
     milliseconds. Keyed by the files' sha256s, given as ``keys`` when the caller has them."""
     keys = list(keys) if keys is not None else file_facts(paths, "sha256", file_sha256)
-    return (root or _thumb_folder()) / "atlases" / f"{stable_hash(keys)}.npy"
+    return _thumb_folder(root) / "atlases" / f"{stable_hash(keys)}.npy"
 
 
-def _thumb_folder() -> Path:
-    return cache_root() / "thumbnails" / f"v{THUMBNAIL_VERSION}-{THUMB_WIDTH}x{THUMB_HEIGHT}"
+def thumbnails_root() -> Path:
+    """The cache folder of every version's thumbnail store."""
+    return cache_root() / "thumbnails"
 
 
-def _tile_or_grey(path: Path, folder: Path) -> np.ndarray:
+def _thumb_folder(root: Path | None) -> Path:
+    """The thumbnail store's folder (its atlases inside it), named by the version and size of a tile."""
+    return (root or thumbnails_root()) / f"v{THUMBNAIL_VERSION}-{THUMB_WIDTH}x{THUMB_HEIGHT}"
+
+
+def _decoded_tile(path: Path) -> np.ndarray | None:
+    """The thumbnail decoded from the file, or None (a grey tile, not cached) when it cannot be decoded."""
+    from core.data.images import open_rgb
+
     try:
-        return poster_thumbnail(path, root=folder)
+        return thumbnail_of(open_rgb(path))
     except (ImageError, OSError) as err:
         log.warning("grey tile for %s: %s", path, err)
-        return np.full((THUMB_HEIGHT, THUMB_WIDTH, 3), MISSING_GREY, dtype=np.uint8)
+        return None
 
 
 def thumbnail_of(image) -> np.ndarray:

@@ -3,11 +3,11 @@
 Reads check what they use (a cached array's sha256 is computed from its bytes the first time a process
 reads it), but two things are trusted by file version (size, mtime, ctime, inode) so opening 100,000
 posters stays fast: each poster's remembered sha256, and, within one process, a file already checked.
-This command re-hashes every feature shard and every cached array with a checksum (runs in the cache
-included), the run folders given with ``--run`` and the remembered poster hashes of each ``--dataset``;
-it names each damaged file and exits 1 if there is any. It deletes nothing: a damaged shard or cached
-array is removed or rebuilt when it is next read, a damaged run file is refused, and a stale poster hash
-is forgotten so the next open hashes it again.
+This command re-hashes every feature and thumbnail shard and every cached array with a checksum (runs in
+the cache included), the run folders given with ``--run`` and the remembered poster hashes of each
+``--dataset``; it names each damaged file and exits 1 if there is any. It deletes nothing: a damaged
+shard or cached array is removed or rebuilt when it is next read, a damaged run file is refused, and a
+stale poster hash is forgotten so the next open hashes it again.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from core.analysis.mosaic import thumbnails_root
     from core.cache import cache_root, verify_checksummed_files
     from core.data.datasets import stale_poster_hashes
     from core.features.store import verify_stores
@@ -43,6 +44,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise RunError(f"run folder {folder} does not exist", "give a folder written by train --out")
     root = cache_root()
     sections = [(f"feature shards in {root / 'features'}", verify_stores()),
+                (f"thumbnail shards in {thumbnails_root()}", verify_stores(thumbnails_root())),
                 (f"cached arrays and run files in {root}", verify_checksummed_files(root))]
     sections += [(f"run files in {folder}", verify_checksummed_files(folder)) for folder in args.run]
     sections += [(f"remembered poster hashes of {folder}", stale_poster_hashes(folder)) for folder in args.dataset]

@@ -3,8 +3,9 @@
 Extraction makes both from the image it has already decoded (``open_rgb``'s full image, before the resize
 for the network), so they equal what ``core.analysis.mosaic.poster_thumbnail`` and
 ``core.features.descriptors.image_descriptors`` compute from the file, and writes them into those modules'
-content-keyed caches: the Data and Clusters pages then decode nothing. Folders extracted before get them
-once from ``backfill``, which decodes each poster that lacks either exactly once.
+content-keyed caches, both ``FeatureStore``s written one shard per batch (two atomic files, whatever the
+batch size): the Data and Clusters pages then decode nothing. Folders extracted before get them once from
+``backfill``, which decodes each poster that lacks either exactly once.
 """
 from __future__ import annotations
 
@@ -16,14 +17,28 @@ from typing import Sequence
 
 import numpy as np
 
-from core.analysis.mosaic import missing_thumbnails, save_thumbnail, thumbnail_of
+from core.analysis.mosaic import missing_thumbnails, save_thumbnails, thumbnail_of, thumbnail_store
 from core.data.images import open_rgb
 from core.errors import ImageError
 from core.features.descriptors import (descriptor_store, descriptors_of, missing_descriptors, remember_undecodable,
                                        save_descriptors, undecodable)
+from core.features.store import FeatureStore
 from core.progress import ProgressFn, ProgressTracker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caches:
+    """The thumbnail and descriptor stores, each opened once by a writer of many batches (opening one reads
+    every sidecar)."""
+
+    thumbnails: FeatureStore
+    descriptors: FeatureStore
+
+
+def caches(*, thumb_root: Path | None = None, descriptor_root: Path | None = None) -> Caches:
+    return Caches(thumbnail_store(thumb_root), descriptor_store(descriptor_root))
 
 
 @dataclass
@@ -45,12 +60,11 @@ class Byproducts:
         self.thumbnails += other.thumbnails
         self.descriptors += other.descriptors
 
-    def save(self, descriptors, *, thumb_root: Path | None = None) -> None:
-        """Write into the thumbnail cache and ``descriptors`` (a ``descriptor_store()``, one shard per call)."""
-        for key, thumb in zip(self.keys, self.thumbnails):
-            save_thumbnail(key, thumb, root=thumb_root)
+    def save(self, into: Caches) -> None:
+        """Write one shard into each cache (posters already cached in one are left out of its shard)."""
         if self.keys:
-            save_descriptors(self.keys, np.stack(self.descriptors), store=descriptors)
+            save_thumbnails(self.keys, np.stack(self.thumbnails), store=into.thumbnails)
+            save_descriptors(self.keys, np.stack(self.descriptors), store=into.descriptors)
 
 
 def missing(keys: Sequence[str], *, thumb_root: Path | None = None, descriptor_root: Path | None = None) -> list[str]:
@@ -78,7 +92,7 @@ def backfill(paths: Sequence[Path], keys: Sequence[str], *, progress: ProgressFn
         return failed
     log.info("making thumbnails and visual descriptors of %d posters (one decode each)", len(todo))
     tracker = ProgressTracker(len(todo), "posters", progress)
-    descriptors = descriptor_store(descriptor_root)
+    into = caches(thumb_root=thumb_root, descriptor_root=descriptor_root)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(todo), batch_size):
             batch = Byproducts()
@@ -88,7 +102,7 @@ def backfill(paths: Sequence[Path], keys: Sequence[str], *, progress: ProgressFn
                     failed[key] = made
                 else:
                     batch.extend(made)
-            batch.save(descriptors, thumb_root=thumb_root)
+            batch.save(into)
             tracker.update(tracker.done + len(chunk), failed=len(failed))
     remember_failures(failed, descriptor_root=descriptor_root)
     return failed

@@ -278,7 +278,7 @@ def _compute(store: FeatureStore, todo: list[tuple[Path, str]], config: FeatureC
     extractor = extractor_for(config, weights, precision)
     tracker = ProgressTracker(len(todo), "posters", progress)
     wanted = frozenset(extras.missing([key for _, key in todo])) if byproducts else frozenset()
-    descriptors = extras.descriptor_store() if wanted else None
+    into = extras.caches() if wanted else None
     saving = None
     with ThreadPoolExecutor(max_workers=2) as pool:
         for batch_keys, pixels, errors, made in _decoded_batches(pool, todo, config, wanted):
@@ -287,7 +287,7 @@ def _compute(store: FeatureStore, todo: list[tuple[Path, str]], config: FeatureC
             if made.keys:  # written while the model runs, one batch at a time
                 if saving:
                     saving.result()
-                saving = pool.submit(made.save, descriptors)
+                saving = pool.submit(made.save, into)
             if batch_keys:
                 store.add(batch_keys, extractor(pixels))
             tracker.update(tracker.done + len(batch_keys) + len(errors), failed=len(failed))

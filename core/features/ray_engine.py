@@ -183,7 +183,7 @@ class RayEngine:
         """Write each batch as it arrives; the reasons of the posters that could not be decoded."""
         failed: dict[str, str] = {}
         tracker = ProgressTracker(total, "posters", progress)
-        descriptors = extras.descriptor_store()
+        into = extras.caches()
         for batch in batches:
             decoded = batch["error"] == ""
             if decoded.any():
@@ -191,7 +191,7 @@ class RayEngine:
             if "made" in batch:  # thumbnails and descriptors made on the cluster (``_decode``)
                 made = batch["made"]
                 extras.Byproducts([str(key) for key in batch["key"][made]], list(batch["thumb"][made]),
-                                  list(batch["descriptors"][made])).save(descriptors)
+                                  list(batch["descriptors"][made])).save(into)
             failed.update((str(key), str(reason)) for key, reason in
                           zip(batch["key"][~decoded], batch["error"][~decoded]))
             tracker.update(tracker.done + len(decoded), failed=len(failed))

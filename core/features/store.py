@@ -38,7 +38,7 @@ from core.errors import CacheError, CacheUnreadableError
 log = logging.getLogger(__name__)
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-STORE_DTYPES = ("float32", "float16")
+STORE_DTYPES = ("float32", "float16", "uint8")
 _ROW_BITS = 32
 
 
@@ -52,9 +52,10 @@ class Shard:
 class FeatureStore:
     """Cached feature rows for one extraction configuration (weights, size, resize, precision, storage...).
 
-    ``dtype`` is how rows are kept on disk (float16 values are clipped to ±65,504 first); reads always
-    give float32. ``prepare`` maps a batch as extracted to the rows kept (a pooled-only store pools
-    full rows), so every writer hands ``add`` the extractor's float32 output.
+    ``dtype`` is how rows are kept on disk (float16 values are clipped to ±65,504 first); reads give
+    float32 unless ``intact_rows`` is asked for another dtype (the mosaic's uint8 thumbnails). ``prepare``
+    maps a batch as extracted to the rows kept (a pooled-only store pools full rows), so every writer
+    hands ``add`` the extractor's float32 output.
     """
 
     def __init__(self, config_key: str, dim: int, description: dict | None = None, root: Path | None = None, *,
@@ -116,7 +117,7 @@ class FeatureStore:
 
     def add(self, keys: Sequence[str], rows: np.ndarray) -> None:
         """Store one batch as a new shard (data first, then its sidecar)."""
-        rows = np.asarray(rows, dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.uint8 if self.dtype == "uint8" else np.float32)
         if self.prepare is not None:
             rows = self.prepare(rows)
         if rows.shape != (len(keys), self.dim):
@@ -144,6 +145,31 @@ class FeatureStore:
         A shard that fails its check is deleted and ``CacheError`` says its posters must be recomputed.
         """
         return np.asarray(self.open(keys))
+
+    def intact_rows(self, keys: Sequence[str], dtype=np.float32) -> tuple[list[str], np.ndarray]:
+        """The stored ones of ``keys`` (each once, in order) whose shard passes its check, and their rows.
+
+        For a cache whose rows can be made again: a damaged shard is removed (``read_shard``) and its keys
+        are left out, so the caller remakes them instead of failing; a shard the system refuses to read
+        still raises ``CacheUnreadableError``.
+        """
+        present = [key for key in dict.fromkeys(keys) if key in self._index]
+        shards = list(self._shards)
+        placement = np.fromiter((self._index[key] for key in present), dtype=np.int64, count=len(present))
+        shard_of, row_of = placement >> _ROW_BITS, placement & (1 << _ROW_BITS) - 1
+        rows = np.empty((len(present), self.dim), dtype=dtype)
+        intact = np.ones(len(present), dtype=bool)
+        order = np.argsort(shard_of, kind="stable")
+        for here in np.split(order, np.flatnonzero(np.diff(shard_of[order])) + 1):
+            if not len(here):
+                continue
+            try:
+                rows[here] = self.read_shard(shards[int(shard_of[here[0]])])[row_of[here]]
+            except CacheUnreadableError:
+                raise
+            except CacheError:
+                intact[here] = False
+        return [key for key, ok in zip(present, intact) if ok], rows[intact]
 
     def matrix_key(self, keys: Sequence[str]) -> str:
         """Identifies the matrix of exactly these posters' rows in this configuration."""
