@@ -20,7 +20,7 @@ def start_button_label(dataset) -> str:
 
 
 def one_click_start(dataset, features_config: FeatureConfig) -> bool:
-    """Extract what is missing and train the recommended preset, with one progress bar for each; the
+    """Extract what is missing and train the one-click preset, with one progress bar for each; the
     features chosen become the active ones when they differ from the Data page's choice."""
     config = PRESETS[QUICK_START_PRESET]
     extraction, training = st.empty(), st.empty()
@@ -79,7 +79,7 @@ if features is not None and len(today) < len(runs):
                "for it" + ("." if today else "; the one click below trains on today's labels."))
 if weights is not None and (cached < total or not today):
     first_touch = first_touch_features(dataset, feature_config())
-    st.markdown("One click extracts the features and trains the recommended model, so that every page has "
+    st.markdown(f"One click extracts the features and trains the `{QUICK_START_PRESET}` model, so that every page has "
                 "something to show" + (" (about half a minute on a laptop)." if dataset.synthetic else "."))
     if first_touch != feature_config():
         st.caption(f"The demo's features come from **{BACKBONES[first_touch.backbone].label}** with its ImageNet "
@@ -90,7 +90,7 @@ if weights is not None and (cached < total or not today):
         st.session_state.quick_start_done = True
         st.rerun()
 if st.session_state.pop("quick_start_done", False):
-    st.success("Done: features extracted and the recommended model trained; the Train, Clusters and "
+    st.success(f"Done: features extracted and the `{QUICK_START_PRESET}` model trained; the Train, Clusters and "
                "Predictions pages are populated.")
 
 st.subheader("The path through the app")

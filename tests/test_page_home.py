@@ -3,7 +3,7 @@
 Behaviours locked in:
 - Home runs without exception, warns about random weights, counts the cached features and the saved
   runs of the active dataset (a run saved afterwards is counted on the next visit);
-- one click on "Explore the demo" extracts a fresh dataset's features and trains and saves `recommended`;
+- one click on "Explore the demo" extracts a fresh dataset's features and trains and saves `fast`;
   afterwards the counts say so and the button is gone; after one genre of labels.csv is edited the run is
   said not to answer for today's labels, the button is back and trains a second run (the folder unchanged);
 - on the synthetic demo with ImageNet weights chosen, the one click extracts EfficientNet-Lite2 ImageNet
@@ -111,7 +111,7 @@ def test_home_counts_features_and_runs(tiny_features):
         delete_run(folder)
 
 
-def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
+def test_one_click_start_extracts_features_and_trains_fast(tmp_path):
     from core.data.demo import DemoConfig, make_demo_dataset
     from core.model.runs import runs_for_dataset
 
@@ -126,12 +126,12 @@ def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
     assert at.button(key="quick_start").label == "Explore the demo"
     at.button(key="quick_start").click().run()
     assert not at.exception
-    assert any("recommended model trained" in message.value for message in at.success)
+    assert any("`fast` model trained" in message.value for message in at.success)
     metrics = {metric.label: metric.value for metric in at.metric}
     assert metrics["Posters with cached features"] == "24 / 24"
     assert metrics["Saved training runs on this dataset"] == "1"
     [run] = runs_for_dataset(root)
-    assert run.config.ensemble == 8 and run.weights.is_random
+    assert run.config.head == "kernel" and run.weights.is_random
     assert not [button for button in at.button if button.key == "quick_start"], "nothing left to start"
 
     from tests.test_hostile_inputs import folder_hashes
@@ -143,7 +143,7 @@ def test_one_click_start_extracts_features_and_trains_recommended(tmp_path):
     at.run()
     assert any("not trained on today's labels.csv" in caption.value for caption in at.caption)
     at.button(key="quick_start").click().run()
-    assert not at.exception and any("recommended model trained" in message.value for message in at.success)
+    assert not at.exception and any("`fast` model trained" in message.value for message in at.success)
     assert len(runs_for_dataset(root)) == 2 and folder_hashes(root) == hashes
     assert not [button for button in at.button if button.key == "quick_start"], "trained on today's labels"
 
@@ -189,7 +189,7 @@ def test_one_click_on_the_demo_extracts_imagenet_lite2_features_and_makes_them_a
         assert any("**EfficientNet-Lite2** with its ImageNet weights" in caption.value for caption in at.caption)
         at.button(key="quick_start").click().run()
         assert not at.exception and not at.error
-        assert any("recommended model trained" in message.value for message in at.success)
+        assert any("`fast` model trained" in message.value for message in at.success)
         assert at.session_state["settings"]["backbone"] == "efficientnet-lite2"
         metrics = {metric.label: metric.value for metric in at.metric}
         assert metrics["Posters with cached features"] == "24 / 24"
