@@ -80,7 +80,7 @@ if features is not None and len(today) < len(runs):
 if weights is not None and (cached < total or not today):
     first_touch = first_touch_features(dataset, feature_config())
     st.markdown(f"One click extracts the features and trains the `{QUICK_START_PRESET}` model, so that every page has "
-                "something to show" + (" (about half a minute on a laptop)." if dataset.synthetic else "."))
+                "something to show" + (" (about 20 s on two CPU cores)." if dataset.synthetic else "."))
     if first_touch != feature_config():
         st.caption(f"The demo's features come from **{BACKBONES[first_touch.backbone].label}** with its ImageNet "
                    "weights, installed with the requirements (nothing to download, several times faster than "

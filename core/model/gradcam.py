@@ -228,8 +228,8 @@ class GradCam:
         mid_layers = BACKBONES[self.feature_config.backbone].mid_layers if self.view == "avg45" else ()
         if self._above is None:
             names = [name for name in dict.fromkeys((*self.layers, *mid_layers, top)) if name != self.start_layer]
-            self._above = keras.Model(base.get_layer(self.start_layer).output,
-                                      {name: base.get_layer(name).output for name in names}) if names else _nothing_above
+            outputs = {name: base.get_layer(name).output for name in names}
+            self._above = keras.Model(base.get_layer(self.start_layer).output, outputs) if names else _nothing_above
         outputs = {self.start_layer: start, **self._above(start, training=False)}
         view = view_tensor(self.view, outputs[top], *(outputs[name] for name in mid_layers))
         view = tf.cast(view, tf.float32)
