@@ -4,9 +4,10 @@
 VGG16 features); nothing here writes to it.
 
 UMAP's numba kernels are compiled on first use, which costs more than a map of a few thousand
-posters; ``configure_numba_cache`` (``core.analysis.numba_cache``) keeps the compiled code under the product's cache, so the
-compilation is paid once per install, and ``warm_up`` (run by the server once no page is running)
-pays the rest before anyone asks for a map. ``warm_up_at_low_priority`` does the bulk of the first
+posters; ``import_umap`` (``core.analysis.numba_cache``) keeps umap's and pynndescent's compiled code
+under the product's cache, so the compilation is paid once per install, and leaves out the TensorFlow
+import umap makes for ParametricUMAP; ``warm_up`` (run by the server once no page is running) loads
+the rest before anyone asks for a map. ``warm_up_at_low_priority`` does the bulk of the first
 compilation (pynndescent's kernels, compiled when ``umap`` is first imported: ~20 s here) in a separate
 process at the lowest CPU priority, so it fills the disk cache without taking the server's GIL.
 
@@ -117,8 +118,9 @@ def reduce_pca(X: np.ndarray, n_components: int = 50, seed: int = 0, *,
     memmap would otherwise be copied twice: once to make it writable, once to centre it). Above
     ``RANDOMIZED_PCA_MIN_DIM`` columns the scores are scikit-learn's randomized PCA computed here
     (``_randomized_pca_scores``); below, scikit-learn's PCA runs on one BLAS thread (its products are
-    small and its factorisations, threaded, wait on a shared machine's busy cores). With ``fit_rows`` only those rows are copied and fitted on, and every row is
-    projected ``PCA_TRANSFORM_ROWS`` at a time.
+    small and its factorisations, threaded, wait on a shared machine's busy cores: 2.6 s instead of
+    0.2 s for 4,596 x 1,024). With ``fit_rows`` only those rows are copied and fitted on, and every
+    row is projected ``PCA_TRANSFORM_ROWS`` at a time.
     """
     X = check_matrix(X)
     n, d = X.shape
@@ -176,8 +178,8 @@ def _randomized_pca_scores(work: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _one_blas_thread_factory():
-    """A context manager factory capping BLAS at one thread (restored on exit); the libraries are
-    looked up once, not on every use."""
+    """Makes context managers that cap BLAS at one thread and restore the counts on exit; the loaded
+    libraries are looked up once, here, not on every use."""
     from threadpoolctl import ThreadpoolController
 
     controller = ThreadpoolController()

@@ -44,13 +44,21 @@ def import_umap() -> ModuleType:
 
 
 def cache_kernels(module: ModuleType) -> int:
-    """Switch on numba's disk cache for the module's jitted functions not yet compiled; returns how many."""
-    from numba.core.dispatcher import Dispatcher
-    from numba.core.caching import NullCache
+    """Switch on numba's disk cache for the module's jitted functions not yet compiled; returns how many.
 
+    It uses numba internals (``Dispatcher.enable_caching``, what ``cache=True`` calls); should a numba
+    release move them, the kernels are compiled in each process as before instead of failing the map.
+    """
+    try:
+        from numba.core.caching import NullCache
+        from numba.core.dispatcher import Dispatcher
+    except ImportError as err:
+        log.debug("numba's cache internals moved (%s): umap's kernels are compiled in each process", err)
+        return 0
     switched = 0
     for value in vars(module).values():
-        if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache) and not value.overloads:
+        if (isinstance(value, Dispatcher) and isinstance(getattr(value, "_cache", None), NullCache)
+                and not value.overloads and hasattr(value, "enable_caching")):
             try:
                 value.enable_caching()
             except RuntimeError as err:  # no writable place for this function's cache: compile as before
