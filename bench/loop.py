@@ -11,7 +11,8 @@
 - tutorial: 1,200 posters, XLA-compiled against not compiled (same recipe, same metric);
 - umap: the first map of the 25,088-d features with a cold numba cache, then with a warm one, then
   read from the disk cache; then, in one process, PCA and the UMAP fit with UMAP's own neighbour
-  search (the previous path) against the exact graph handed in;
+  search (the previous path) against the exact graph handed in (``python -m bench.first_map`` breaks
+  the first map down: imports, reading the rows, PCA, neighbours, the fit's parts, the figure);
 - knn: exact neighbour statistics (k=50) over all posters.
 """
 from __future__ import annotations
