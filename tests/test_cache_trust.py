@@ -25,8 +25,6 @@ Class 4, resource faults degrade safely:
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -36,8 +34,7 @@ import numpy as np
 import pytest
 
 import core.cache
-from core.cache import atomic_save_npy, cache_root, checksum_path, file_sha256, load_npy
-from core.cli.main import main
+from core.cache import atomic_save_npy, checksum_path, file_sha256, load_npy
 from core.data.datasets import load_dataset
 from core.errors import CacheError, CacheUnreadableError, CacheUnwritableError
 from core.features.store import FeatureStore
