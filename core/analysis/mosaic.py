@@ -182,10 +182,8 @@ def save_thumbnails(keys: Sequence[str], thumbs: np.ndarray, *, root: Path | Non
     """Cache ``(n, *THUMB_SHAPE)`` thumbnails made elsewhere from the decoded posters (extraction makes them as
     it goes) as one shard; keys already cached are skipped."""
     store = store if store is not None else thumbnail_store(root)
-    new = {key: i for i, key in enumerate(keys) if key not in store}
-    if new:
-        thumbs = np.asarray(thumbs, dtype=np.uint8)
-        store.add(list(new), thumbs[list(new.values())].reshape(len(new), -1))
+    thumbs = np.asarray(thumbs, dtype=np.uint8)
+    store.add_new(keys, thumbs.reshape(len(thumbs), -1))
 
 
 def cached_thumbnails(keys: Sequence[str], *, root: Path | None = None,

@@ -175,10 +175,7 @@ def save_descriptors(keys: Sequence[str], rows: np.ndarray, *, root: Path | None
 
     A writer of many batches passes one ``descriptor_store()`` as ``store`` (opening one reads every sidecar)."""
     store = store if store is not None else _store(root)
-    new = [i for i, key in enumerate(keys) if key not in store]
-    if new:
-        rows = np.asarray(rows, dtype=np.float32)[new]
-        store.add([keys[i] for i in new], np.nan_to_num(rows, nan=NOT_DEFINED))
+    store.add_new(keys, np.nan_to_num(np.asarray(rows, dtype=np.float32), nan=NOT_DEFINED))
 
 
 def descriptors_cached(dataset: Dataset, *, root: Path | None = None) -> bool:

@@ -115,6 +115,14 @@ class FeatureStore:
         if failures:
             atomic_write_json(self.folder / "failures.json", sorted(self.known_failures() | set(failures)))
 
+    def add_new(self, keys: Sequence[str], rows: np.ndarray) -> None:
+        """``add`` the rows whose keys are not stored yet, each key once (byproducts computed elsewhere may
+        repeat posters)."""
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        new = sorted(i for key, i in first.items() if key not in self)
+        if new:
+            self.add([keys[i] for i in new], np.asarray(rows)[new])
+
     def add(self, keys: Sequence[str], rows: np.ndarray) -> None:
         """Store one batch as a new shard (data first, then its sidecar)."""
         rows = np.asarray(rows, dtype=np.uint8 if self.dtype == "uint8" else np.float32)
