@@ -389,6 +389,29 @@ def test_unknown_precision_is_refused():
         resolve_precision("float8")
 
 
+@pytest.mark.parametrize(("env", "native"), [
+    ({}, True), ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, False), ({"DNNL_MAX_CPU_ISA": "avx512_core_vnni"}, False),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True), ({"TF_ENABLE_ONEDNN_OPTS": "0"}, False)])
+def test_auto_precision_follows_what_onednn_may_run(monkeypatch, tmp_path, env, native):
+    """A bfloat16 CPU whose oneDNN is off or capped below AVX512_CORE_BF16 emulates bfloat16 (slower than
+    float32): ``auto`` is float32 there, as on an AVX2-only CPU (the cap is how CI runs that path here)."""
+    from core.features import extractor
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    real_path = extractor.Path
+    monkeypatch.setattr(extractor, "Path", lambda name: real_path(cpuinfo if name == "/proc/cpuinfo" else name))
+    monkeypatch.setattr(extractor.sys, "platform", "linux")
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert extractor.cpu_has_bf16() is native
+    assert resolve_precision("auto") == ("bfloat16" if native else "float32")
+    cpuinfo.write_text("flags\t\t: fpu avx2\n")
+    assert not extractor.cpu_has_bf16() and resolve_precision("auto") == "float32"
+
+
 @pytest.mark.parametrize("spec", ["imagenet", "ImageNet "])
 def test_resolve_imagenet(spec):
     weights = resolve_weights(spec)

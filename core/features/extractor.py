@@ -13,6 +13,7 @@ over its positions.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -33,9 +34,20 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 _BUILD_LOCK = threading.Lock()
 
 
+ONEDNN_CAPS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_MIC",
+                                      "AVX512_MIC_4OPS", "AVX512_CORE", "AVX512_CORE_VNNI"})
+"""Values of oneDNN's ``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16``: oneDNN then runs no bfloat16 convolution."""
+
+
 def cpu_has_bf16() -> bool:
-    """True where the CPU runs bfloat16 matrix maths natively (AVX-512 BF16 or AMX)."""
-    if not sys.platform.startswith("linux"):
+    """True where TensorFlow runs bfloat16 matrix maths natively: the CPU has AVX-512 BF16 or AMX, and
+    oneDNN is on and not capped below them (``TF_ENABLE_ONEDNN_OPTS=0``, ``ONEDNN_MAX_CPU_ISA=AVX2``).
+    Otherwise TensorFlow emulates bfloat16, slower than float32, so ``auto`` must not choose it; the cap
+    also lets one machine run the AVX2-only path (``.ci/run --avx2``)."""
+    if not sys.platform.startswith("linux") or os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0":
+        return False
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap and cap.strip().upper() in ONEDNN_CAPS_WITHOUT_BF16:
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="ignore")
