@@ -443,3 +443,17 @@ def test_a_damaged_cached_conversion_is_converted_again():
     again = np.asarray(lite.efficientnet_lite2("imagenet", input_shape=(64, 64, 3))(pixels))
     np.testing.assert_array_equal(again, expected)
     assert converted.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    loaded = np.asarray(lite.efficientnet_lite2("imagenet", input_shape=(64, 64, 3))(pixels))
+    np.testing.assert_array_equal(loaded, expected)  # a conversion made into a model equals its file read back
+
+
+def test_a_first_conversion_goes_into_the_model_being_built(monkeypatch):
+    try:
+        lite.package_weights_path()
+    except WeightsError as err:
+        pytest.skip(f"needs the installed package: {err}")
+    lite.converted_path(lite.PACKAGE_SHA256).unlink(missing_ok=True)
+    built = []
+    monkeypatch.setattr(lite, "_build", lambda shape, real=lite._build: built.append(shape) or real(shape))
+    lite.efficientnet_lite2("imagenet", input_shape=(96, 64, 3))
+    assert built == [(96, 64, 3)] and lite.converted_path(lite.PACKAGE_SHA256).is_file()

