@@ -370,6 +370,12 @@ def test_random_extractor_equals_plain_keras_vgg16_with_same_seed(reference):
     theirs = np.hstack([top.reshape(2, -1), block4.mean(axis=(1, 2))])
     assert ours.shape == theirs.shape == (2, ROW_DIM)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    from core.features import extractor
+
+    if extractor.onednn_cap_without_bf16() and extractor.cpu_flags_have_bf16():  # .ci/avx2-env on a bf16 CPU
+        with pytest.raises(WeightsError, match="bfloat16 cannot run with ONEDNN_MAX_CPU_ISA"):
+            get_extractor(resolve_weights("none"), "bfloat16")
+        return
     half = get_extractor(resolve_weights("none"), "bfloat16")(pixels)
     assert half.dtype == np.float32
     assert np.linalg.norm(half - ours) / np.linalg.norm(ours) < 0.05
@@ -408,6 +414,12 @@ def test_auto_precision_follows_what_onednn_may_run(monkeypatch, tmp_path, env, 
         monkeypatch.setenv(name, value)
     assert extractor.cpu_has_bf16() is native
     assert resolve_precision("auto") == ("bfloat16" if native else "float32")
+    if extractor.onednn_cap_without_bf16():  # TensorFlow would still pick oneDNN's bf16 kernels, and abort
+        with pytest.raises(WeightsError, match="bfloat16 cannot run with .*_MAX_CPU_ISA=") as refused:
+            extractor.check_bf16_runs()
+        assert "--precision float32" in refused.value.hint
+    else:
+        extractor.check_bf16_runs()
     cpuinfo.write_text("flags\t\t: fpu avx2\n")
     assert not extractor.cpu_has_bf16() and resolve_precision("auto") == "float32"
 

@@ -43,17 +43,37 @@ def cpu_has_bf16() -> bool:
     """True where TensorFlow runs bfloat16 matrix maths natively: the CPU has AVX-512 BF16 or AMX, and
     oneDNN is on and not capped below them (``TF_ENABLE_ONEDNN_OPTS=0``, ``ONEDNN_MAX_CPU_ISA=AVX2``).
     Otherwise TensorFlow emulates bfloat16, slower than float32, so ``auto`` must not choose it; the cap
-    also lets one machine run the AVX2-only path (``.ci/run --avx2``)."""
-    if not sys.platform.startswith("linux") or os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0":
+    also lets one machine run the AVX2-only path (``.ci/avx2-env``)."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0" or onednn_cap_without_bf16():
         return False
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    if cap and cap.strip().upper() in ONEDNN_CAPS_WITHOUT_BF16:
+    return cpu_flags_have_bf16()
+
+
+def cpu_flags_have_bf16() -> bool:
+    if not sys.platform.startswith("linux"):
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="ignore")
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def onednn_cap_without_bf16() -> str | None:
+    """The ``ONEDNN_MAX_CPU_ISA`` (or older ``DNNL_MAX_CPU_ISA``) setting when it keeps oneDNN below bfloat16."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap if cap in ONEDNN_CAPS_WITHOUT_BF16 else None
+
+
+def check_bf16_runs() -> None:
+    """TensorFlow chooses its oneDNN bfloat16 kernels from the CPU's own flags, and a oneDNN capped below
+    bfloat16 then aborts the first convolution: refuse that here, with the way out."""
+    cap = onednn_cap_without_bf16()
+    if cap and cpu_flags_have_bf16() and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0":
+        name = "ONEDNN_MAX_CPU_ISA" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "DNNL_MAX_CPU_ISA"
+        raise WeightsError(f"bfloat16 cannot run with {name}={cap}: TensorFlow picks oneDNN's bfloat16 "
+                           "kernels for this CPU and the cap forbids them",
+                           f"use --precision float32 (or auto), or unset {name}")
 
 
 def resolve_precision(precision: str, backbone: str = DEFAULT_BACKBONE) -> str:
@@ -114,6 +134,7 @@ def get_extractor(weights: Weights, precision: str = "auto", image_size: int = 2
     precision = resolve_precision(precision, backbone)
     base = shared_base(weights, image_size, backbone=backbone, geometry=geometry)
     if precision == "bfloat16":
+        check_bf16_runs()
         with _BUILD_LOCK:
             base = _cast_model(base, "bfloat16")
         base.trainable = False
