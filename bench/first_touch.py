@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench import _common
-from bench.dashboard import _wait_done, browser, start_server, time_page, time_switch
+from bench.dashboard import _wait_done, browser, poll_pause, start_server, time_page, time_switch
 
 SHOTS = Path(tempfile.mkdtemp(prefix="pge-first-touch-shots-"))
 LITE2 = "EfficientNet-Lite2"
@@ -71,7 +71,7 @@ def until(driver, started: float, seen, what: str, timeout: float = 600) -> floa
                 if errors := driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
                     raise RuntimeError(f"the page shows an exception: {errors[0].text[:400]}")
                 return shown
-        time.sleep(0.05)
+        time.sleep(poll_pause(time.perf_counter() - started))
     raise TimeoutError(f"{what} did not show within {timeout:.0f}s on {driver.current_url}")
 
 
@@ -110,7 +110,7 @@ def first_seen(driver, started: float, seen: dict, timeout: float = 600) -> dict
             with contextlib.suppress(StaleElementReferenceException):
                 if name not in shown and check(driver):
                     shown[name] = time.perf_counter() - started
-        time.sleep(0.05)
+        time.sleep(poll_pause(time.perf_counter() - started))
     if missing := [name for name in seen if name not in shown]:
         raise TimeoutError(f"{', '.join(missing)} did not show within {timeout:.0f}s on {driver.current_url}")
     until(driver, started, lambda _: True, "the end of the page run", timeout)
@@ -203,6 +203,7 @@ def first_touch(driver, url: str, folder: Path, n: int) -> tuple[list[tuple], di
         rows.append((f"Home one click (extract + train); page promises {said['promise']}", seconds, "<= 20 s"))
     with step(driver, "Data page: choose the folder"):
         time_switch(driver, "Data")
+        until(driver, time.perf_counter(), has(".st-key-folder_path input"), "the folder field", timeout=60)
         field = driver.find_element(By.CSS_SELECTOR, ".st-key-folder_path input")
         field.send_keys(str(folder), Keys.ENTER)
         settle(driver)

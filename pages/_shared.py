@@ -9,6 +9,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -44,6 +45,7 @@ WARM_UP_COMPILE_TIMEOUT_S = 600
 """A child still compiling after this long (a very loaded machine) is stopped; the thread compiles the rest."""
 
 _warm_up_thread: threading.Thread | None = None
+_warm_up_child: subprocess.Popen | None = None
 _runs_in_progress = 0
 _runs_changed = threading.Condition()
 
@@ -61,14 +63,30 @@ def page_run():
     global _runs_in_progress
     with _runs_changed:
         _runs_in_progress += 1
+        if _runs_in_progress == 1:
+            _pause_child(True)
         _runs_changed.notify_all()
     try:
         yield
     finally:
         with _runs_changed:
             _runs_in_progress -= 1
+            if _runs_in_progress == 0:
+                _pause_child(False)
             _runs_changed.notify_all()
         warm_up_in_background()
+
+
+def _pause_child(pause: bool) -> None:
+    """Stop the compiling child while any page runs, continue it when none does (POSIX signals). Nice 19
+    was not enough: on two cores it still took 0.3-0.9 of a core from a page's extraction, through the gaps
+    a page's threads leave, and stretched its own work over the user's first minute."""
+    child = _warm_up_child
+    signal_name = "SIGSTOP" if pause else "SIGCONT"
+    if child is None or child.poll() is not None or not hasattr(signal, signal_name):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(getattr(signal, signal_name))
 
 
 def wait_until_no_page_runs(settle: float = WARM_UP_SETTLE_S) -> None:
@@ -97,11 +115,16 @@ def warm_up_in_background() -> threading.Thread:
 
 def _warm_up() -> None:
     """Each step waits for a moment when no page runs; the bulk of the numba compilation (UMAP's import)
-    runs in a child process at the lowest priority and fills the disk cache this process then reads."""
+    runs in a child process at the lowest priority, stopped while any page runs, and fills the disk cache
+    this process then reads."""
+    global _warm_up_child
     wait_until_no_page_runs()
     from core.analysis.maps import warm_up, warm_up_at_low_priority
 
-    compiling = warm_up_at_low_priority()
+    with _runs_changed:
+        compiling = _warm_up_child = warm_up_at_low_priority()
+        if _runs_in_progress:
+            _pause_child(True)
     import keras  # noqa: F401
 
     keep_out_of_gc_passes()

@@ -6,7 +6,8 @@ Behaviours locked in:
 - ``wait_until_no_page_runs`` blocks while a run is in progress and returns once none has been for
   the settle time;
 - ``warm_up_at_low_priority`` starts a child process that lowers itself to the lowest CPU priority
-  (nice 19) before compiling (Linux).
+  (nice 19) before compiling (Linux);
+- that child is stopped while any page runs and continued once none does (POSIX).
 """
 from __future__ import annotations
 
@@ -93,3 +94,36 @@ def test_compilation_child_runs_at_the_lowest_priority():
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the child's state from /proc")
+def test_the_compiling_child_is_stopped_while_a_page_runs(monkeypatch):
+    import subprocess
+    import sys
+
+    def reaches(child, expected: str) -> bool:
+        """Whether the child's state becomes ``expected`` within 5 s (a signal is delivered asynchronously)."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            value = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if ("stopped" if value in "Tt" else "running") == expected:
+                return True
+            time.sleep(0.02)
+        return False
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(shared, "_warm_up_child", child)
+    try:
+        assert reaches(child, "running")
+        with shared.page_run():
+            assert reaches(child, "stopped")
+            with shared.page_run():  # a second session's run
+                pass
+            time.sleep(0.2)
+            assert reaches(child, "stopped"), "continued while a page still ran"
+        assert reaches(child, "running")
+    finally:
+        child.kill()
+        child.wait()
+    with shared.page_run():  # a child that has ended is left alone
+        pass
