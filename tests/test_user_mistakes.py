@@ -218,7 +218,7 @@ PREDICT_CASES = {
         lambda run, feats: _add_genre(run),
         "run {run}: its model scores 8 genres but vocabulary.json names 9, so genres and scores cannot be paired"),
     "another run's model.keras": (
-        _other_runs_model, "run {run}: its model reads 1024 features but the run's avg view has 512"),
+        _other_runs_model, "run {run}: its model reads 1024 features but the run's avg view has 512 today: VGG16"),
 }
 
 

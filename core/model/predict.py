@@ -85,8 +85,10 @@ class Predictor:
         expected = view_dim(run.config.feature_view, run.feature_config.backbone)
         if inputs != expected:
             raise RunError(f"run {run.folder}: its model reads {inputs} features but the run's "
-                           f"{run.config.feature_view} view has {expected}",
-                           "model.keras comes from another run; delete the run folder and train again")
+                           f"{run.config.feature_view} view has {expected} today: {run.features_label} features had "
+                           "another layout when it was trained (EfficientNet-Lite2's avg45 grew from 1,840 to "
+                           "3,776), or its model.keras comes from another run",
+                           "train the run again on today's features; a copied model.keras: delete the run folder")
 
     def predict_features(self, rows: np.ndarray) -> np.ndarray:
         """Probabilities for feature rows (``core.features.extractor``), in the run's vocabulary order."""
