@@ -7,7 +7,8 @@ Behaviours locked in:
   the settle time;
 - ``warm_up_at_low_priority`` starts a child process that lowers itself to the lowest CPU priority
   (nice 19) before compiling (Linux);
-- that child is stopped while any page runs and continued once none does (POSIX).
+- that child is stopped while any page runs and continued once none does (POSIX), and ends with the
+  process that started it, stopped or not (Linux).
 """
 from __future__ import annotations
 
@@ -127,3 +128,29 @@ def test_the_compiling_child_is_stopped_while_a_page_runs(monkeypatch):
         child.wait()
     with shared.page_run():  # a child that has ended is left alone
         pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux: reads the child's state from /proc")
+def test_a_stopped_compiling_child_ends_with_the_server_that_started_it():
+    import subprocess
+    import sys
+
+    server = ("import os, signal, time\n"
+              "from core.analysis.maps import warm_up_at_low_priority\n"
+              "child = warm_up_at_low_priority()\n"
+              "print(child.pid, flush=True)\n"
+              "time.sleep(3)\n"  # the child has asked to die with its parent by now
+              "os.kill(child.pid, signal.SIGSTOP)\n"
+              "os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", server], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    pid = int(done.stdout.split()[0])
+    deadline, state = time.monotonic() + 10, "T"
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        if state in ("gone", "Z", "X"):
+            break
+        time.sleep(0.1)
+    assert state in ("gone", "Z", "X"), f"the child outlived its server (state {state})"

@@ -47,6 +47,7 @@ RANDOMIZED_PCA_POWER_ITERATIONS = 3
 RANDOMIZED_PCA_OVERSAMPLES = 10  # scikit-learn's default
 NO_GENRE = "(none)"
 WARM_UP_POSTERS = 200
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 KNN_BLOCK_ROWS = 1024
 SAMPLE_THRESHOLD = 20_000
 SAMPLE_SIZE = 20_000
@@ -73,9 +74,27 @@ def warm_up_at_low_priority() -> subprocess.Popen:
 
 
 def _warm_up_niced() -> None:
+    _die_with_parent()
     if hasattr(os, "nice"):
         os.nice(19)
     warm_up()
+
+
+def _die_with_parent() -> None:
+    """Linux: end this child when the thread that started it ends (the server's warm-up thread, which waits
+    for it). The server stops the child (SIGSTOP) while a page runs; a server killed meanwhile must not
+    leave it stopped for good."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent ended before the request
+        os._exit(0)
 
 
 @dataclass(frozen=True)
