@@ -79,8 +79,8 @@ def page_run():
 
 def _pause_child(pause: bool) -> None:
     """Stop the compiling child while any page runs, continue it when none does (POSIX signals). Nice 19
-    was not enough: on two cores it still took 0.3-0.9 of a core from a page's extraction, through the gaps
-    a page's threads leave, and stretched its own work over the user's first minute."""
+    was not enough: beside a page's extraction on two cores it still ran on 0.3-0.9 of a core (CPU time
+    sampled each second), in the gaps the page's threads left."""
     child = _warm_up_child
     signal_name = "SIGSTOP" if pause else "SIGCONT"
     if child is None or child.poll() is not None or not hasattr(signal, signal_name):
