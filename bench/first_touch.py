@@ -1,7 +1,7 @@
 """A new user's first touch, in headless Chromium against `streamlit run app.py` on a fresh server and an
 EMPTY cache (a temporary POSTER_GENRE_CACHE), every step timed in one run against the same run's baseline.
 
-    python -m bench.first_touch [--dataset DIR] [--n 1200] [--port 8597]
+    python -m bench.first_touch [--dataset DIR] [--n 1200] [--port 8597] [--pause-for-warm-up]
 
 Steps, clicked as a user would: a one-line Streamlit app's first paint (the baseline: read ratios, not
 seconds); the cold Home (title shown, page run finished); Home's one click ("Explore the demo": extract and
@@ -9,7 +9,9 @@ train), beside the duration the page promises; a folder of the first N posters o
 and extracted with EfficientNet-Lite2, beside the CLI's rate on the same posters in another empty cache;
 the `fast` preset on the Train page; the first map on the Clusters page, the mosaic of all posters after it
 and the cluster cards after "Find clusters" (a screenshot of each is kept); the Grad-CAM toggle on the
-Predictions page. It prints a markdown table `| step | seconds | baseline / ratio | target |`. A step whose
+Predictions page. Each step is clicked as soon as the last has ended (the warm-up, stopped while a page runs,
+then has no idle second) unless ``--pause-for-warm-up``, which waits before the Clusters page until the
+server's warm-up has ended (the first map on a warm server). It prints a markdown table `| step | seconds | baseline / ratio | target |`. A step whose
 element is missing stops the benchmark with its name and a screenshot (the path is printed), never a number.
 """
 from __future__ import annotations
@@ -174,21 +176,45 @@ def cli_extract(folder: Path, env: dict) -> tuple[float, float]:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Stop the server and the warm-up's child processes it started (found through each of its threads)."""
-    children = []
-    for task in Path(f"/proc/{process.pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            children += [int(child) for child in (task / "children").read_text().split()]
+    """Stop the server and the warm-up's child processes it started."""
+    started = children(process.pid)
     process.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=20)
-    for child in children:
+    for child in started:
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
 
 
-def first_touch(driver, url: str, folder: Path, n: int) -> tuple[list[tuple], dict]:
-    """The steps in a user's order; rows of (step, seconds, target) and what the pages said."""
+def children(pid: int) -> list[int]:
+    """The process's child processes (through each of its threads)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def wait_for_warm_up(server: int, timeout: float = 300) -> float:
+    """Seconds until the server has no child process (the warm-up's compilation has ended) and has used
+    under 5% of a core for two seconds (its in-process warm-up too): what a user who pauses gives it."""
+    started, hz = time.perf_counter(), os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / hz
+
+    while time.perf_counter() - started < timeout:
+        before = cpu()
+        time.sleep(2)
+        if not children(server) and cpu() - before < 0.1:
+            return time.perf_counter() - started
+    raise TimeoutError(f"the server's warm-up did not end within {timeout:.0f}s")
+
+
+def first_touch(driver, url: str, folder: Path, n: int, server: int | None = None) -> tuple[list[tuple], dict]:
+    """The steps in a user's order; rows of (step, seconds, target) and what the pages said. With ``server``
+    (its pid), the user pauses before the Clusters page until the server's warm-up has ended."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -231,6 +257,8 @@ def first_touch(driver, url: str, folder: Path, n: int) -> tuple[list[tuple], di
         settle(driver)
         seconds = until(driver, click(driver, "Train"), has(".st-key-headline"), "the headline result")
         rows.append(("Train: `fast` preset, click to headline", seconds, "held (~3 s)"))
+    if server is not None:
+        said["warm_up_wait"] = wait_for_warm_up(server)
     with step(driver, "Clusters page: first map, mosaic and cluster cards"):
         time_switch(driver, "Clusters")
         started = click(driver, "Compute map")
@@ -257,6 +285,9 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=_common.DEV_SET, help="folder with posters/ and labels.csv")
     parser.add_argument("--n", type=int, default=1200, help="posters in the folder chosen on the Data page")
     parser.add_argument("--port", type=int, default=8597)
+    parser.add_argument("--pause-for-warm-up", action="store_true",
+                        help="before the Clusters page, wait until the server's warm-up has ended (the first map "
+                             "on a warm server); by default every step is clicked as soon as the last has ended")
     args = parser.parse_args()
     _common.print_machine()
     folder = make_folder(args.dataset.resolve(), args.n)
@@ -276,7 +307,8 @@ def main() -> None:
             stop(base_server)
         server = start_server(_common.ROOT / "app.py", args.port, env)
         try:
-            rows, said = first_touch(driver, f"http://127.0.0.1:{args.port}/", folder, args.n)
+            rows, said = first_touch(driver, f"http://127.0.0.1:{args.port}/", folder, args.n,
+                                     server.pid if args.pause_for_warm_up else None)
         finally:
             stop(server)
     finally:
@@ -293,6 +325,8 @@ def main() -> None:
     print(f"| page rate / CLI rate ({args.n / page_seconds:.0f} vs {args.n / cli_seconds:.0f} posters/s; the page's "
           f"own measure {said['page_extract_s']:.1f} s) | - | {cli_seconds / page_seconds:.2f}x | >= 0.9x |")
     print(f"\nScreenshots of the Clusters page after extraction: {said['mosaic_shot']}, {said['cards_shot']}")
+    if "warm_up_wait" in said:
+        print(f"Before the Clusters page the user paused {said['warm_up_wait']:.1f} s, until the warm-up had ended.")
     print(f"Home promises {said['promise']} for its one click; load while running: {os.getloadavg()}")
 
 
