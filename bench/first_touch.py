@@ -11,8 +11,9 @@ the `fast` preset on the Train page; the first map on the Clusters page, the mos
 and the cluster cards after "Find clusters" (a screenshot of each is kept); the Grad-CAM toggle on the
 Predictions page. Each step is clicked as soon as the last has ended (the warm-up, stopped while a page runs,
 then has no idle second) unless ``--pause-for-warm-up``, which waits before the Clusters page until the
-server's warm-up has ended (the first map on a warm server). It prints a markdown table `| step | seconds | baseline / ratio | target |`. A step whose
-element is missing stops the benchmark with its name and a screenshot (the path is printed), never a number.
+server's warm-up has ended (the first map on a warm server). It prints a markdown table
+`| step | seconds | baseline / ratio | target |`. A step whose element is missing stops the benchmark with
+its name and a screenshot (the path is printed), never a number.
 """
 from __future__ import annotations
 
