@@ -44,9 +44,14 @@ def cpu_has_bf16() -> bool:
     oneDNN is on and not capped below them (``TF_ENABLE_ONEDNN_OPTS=0``, ``ONEDNN_MAX_CPU_ISA=AVX2``).
     Otherwise TensorFlow emulates bfloat16, slower than float32, so ``auto`` must not choose it; the cap
     also lets one machine run the AVX2-only path (``.ci/avx2-env``)."""
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0" or onednn_cap_without_bf16():
+    if onednn_off() or onednn_cap_without_bf16():
         return False
     return cpu_flags_have_bf16()
+
+
+def onednn_off() -> bool:
+    """TensorFlow's oneDNN kernels turned off: bfloat16 then runs, slowly, on TensorFlow's own kernels."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() == "0"
 
 
 def cpu_flags_have_bf16() -> bool:
@@ -69,7 +74,7 @@ def check_bf16_runs() -> None:
     """TensorFlow chooses its oneDNN bfloat16 kernels from the CPU's own flags, and a oneDNN capped below
     bfloat16 then aborts the first convolution: refuse that here, with the way out."""
     cap = onednn_cap_without_bf16()
-    if cap and cpu_flags_have_bf16() and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0":
+    if cap and cpu_flags_have_bf16() and not onednn_off():
         name = "ONEDNN_MAX_CPU_ISA" if os.environ.get("ONEDNN_MAX_CPU_ISA") else "DNNL_MAX_CPU_ISA"
         raise WeightsError(f"bfloat16 cannot run with {name}={cap}: TensorFlow picks oneDNN's bfloat16 "
                            "kernels for this CPU and the cap forbids them",
